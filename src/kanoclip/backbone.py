@@ -1,0 +1,255 @@
+"""Frozen CLIP towers from open_clip names and tags, OpenAI `.pt` files or open_clip checkpoints (SPEC §3.1, I1).
+
+The towers are never modified in place beyond one thing: the vision positional embedding is resized once, at load,
+to the run resolution, so that open_clip's own forward and ours see the same model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.model import build_model_from_openai_state_dict
+from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+from open_clip.transformer import ResidualAttentionBlock, VisionTransformer
+from torch import nn
+
+from .config import KAnoCLIPConfig
+from .errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+_OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+@dataclass
+class Backbone:
+    """A frozen CLIP model with what the rest of the pipeline needs to know about it."""
+
+    clip: nn.Module
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str  # human-readable origin of the weights
+    fingerprint: str | None  # stable id of the weights for caches; None for random weights
+
+    @property
+    def visual(self) -> VisionTransformer:
+        return self.clip.visual  # type: ignore[return-value]
+
+
+def load_backbone(config: KAnoCLIPConfig) -> Backbone:
+    """Build the CLIP model that `config.backbone` / `config.pretrained` name, frozen, at `config.image_size`."""
+    name = _model_name(config.backbone)
+    pretrained = config.pretrained
+    kwargs: dict[str, Any] = {} if config.quick_gelu is None else {"quick_gelu": config.quick_gelu}
+    if pretrained.lower() == "none":
+        warnings.warn(
+            f"building {name} with RANDOM weights (pretrained='none'): outputs test the pipeline, not the method",
+            stacklevel=2)
+        clip = _create(name, None, kwargs)
+        source, fingerprint = f"{name} (random weights)", None
+    elif Path(pretrained).expanduser().is_file():
+        path = Path(pretrained).expanduser().resolve()
+        clip = _load_file(name, path, config.quick_gelu)
+        stat = path.stat()
+        source, fingerprint = f"{name} from {path}", f"{name}|{path}|{stat.st_size}|{int(stat.st_mtime)}"
+    else:
+        tag_cfg = get_pretrained_cfg(name, pretrained)
+        if not tag_cfg:
+            known = open_clip.list_pretrained_tags_by_model(name)
+            raise BackboneError(
+                f"pretrained={pretrained!r} is neither a file nor a known tag of {name} (known tags: {known}); "
+                "pass an open_clip tag, the path of a local checkpoint, or 'none' for random weights")
+        path = _fetch_pretrained(name, pretrained, tag_cfg)
+        kwargs.setdefault("quick_gelu", tag_cfg.get("quick_gelu", False))
+        clip = _load_file(name, path, kwargs["quick_gelu"])
+        source, fingerprint = f"{name} / {pretrained} ({path})", f"{name}|{pretrained}"
+    clip = clip.float().eval().requires_grad_(False)
+    _check_supported(clip, name)
+    set_input_resolution(clip.visual, config.image_size, config.pos_embed_interpolation)
+    preprocess = getattr(clip.visual, "preprocess_cfg", {})
+    mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
+    std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
+    return Backbone(clip, open_clip.get_tokenizer(name), mean, std, source, fingerprint)  # type: ignore[arg-type]
+
+
+def from_model(clip: nn.Module, config: KAnoCLIPConfig, tokenizer_name: str = "ViT-B-16") -> Backbone:
+    """Wrap an open_clip model already in memory (tests, notebooks); it is frozen and resized like a loaded one."""
+    clip = clip.float().eval().requires_grad_(False)
+    _check_supported(clip, "the given model")
+    set_input_resolution(clip.visual, config.image_size, config.pos_embed_interpolation)
+    return Backbone(clip, open_clip.get_tokenizer(tokenizer_name), open_clip.OPENAI_DATASET_MEAN,
+                    open_clip.OPENAI_DATASET_STD, "in-memory model", None)
+
+
+def resize_positional_embedding(pos: torch.Tensor, new_grid: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resize a (1 + h*w, C) ViT positional embedding to a new square-or-not grid, keeping the CLS position.
+
+    Bilinear without antialiasing, `align_corners=False`, as AnomalyCLIP does (SPEC §3.1).
+    """
+    cls_pos, grid_pos = pos[:1], pos[1:]
+    old = int(round(grid_pos.shape[0] ** 0.5))
+    if old * old != grid_pos.shape[0]:
+        raise BackboneError(f"positional embedding of {grid_pos.shape[0]} patches is not a square grid")
+    grid = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    align = None if mode == "nearest" else False
+    grid = F.interpolate(grid.float(), size=new_grid, mode=mode, align_corners=align)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], -1).to(pos.dtype)
+    return torch.cat([cls_pos, grid], dim=0)
+
+
+def set_input_resolution(visual: VisionTransformer, image_size: int, mode: str = "bilinear") -> None:
+    """Make the vision tower run at `image_size` by resizing its positional embedding once."""
+    patch = visual.patch_size[0]
+    if image_size % patch:
+        raise BackboneError(f"image_size={image_size} must be a multiple of the patch size {patch}")
+    grid = (image_size // patch, image_size // patch)
+    resized = resize_positional_embedding(visual.positional_embedding.data, grid, mode)
+    visual.positional_embedding = nn.Parameter(resized, requires_grad=False)
+    visual.image_size = (image_size, image_size)
+    visual.grid_size = grid
+
+
+def _model_name(backbone: str) -> str:
+    """An open_clip model name; a path to an open_clip JSON model config registers it under its file stem."""
+    path = Path(backbone).expanduser()
+    if backbone.endswith(".json"):
+        if not path.is_file():
+            raise BackboneError(f"backbone config file {path} does not exist")
+        open_clip.add_model_config(path)
+        return path.stem
+    if backbone.startswith(("hf-hub:", "local-dir:")) or backbone.replace("/", "-") in open_clip.list_models():
+        return backbone
+    raise BackboneError(
+        f"unknown backbone {backbone!r}: use an open_clip model name (e.g. ViT-L-14-336, ViT-B-16), "
+        "a path to an open_clip model config .json, or hf-hub:/local-dir: names")
+
+
+def _create(name: str, checkpoint: Path | None, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        return open_clip.create_model(name, pretrained=str(checkpoint) if checkpoint else None, **kwargs)
+    except (RuntimeError, KeyError, ValueError) as e:
+        first = str(e).strip().splitlines()[0][:400]
+        raise BackboneError(
+            f"could not load {checkpoint} as an open_clip {name} checkpoint: {first}. If the file is another "
+            "architecture, pass its open_clip name with --backbone") from e
+
+
+def _load_file(name: str, path: Path, quick_gelu: bool | None) -> nn.Module:
+    """Load a local checkpoint: OpenAI TorchScript or state_dict, or an open_clip (training) checkpoint."""
+    if _is_torchscript(path):
+        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        return _from_openai_state_dict(dict(state), True if quick_gelu is None else quick_gelu)
+    if path.suffix != ".safetensors":
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:
+            raise BackboneError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        if isinstance(state, dict) and _is_openai_state_dict(state):
+            return _from_openai_state_dict(dict(state), True if quick_gelu is None else quick_gelu)
+    return _create(name, path, {} if quick_gelu is None else {"quick_gelu": quick_gelu})
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
+
+
+def _is_openai_state_dict(state: dict[str, Any]) -> bool:
+    """OpenAI's layout (text tower at the top level) saved by OpenAI: its meta keys or its fp16 weights."""
+    if "visual.proj" not in state or any(k.startswith("text.") for k in state):
+        return False
+    return any(k in state for k in _OPENAI_META_KEYS) or state["visual.proj"].dtype == torch.float16
+
+
+def _from_openai_state_dict(state: dict[str, torch.Tensor], quick_gelu: bool) -> nn.Module:
+    state = {k: v for k, v in state.items() if k not in (*_OPENAI_META_KEYS, "attn_mask")}
+    try:
+        model = build_model_from_openai_state_dict(dict(state), quick_gelu=quick_gelu, cast_dtype=None)
+    except (KeyError, RuntimeError) as e:
+        raise BackboneError(f"not an OpenAI CLIP ViT checkpoint: {e}") from e
+    # open_clip builds in fp16; reload so that fp32 checkpoints keep their full precision.
+    model.float().load_state_dict(state)
+    model.visual.preprocess_cfg = {"mean": open_clip.OPENAI_DATASET_MEAN, "std": open_clip.OPENAI_DATASET_STD}
+    return model
+
+
+def _fetch_pretrained(name: str, tag: str, tag_cfg: dict[str, Any]) -> Path:
+    """The local file of a pretrained tag: from the caches if there, else downloaded; offline, a clear error."""
+    cached = _cached_pretrained(tag_cfg)
+    if cached is not None:
+        return cached
+    url = tag_cfg.get("url", "")
+    hint = (f"Download the weights on a machine with a network ({url or 'hf-hub:' + tag_cfg.get('hf_hub', '')}) "
+            f"and pass the file with --pretrained /path/to/file (OpenAI .pt or open_clip checkpoints both work), "
+            f"or copy a filled Hugging Face cache (~/.cache/huggingface) here. For a run on random weights that "
+            f"only tests the pipeline: --pretrained none")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _reachable(tag_cfg):
+        raise BackboneError(f"cannot download the {name}/{tag} CLIP weights: no network. {hint}")
+    try:
+        return Path(download_pretrained(tag_cfg))
+    except Exception as e:
+        raise BackboneError(f"downloading the {name}/{tag} CLIP weights failed ({e}). {hint}") from e
+
+
+def _cached_pretrained(tag_cfg: dict[str, Any]) -> Path | None:
+    hub = tag_cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import hf_hub_download
+
+        repo, filename = os.path.split(hub)
+        names = [filename] if filename else [open_clip.constants.HF_SAFE_WEIGHTS_NAME,
+                                             open_clip.constants.HF_WEIGHTS_NAME]
+        for candidate in names:
+            try:
+                return Path(hf_hub_download(repo, candidate, local_files_only=True))
+            except Exception:
+                continue
+    url = tag_cfg.get("url", "")
+    if url:
+        local = Path("~/.cache/clip").expanduser() / os.path.basename(url)
+        if local.is_file():
+            return local
+    return None
+
+
+def _reachable(tag_cfg: dict[str, Any]) -> bool:
+    """One quick connection attempt, so that an offline machine fails in seconds rather than after retries."""
+    if tag_cfg.get("hf_hub"):
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    else:
+        host = urlparse(tag_cfg.get("url", "")).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_supported(clip: nn.Module, name: str) -> None:
+    visual = getattr(clip, "visual", None)
+    ok = (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == "tok"
+          and not visual.final_ln_after_pool
+          and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks))
+    if not ok:
+        raise BackboneError(
+            f"{name} is not a plain ViT CLIP (class-token pooling, standard attention blocks); kanoclip's V-V path "
+            "needs one, e.g. ViT-L-14-336, ViT-B-16, ViT-L-14 or ViT-H-14")

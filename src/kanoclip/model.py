@@ -1,0 +1,155 @@
+"""KAnoCLIP: wires CLIP-VV, the prompt learner, Bi-CMCI and the Conv-Adapter into scores and maps (SPEC §1, §3.5).
+
+CLIP stays frozen: only `prompts`, `bi_cmci` and `adapter` hold learnable parameters. In training-free mode the
+text features come from knowledge sentences instead of the learned prompts; Bi-CMCI and the adapter start as the
+identity, so an untrained model is a plain CLIP-VV zero-shot detector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .adapter import build_adapter
+from .backbone import Backbone, load_backbone
+from .clip_vv import encode_image
+from .config import KAnoCLIPConfig
+from .fusion import BiCMCI
+from .prompts import PromptLearner, TextTower
+from .scoring import fuse_levels, gaussian_blur, image_scores, level_maps, text_probabilities
+
+LEARNABLE_PREFIXES = ("prompts.", "bi_cmci.", "adapter.")
+
+
+@dataclass
+class Output:
+    """Per image: an anomaly score in [0, 1] and an anomaly map at the input's resolution."""
+
+    scores: torch.Tensor  # (B,)
+    maps: torch.Tensor  # (B, H, W)
+
+
+@dataclass
+class TrainingOutput(Output):
+    """What the losses need besides scores and maps, all at the run resolution."""
+
+    image_logits: torch.Tensor  # (B, 2): cos(g', [t_n, t_a]) / τ
+    level_probs: torch.Tensor  # (B, L, 2, R, R): per-level normal/abnormal probabilities
+    text: torch.Tensor  # (2, D): [t_n, t_a]
+
+
+class KAnoCLIP(nn.Module):
+    """The full model. `forward(images)` takes RGB in [0, 1], (B, 3, H, W), any H and W."""
+
+    def __init__(self, config: KAnoCLIPConfig | None = None, backbone: Backbone | None = None) -> None:
+        super().__init__()
+        config = config or KAnoCLIPConfig()
+        config.validate()
+        backbone = backbone or load_backbone(config)
+        text_layers = len(TextTower(backbone.clip).owner.transformer.resblocks)
+        self.config = config.resolve(len(backbone.visual.transformer.resblocks), text_layers)
+        self.backbone_source = backbone.source
+        self.backbone_fingerprint = backbone.fingerprint
+        self.tokenizer = backbone.tokenizer
+        self.clip = backbone.clip
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        dim = int(backbone.visual.output_dim)
+        self.prompts = PromptLearner(self.clip, self.tokenizer, self.config)
+        self.bi_cmci = BiCMCI(dim, self.config.bi_cmci_heads, len(self.config.tap_layers or ()),
+                              self.config.bi_cmci_shared)
+        self.adapter = build_adapter(self.config.adapter, dim, self.config.adapter_reduction,
+                                     self.config.adapter_ratio)
+        self._knowledge_text: torch.Tensor | None = None
+        self._prompt_cache: torch.Tensor | None = None
+
+    # -- text side -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_text(self, sentences: list[str]) -> torch.Tensor:
+        """Frozen CLIP text embeddings of plain sentences (truncated at 77 tokens), L2-normalised: (N, D)."""
+        tokens = self.tokenizer(sentences).to(self.mean.device)
+        return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
+
+    def use_knowledge_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> None:
+        """Training-free mode: [t_n, t_a] = normalised means of knowledge-sentence embeddings (N, D)."""
+        means = torch.stack([F.normalize(normal, dim=-1).mean(0), F.normalize(abnormal, dim=-1).mean(0)])
+        self._knowledge_text = F.normalize(means, dim=-1).to(self.mean.device)
+
+    def use_learned_prompts(self) -> None:
+        self._knowledge_text = None
+
+    @property
+    def training_free(self) -> bool:
+        return self._knowledge_text is not None
+
+    def text_features(self) -> torch.Tensor:
+        """[t_n, t_a] (2, D); outside training the learned prompts are encoded once and reused."""
+        if self._knowledge_text is not None:
+            return self._knowledge_text.to(self.mean.device)
+        if self.training or torch.is_grad_enabled():
+            return self.prompts()
+        if self._prompt_cache is None or self._prompt_cache.device != self.mean.device:
+            self._prompt_cache = self.prompts()
+        return self._prompt_cache
+
+    def train(self, mode: bool = True) -> KAnoCLIP:
+        super().train(mode)
+        self.clip.eval()  # frozen: no train-mode behaviour in CLIP, ever
+        self._prompt_cache = None
+        return self
+
+    # -- forward ---------------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor) -> Output:
+        out = self._run(images, training=False)
+        return Output(out.scores, out.maps)
+
+    def forward_train(self, images: torch.Tensor) -> TrainingOutput:
+        """Forward with everything the losses need; images should already be at the run resolution."""
+        return self._run(images, training=True)
+
+    def _run(self, images: torch.Tensor, training: bool) -> TrainingOutput:
+        cfg = self.config
+        size = (cfg.image_size, cfg.image_size)
+        in_size = (images.shape[-2], images.shape[-1])
+        x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        if in_size != size:
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        with torch.no_grad():
+            feats = encode_image(self.clip.visual, x, cfg.vv_start_layer or 1, cfg.tap_layers or (),
+                                 cfg.tap_mode, cfg.global_ln_post)
+        text = self.text_features()
+        g = self.adapter(feats.global_token, feats.patch_tokens, feats.grid)  # (B, D)
+        image_logits = g @ text.t().to(g.dtype) / cfg.temperature
+        patches, text_fused = self.bi_cmci(F.normalize(feats.taps, dim=-1), text)
+        probs = text_probabilities(patches, text_fused, cfg.temperature)  # (B, L, N, 2)
+        levels = level_maps(probs if training else probs[..., 1:], feats.grid, size)  # (B, L, C, R, R)
+        maps = gaussian_blur(fuse_levels(levels[:, :, -1].float(), cfg.level_fusion), cfg.map_sigma)
+        scores = image_scores(image_logits.float().softmax(-1), maps, cfg.score_mode)
+        if in_size != size:
+            maps = F.interpolate(maps[:, None], size=in_size, mode="bilinear", align_corners=False)[:, 0]
+        return TrainingOutput(scores, maps, image_logits, levels, text)
+
+    # -- parameters ------------------------------------------------------------------------------------------------
+    def learnable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(LEARNABLE_PREFIXES)}
+
+    def load_learnable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.learnable_state_dict())
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        if missing or unexpected:
+            raise KeyError(f"learnable weights do not match this model: missing {missing[:5]}, "
+                           f"unexpected {unexpected[:5]}")
+        self.load_state_dict(state, strict=False)
+        self._prompt_cache = None
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters per part, and frozen vs learnable totals."""
+        counts = {name: sum(p.numel() for p in getattr(self, name).parameters())
+                  for name in ("prompts", "bi_cmci", "adapter")}
+        counts["clip_frozen"] = sum(p.numel() for p in self.clip.parameters())
+        counts["learnable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        counts["frozen"] = sum(p.numel() for p in self.parameters() if not p.requires_grad)
+        return counts
