@@ -20,13 +20,16 @@ class ConvAdapter(nn.Module):
         super().__init__()
         hidden = max(1, dim // reduction)
         self.ratio = ratio
+        last = nn.Conv2d(hidden, dim, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)  # type: ignore[arg-type]
         self.body = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden), nn.GELU(),
-            nn.Conv2d(hidden, dim, 1),
+            nn.Conv2d(dim, hidden, 1),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden),
+            nn.GELU(),
+            last,
         )
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
 
     def forward(self, global_token: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """global_token (B, D), patches (B, N, D) -> adapted global feature (B, D), L2-normalised."""
@@ -41,9 +44,10 @@ class Conv1dAdapter(nn.Module):
     def __init__(self, channels: int = 8, ratio: float = 0.2) -> None:
         super().__init__()
         self.ratio = ratio
-        self.body = nn.Sequential(nn.Conv1d(1, channels, 3, padding=1), nn.GELU(), nn.Conv1d(channels, 1, 3, padding=1))
-        nn.init.zeros_(self.body[-1].weight)
-        nn.init.zeros_(self.body[-1].bias)
+        last = nn.Conv1d(channels, 1, 3, padding=1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)  # type: ignore[arg-type]
+        self.body = nn.Sequential(nn.Conv1d(1, channels, 3, padding=1), nn.GELU(), last)
 
     def forward(self, global_token: torch.Tensor, patches: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         a = self.body(global_token.unsqueeze(1)).squeeze(1)

@@ -44,11 +44,11 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str  # human-readable origin of the weights
-    fingerprint: str | None  # stable id of the weights for caches; None for random weights
+    fingerprint: str | None  # stable id of the weights for caches; None when unknown (in-memory models)
 
     @property
     def visual(self) -> VisionTransformer:
-        return self.clip.visual  # type: ignore[return-value]
+        return self.clip.visual
 
 
 def load_backbone(config: KAnoCLIPConfig) -> Backbone:
@@ -59,9 +59,13 @@ def load_backbone(config: KAnoCLIPConfig) -> Backbone:
     if pretrained.lower() == "none":
         warnings.warn(
             f"building {name} with RANDOM weights (pretrained='none'): outputs test the pipeline, not the method",
-            stacklevel=2)
-        clip = _create(name, None, kwargs)
-        source, fingerprint = f"{name} (random weights)", None
+            stacklevel=2,
+        )
+        with torch.random.fork_rng():
+            torch.manual_seed(config.random_seed)
+            clip = _create(name, None, kwargs)
+        source = f"{name} (random weights, seed {config.random_seed})"
+        fingerprint = f"{name}|random|{config.random_seed}"
     elif Path(pretrained).expanduser().is_file():
         path = Path(pretrained).expanduser().resolve()
         clip = _load_file(name, path, config.quick_gelu)
@@ -73,7 +77,8 @@ def load_backbone(config: KAnoCLIPConfig) -> Backbone:
             known = open_clip.list_pretrained_tags_by_model(name)
             raise BackboneError(
                 f"pretrained={pretrained!r} is neither a file nor a known tag of {name} (known tags: {known}); "
-                "pass an open_clip tag, the path of a local checkpoint, or 'none' for random weights")
+                "pass an open_clip tag, the path of a local checkpoint, or 'none' for random weights"
+            )
         path = _fetch_pretrained(name, pretrained, tag_cfg)
         kwargs.setdefault("quick_gelu", tag_cfg.get("quick_gelu", False))
         clip = _load_file(name, path, kwargs["quick_gelu"])
@@ -84,7 +89,7 @@ def load_backbone(config: KAnoCLIPConfig) -> Backbone:
     preprocess = getattr(clip.visual, "preprocess_cfg", {})
     mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
-    return Backbone(clip, open_clip.get_tokenizer(name), mean, std, source, fingerprint)  # type: ignore[arg-type]
+    return Backbone(clip, open_clip.get_tokenizer(name), mean, std, source, fingerprint)
 
 
 def from_model(clip: nn.Module, config: KAnoCLIPConfig, tokenizer_name: str = "ViT-B-16") -> Backbone:
@@ -92,8 +97,14 @@ def from_model(clip: nn.Module, config: KAnoCLIPConfig, tokenizer_name: str = "V
     clip = clip.float().eval().requires_grad_(False)
     _check_supported(clip, "the given model")
     set_input_resolution(clip.visual, config.image_size, config.pos_embed_interpolation)
-    return Backbone(clip, open_clip.get_tokenizer(tokenizer_name), open_clip.OPENAI_DATASET_MEAN,
-                    open_clip.OPENAI_DATASET_STD, "in-memory model", None)
+    return Backbone(
+        clip,
+        open_clip.get_tokenizer(tokenizer_name),
+        open_clip.OPENAI_DATASET_MEAN,
+        open_clip.OPENAI_DATASET_STD,
+        "in-memory model",
+        None,
+    )
 
 
 def resize_positional_embedding(pos: torch.Tensor, new_grid: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
@@ -102,7 +113,7 @@ def resize_positional_embedding(pos: torch.Tensor, new_grid: tuple[int, int], mo
     Bilinear without antialiasing, `align_corners=False`, as AnomalyCLIP does (SPEC §3.1).
     """
     cls_pos, grid_pos = pos[:1], pos[1:]
-    old = int(round(grid_pos.shape[0] ** 0.5))
+    old = round(grid_pos.shape[0] ** 0.5)
     if old * old != grid_pos.shape[0]:
         raise BackboneError(f"positional embedding of {grid_pos.shape[0]} patches is not a square grid")
     grid = grid_pos.reshape(1, old, old, -1).permute(0, 3, 1, 2)
@@ -136,23 +147,27 @@ def _model_name(backbone: str) -> str:
         return backbone
     raise BackboneError(
         f"unknown backbone {backbone!r}: use an open_clip model name (e.g. ViT-L-14-336, ViT-B-16), "
-        "a path to an open_clip model config .json, or hf-hub:/local-dir: names")
+        "a path to an open_clip model config .json, or hf-hub:/local-dir: names"
+    )
 
 
 def _create(name: str, checkpoint: Path | None, kwargs: dict[str, Any]) -> nn.Module:
     try:
         return open_clip.create_model(name, pretrained=str(checkpoint) if checkpoint else None, **kwargs)
-    except (RuntimeError, KeyError, ValueError) as e:
+    except (RuntimeError, KeyError, ValueError, AssertionError) as e:
         first = str(e).strip().splitlines()[0][:400]
         raise BackboneError(
             f"could not load {checkpoint} as an open_clip {name} checkpoint: {first}. If the file is another "
-            "architecture, pass its open_clip name with --backbone") from e
+            "architecture, pass its open_clip name with --backbone"
+        ) from e
 
 
 def _load_file(name: str, path: Path, quick_gelu: bool | None) -> nn.Module:
     """Load a local checkpoint: OpenAI TorchScript or state_dict, or an open_clip (training) checkpoint."""
     if _is_torchscript(path):
-        state = torch.jit.load(str(path), map_location="cpu").state_dict()
+        with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is OpenAI's release format
+            warnings.simplefilter("ignore", FutureWarning)
+            state = torch.jit.load(str(path), map_location="cpu").state_dict()
         return _from_openai_state_dict(dict(state), True if quick_gelu is None else quick_gelu)
     if path.suffix != ".safetensors":
         try:
@@ -196,10 +211,12 @@ def _fetch_pretrained(name: str, tag: str, tag_cfg: dict[str, Any]) -> Path:
     if cached is not None:
         return cached
     url = tag_cfg.get("url", "")
-    hint = (f"Download the weights on a machine with a network ({url or 'hf-hub:' + tag_cfg.get('hf_hub', '')}) "
-            f"and pass the file with --pretrained /path/to/file (OpenAI .pt or open_clip checkpoints both work), "
-            f"or copy a filled Hugging Face cache (~/.cache/huggingface) here. For a run on random weights that "
-            f"only tests the pipeline: --pretrained none")
+    hint = (
+        f"Download the weights on a machine with a network ({url or 'hf-hub:' + tag_cfg.get('hf_hub', '')}) "
+        f"and pass the file with --pretrained /path/to/file (OpenAI .pt or open_clip checkpoints both work), "
+        f"or copy a filled Hugging Face cache (~/.cache/huggingface) here. For a run on random weights that "
+        f"only tests the pipeline: --pretrained none"
+    )
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or not _reachable(tag_cfg):
         raise BackboneError(f"cannot download the {name}/{tag} CLIP weights: no network. {hint}")
     try:
@@ -214,8 +231,9 @@ def _cached_pretrained(tag_cfg: dict[str, Any]) -> Path | None:
         from huggingface_hub import hf_hub_download
 
         repo, filename = os.path.split(hub)
-        names = [filename] if filename else [open_clip.constants.HF_SAFE_WEIGHTS_NAME,
-                                             open_clip.constants.HF_WEIGHTS_NAME]
+        names = (
+            [filename] if filename else [open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_WEIGHTS_NAME]
+        )
         for candidate in names:
             try:
                 return Path(hf_hub_download(repo, candidate, local_files_only=True))
@@ -246,10 +264,15 @@ def _reachable(tag_cfg: dict[str, Any]) -> bool:
 
 def _check_supported(clip: nn.Module, name: str) -> None:
     visual = getattr(clip, "visual", None)
-    ok = (isinstance(visual, VisionTransformer) and visual.attn_pool is None and visual.pool_type == "tok"
-          and not visual.final_ln_after_pool
-          and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks))
+    ok = (
+        isinstance(visual, VisionTransformer)
+        and visual.attn_pool is None
+        and visual.pool_type == "tok"
+        and not visual.final_ln_after_pool
+        and all(isinstance(b, ResidualAttentionBlock) for b in visual.transformer.resblocks)
+    )
     if not ok:
         raise BackboneError(
             f"{name} is not a plain ViT CLIP (class-token pooling, standard attention blocks); kanoclip's V-V path "
-            "needs one, e.g. ViT-L-14-336, ViT-B-16, ViT-L-14 or ViT-H-14")
+            "needs one, e.g. ViT-L-14-336, ViT-B-16, ViT-L-14 or ViT-H-14"
+        )

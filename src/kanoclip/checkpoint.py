@@ -63,7 +63,7 @@ def read_document(directory: str | Path) -> dict[str, Any]:
     try:
         document: dict[str, Any] = json.loads(path.read_text())
     except FileNotFoundError as e:
-        raise CheckpointError(f"{path} is missing: a kanoclip checkpoint is a folder with {WEIGHTS} and {CONFIG}") from e
+        raise CheckpointError(f"{path} is missing: a checkpoint is a folder with {WEIGHTS} and {CONFIG}") from e
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
     if "model" not in document:

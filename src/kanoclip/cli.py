@@ -30,8 +30,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--backbone", help="open_clip model name or model-config .json (default ViT-L-14-336)")
     group.add_argument("--pretrained", help="open_clip tag, local checkpoint file, or 'none' (default openai)")
     group.add_argument("--image-size", type=int, help="run resolution in pixels (default 518)")
-    group.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="override any config field; VALUE is JSON (e.g. tap_layers=[12,24], tap_mode=\"top\")")
+    group.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help='override any config field; VALUE is JSON (e.g. tap_layers=[12,24], tap_mode="top")',
+    )
 
 
 def model_config(args: argparse.Namespace) -> KAnoCLIPConfig:
@@ -75,17 +80,24 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kanoclip", description="Zero-shot image anomaly detection with KAnoCLIP on a frozen CLIP.",
+        prog="kanoclip",
+        description="Zero-shot image anomaly detection with KAnoCLIP on a frozen CLIP.",
         epilog="Run `kanoclip COMMAND --help` for each command's options and examples.",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int], str]] = [
         ("info", "print the resolved config and parameter counts", add_model_options, cmd_info, EPILOG),
     ]
     for name, help_text, add_options, func, epilog in commands:
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=epilog,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_options(p)
         p.set_defaults(func=func)
     return parser

@@ -44,8 +44,9 @@ def vv_attention(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor
     return _merge_heads(block, F.scaled_dot_product_attention(v, v, v))
 
 
-def dual_block(block: ResidualAttentionBlock, x_ori: torch.Tensor,
-               x_vv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dual_block(
+    block: ResidualAttentionBlock, x_ori: torch.Tensor, x_vv: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One CLIP-VV block: both attentions from a single qkv projection of the original path."""
     q, k, v = _qkv(block, x_ori)
     o_ori = _merge_heads(block, F.scaled_dot_product_attention(q, k, v))
@@ -55,8 +56,14 @@ def dual_block(block: ResidualAttentionBlock, x_ori: torch.Tensor,
     return x_ori, x_vv + block.ls_1(o_vv)
 
 
-def encode_image(visual: VisionTransformer, images: torch.Tensor, vv_start_layer: int, tap_layers: tuple[int, ...],
-                 tap_mode: str = "distinct", global_ln_post: bool = True) -> VisualFeatures:
+def encode_image(
+    visual: VisionTransformer,
+    images: torch.Tensor,
+    vv_start_layer: int,
+    tap_layers: tuple[int, ...],
+    tap_mode: str = "distinct",
+    global_ln_post: bool = True,
+) -> VisualFeatures:
     """Run a frozen open_clip vision tower with the V-V path from `vv_start_layer` (1-based) and read the taps.
 
     images: (B, 3, H, W), normalised, H and W multiples of the patch size.
@@ -69,7 +76,7 @@ def encode_image(visual: VisionTransformer, images: torch.Tensor, vv_start_layer
     x_ori, x_vv = x, x
     taps: list[torch.Tensor] = []
     for layer in range(vv_start_layer, len(blocks) + 1):
-        x_ori, x_vv = dual_block(blocks[layer - 1], x_ori, x_vv)  # type: ignore[arg-type]
+        x_ori, x_vv = dual_block(blocks[layer - 1], x_ori, x_vv)
         if layer in tap_layers:
             taps.append(x_vv)  # a new tensor each layer: the taps never alias each other
     if tap_mode == "top":

@@ -21,7 +21,7 @@ class _JsonConfig:
     """JSON round-trip shared by the config dataclasses; unknown keys are an error, not silently dropped."""
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload, no-any-return]
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
@@ -76,6 +76,7 @@ class KAnoCLIPConfig(_JsonConfig):
     image_size: int = 518
     pos_embed_interpolation: str = "bilinear"
     quick_gelu: bool | None = None  # None: what the pretrained tag or checkpoint format implies
+    random_seed: int = 0  # pretrained="none" only: the seed of the random weights, so checkpoints rebuild exactly
 
     # CLIP-VV (I2-I4). Layers are 1-based; None resolves to the quarter points of the tower (6, 12, 18, 24 on ViT-L).
     vv_start_layer: int | None = None
@@ -122,8 +123,15 @@ class KAnoCLIPConfig(_JsonConfig):
         _one_of("level_fusion", self.level_fusion, ("mean", "sum"))
         _one_of("score_mode", self.score_mode, ("global", "global+map"))
         _one_of("kd_mode", self.kd_mode, ("cos", "l2", "contrastive", "cos+contrastive"))
-        for name in ("n_ctx", "prompt_depth", "deep_prompt_length", "bi_cmci_heads", "adapter_reduction",
-                     "temperature", "kd_temperature"):
+        for name in (
+            "n_ctx",
+            "prompt_depth",
+            "deep_prompt_length",
+            "bi_cmci_heads",
+            "adapter_reduction",
+            "temperature",
+            "kd_temperature",
+        ):
             _positive(name, getattr(self, name))
         for name in ("adapter_ratio", "map_sigma", "alpha", "beta", "gamma", "focal_gamma"):
             if getattr(self, name) < 0:
@@ -138,18 +146,23 @@ class KAnoCLIPConfig(_JsonConfig):
         """Fill the layer choices left to the backbone and check them against its depth."""
         quarter = max(1, vision_layers // 4)
         start = self.vv_start_layer if self.vv_start_layer is not None else quarter
-        taps = self.tap_layers if self.tap_layers is not None else tuple(
-            sorted({max(start, round(vision_layers * k / 4)) for k in (1, 2, 3, 4)}))
+        taps = (
+            self.tap_layers
+            if self.tap_layers is not None
+            else tuple(sorted({max(start, round(vision_layers * k / 4)) for k in (1, 2, 3, 4)}))
+        )
         if not 1 <= start <= vision_layers:
             raise ConfigError(f"vv_start_layer={start} is outside the backbone's 1..{vision_layers} layers")
         if taps[0] < start or taps[-1] > vision_layers:
             raise ConfigError(
                 f"tap_layers={taps} must lie between vv_start_layer={start} and the last layer {vision_layers}: "
-                "taps are read from the V-V path")
+                "taps are read from the V-V path"
+            )
         if self.prompt_depth > text_layers:
             raise ConfigError(
                 f"prompt_depth={self.prompt_depth} exceeds the text tower's {text_layers} layers; "
-                f"set prompt_depth <= {text_layers}")
+                f"set prompt_depth <= {text_layers}"
+            )
         return self.replace(vv_start_layer=start, tap_layers=tuple(taps))
 
 

@@ -1,6 +1,6 @@
 """Training losses: KD (SPEC §3.2.3, I7), CE on the global branch, focal + dice on the maps (§4, I13).
 
-    L_total = alpha · L_KD + beta · L_global + gamma · L_local
+L_total = alpha · L_KD + beta · L_global + gamma · L_local
 """
 
 from __future__ import annotations
@@ -28,8 +28,14 @@ class KnowledgeTargets:
         return KnowledgeTargets(self.normal.to(device), self.abnormal.to(device))
 
 
-def kd_loss(text: torch.Tensor, targets: KnowledgeTargets, mode: str = "cos", temperature: float = 0.07,
-            image_knowledge: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
+def kd_loss(
+    text: torch.Tensor,
+    targets: KnowledgeTargets,
+    mode: str = "cos",
+    temperature: float = 0.07,
+    image_knowledge: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pull the learned prompts [t_n, t_a] (2, D) toward the knowledge base.
 
     General part: `cos` = Σ (1 − cos(t, k̄)), `l2` = Σ ‖t − k̄‖², `contrastive` = every knowledge sentence classified
@@ -75,9 +81,16 @@ def local_loss(level_probs: torch.Tensor, masks: torch.Tensor, gamma: float = 2.
     return total
 
 
-def total_loss(config: KAnoCLIPConfig, text: torch.Tensor, image_logits: torch.Tensor, level_probs: torch.Tensor,
-               labels: torch.Tensor, masks: torch.Tensor, targets: KnowledgeTargets,
-               image_knowledge: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def total_loss(
+    config: KAnoCLIPConfig,
+    text: torch.Tensor,
+    image_logits: torch.Tensor,
+    level_probs: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    targets: KnowledgeTargets,
+    image_knowledge: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
     """Every term and their weighted sum under "total"."""
     terms = {
         "kd": kd_loss(text, targets, config.kd_mode, config.kd_temperature, image_knowledge, labels),

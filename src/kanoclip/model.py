@@ -8,6 +8,7 @@ identity, so an untrained model is a plain CLIP-VV zero-shot detector.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,10 @@ class TrainingOutput(Output):
 class KAnoCLIP(nn.Module):
     """The full model. `forward(images)` takes RGB in [0, 1], (B, 3, H, W), any H and W."""
 
+    clip: Any  # the frozen open_clip model
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, config: KAnoCLIPConfig | None = None, backbone: Backbone | None = None) -> None:
         super().__init__()
         config = config or KAnoCLIPConfig()
@@ -59,10 +64,10 @@ class KAnoCLIP(nn.Module):
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         dim = int(backbone.visual.output_dim)
         self.prompts = PromptLearner(self.clip, self.tokenizer, self.config)
-        self.bi_cmci = BiCMCI(dim, self.config.bi_cmci_heads, len(self.config.tap_layers or ()),
-                              self.config.bi_cmci_shared)
-        self.adapter = build_adapter(self.config.adapter, dim, self.config.adapter_reduction,
-                                     self.config.adapter_ratio)
+        self.bi_cmci = BiCMCI(
+            dim, self.config.bi_cmci_heads, len(self.config.tap_layers or ()), self.config.bi_cmci_shared
+        )
+        self.adapter = build_adapter(self.config.adapter, dim, self.config.adapter_reduction, self.config.adapter_ratio)
         self._knowledge_text: torch.Tensor | None = None
         self._prompt_cache: torch.Tensor | None = None
 
@@ -118,8 +123,9 @@ class KAnoCLIP(nn.Module):
         if in_size != size:
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         with torch.no_grad():
-            feats = encode_image(self.clip.visual, x, cfg.vv_start_layer or 1, cfg.tap_layers or (),
-                                 cfg.tap_mode, cfg.global_ln_post)
+            feats = encode_image(
+                self.clip.visual, x, cfg.vv_start_layer or 1, cfg.tap_layers or (), cfg.tap_mode, cfg.global_ln_post
+            )
         text = self.text_features()
         g = self.adapter(feats.global_token, feats.patch_tokens, feats.grid)  # (B, D)
         image_logits = g @ text.t().to(g.dtype) / cfg.temperature
@@ -140,15 +146,17 @@ class KAnoCLIP(nn.Module):
         expected = set(self.learnable_state_dict())
         missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
         if missing or unexpected:
-            raise KeyError(f"learnable weights do not match this model: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+            raise KeyError(
+                f"learnable weights do not match this model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+            )
         self.load_state_dict(state, strict=False)
         self._prompt_cache = None
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters per part, and frozen vs learnable totals."""
-        counts = {name: sum(p.numel() for p in getattr(self, name).parameters())
-                  for name in ("prompts", "bi_cmci", "adapter")}
+        counts = {
+            name: sum(p.numel() for p in getattr(self, name).parameters()) for name in ("prompts", "bi_cmci", "adapter")
+        }
         counts["clip_frozen"] = sum(p.numel() for p in self.clip.parameters())
         counts["learnable"] = sum(p.numel() for p in self.parameters() if p.requires_grad)
         counts["frozen"] = sum(p.numel() for p in self.parameters() if not p.requires_grad)

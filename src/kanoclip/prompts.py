@@ -8,6 +8,8 @@ tokens are learned; deep text prompts (shared by both) overwrite token positions
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,14 +29,15 @@ class TextTower:
         pool = getattr(owner, "pool_type", getattr(clip, "text_pool_type", "argmax"))
         if getattr(owner, "cls_emb", None) is not None or pool != "argmax":
             raise BackboneError("kanoclip's prompt learner needs a CLIP text tower pooled at the EOT token")
-        self.owner = owner
+        self.owner: Any = owner
 
     @property
     def width(self) -> int:
         return int(self.owner.token_embedding.embedding_dim)
 
-    def encode_embeddings(self, x: torch.Tensor, eot: torch.Tensor,
-                          deep_prompts: torch.Tensor | None = None) -> torch.Tensor:
+    def encode_embeddings(
+        self, x: torch.Tensor, eot: torch.Tensor, deep_prompts: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Run token embeddings (B, 77, W) through the tower; deep_prompts (depth-1, P, W) overwrite positions 1..P
         before layers 2..depth. Returns the projected EOT features (B, D), not normalised."""
         owner = self.owner
@@ -42,7 +45,7 @@ class TextTower:
         for i, block in enumerate(owner.transformer.resblocks):
             if deep_prompts is not None and 1 <= i <= deep_prompts.shape[0]:
                 prompt = deep_prompts[i - 1].unsqueeze(0).expand(x.shape[0], -1, -1)
-                x = torch.cat([x[:, :1], prompt, x[:, 1 + prompt.shape[1]:]], dim=1)
+                x = torch.cat([x[:, :1], prompt, x[:, 1 + prompt.shape[1] :]], dim=1)
             x = block(x, attn_mask=owner.attn_mask)
         x = owner.ln_final(x)[torch.arange(x.shape[0], device=x.device), eot]
         projection = owner.text_projection
@@ -54,8 +57,10 @@ class TextTower:
 class PromptLearner(nn.Module):
     """Learnable normal / abnormal prompts (LNP / LAP) and deep text prompts."""
 
-    def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor],
-                 config: KAnoCLIPConfig) -> None:
+    tokens: torch.Tensor
+    token_embeddings: torch.Tensor
+
+    def __init__(self, clip: nn.Module, tokenizer: Callable[[list[str]], torch.Tensor], config: KAnoCLIPConfig) -> None:
         super().__init__()
         self.tower = TextTower(clip)
         width = self.tower.width
@@ -74,6 +79,6 @@ class PromptLearner(nn.Module):
         """The two prompt features [t_n, t_a], L2-normalised: (2, D)."""
         emb: torch.Tensor = self.token_embeddings  # (2, 77, W)
         ctx = torch.stack([self.ctx_normal, self.ctx_abnormal]).to(emb.dtype)
-        x = torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx:]], dim=1)
+        x = torch.cat([emb[:, :1], ctx, emb[:, 1 + self.n_ctx :]], dim=1)
         eot = self.tokens.argmax(dim=-1)
         return F.normalize(self.tower.encode_embeddings(x, eot, self.deep_prompts), dim=-1)

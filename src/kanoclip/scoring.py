@@ -11,11 +11,7 @@ def text_probabilities(features: torch.Tensor, text: torch.Tensor, temperature: 
 
     features (..., D) and text (2, D) or (..., 2, D) matching the leading axes, both L2-normalised -> (..., 2).
     """
-    if text.dim() == 2:
-        logits = features @ text.t()
-    else:
-        logits = features @ text.transpose(-1, -2)
-    return (logits / temperature).softmax(dim=-1)
+    return (features @ text.transpose(-1, -2) / temperature).softmax(dim=-1)
 
 
 def level_maps(probs: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
@@ -57,4 +53,3 @@ def image_scores(global_probs: torch.Tensor, maps: torch.Tensor, mode: str) -> t
     if mode == "global+map":
         score = 0.5 * (score + maps.flatten(1).amax(dim=1).clamp(0, 1))
     return score
-

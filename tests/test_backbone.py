@@ -1,0 +1,142 @@
+"""Loading CLIP from checkpoints the tests write themselves, the positional-embedding resize, and clear errors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+from kanoclip import KAnoCLIP, KAnoCLIPConfig
+from kanoclip.backbone import from_model, load_backbone, resize_positional_embedding
+from kanoclip.errors import BackboneError
+
+from .conftest import randomize_learnable, tiny_clip
+
+
+def outputs_of(model: KAnoCLIP, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    images = torch.rand(2, 3, 98, 98)
+    with torch.inference_mode():
+        out = model(images)
+    return out.scores, out.maps
+
+
+def pair(clip: torch.nn.Module, pretrained: Path, backbone: str) -> tuple[KAnoCLIP, KAnoCLIP]:
+    """The model built from the in-memory CLIP and the one built from the file, with equal learnable weights."""
+    config = KAnoCLIPConfig(backbone=backbone, pretrained=str(pretrained), image_size=98)
+    torch.manual_seed(0)
+    reference = KAnoCLIP(config, from_model(clip, config)).eval()
+    randomize_learnable(reference)
+    loaded = KAnoCLIP(config).eval()
+    loaded.load_learnable_state_dict(reference.learnable_state_dict())
+    return reference, loaded
+
+
+def assert_same_outputs(a: KAnoCLIP, b: KAnoCLIP) -> None:
+    for x, y in zip(outputs_of(a), outputs_of(b), strict=True):
+        assert torch.allclose(x, y, atol=1e-6, rtol=0), (x - y).abs().max()
+
+
+def test_openai_torchscript_checkpoint_loads_and_matches_its_source(tmp_path: Path) -> None:
+    clip = tiny_clip(layers=8)
+    images, tokens = torch.rand(1, 3, 56, 56), open_clip.tokenize(["a photo"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(clip, {"encode_image": (images,), "encode_text": (tokens,)}, check_trace=False)
+    path = tmp_path / "ViT-tiny.pt"
+    traced.save(str(path))
+    assert_same_outputs(*pair(clip, path, "ViT-B-16"))
+
+
+def test_openai_state_dict_checkpoint_loads_and_matches_its_source(tmp_path: Path) -> None:
+    clip = tiny_clip(layers=8).half().float()  # OpenAI ships fp16 weights: make the source exactly representable
+    state = {k: v.half() if v.is_floating_point() else v for k, v in clip.state_dict().items()}
+    state.update(input_resolution=torch.tensor(56), context_length=torch.tensor(77), vocab_size=torch.tensor(49408))
+    path = tmp_path / "ViT-tiny-sd.pt"
+    torch.save(state, path)
+    assert_same_outputs(*pair(clip, path, "ViT-B-16"))
+
+
+@pytest.mark.parametrize("fmt", ["training", "safetensors"])
+def test_open_clip_checkpoints_load_and_match_their_source(tmp_path: Path, fmt: str) -> None:
+    torch.manual_seed(2)
+    clip = open_clip.create_model("kanoclip-tiny").eval()
+    if fmt == "training":  # what open_clip's trainer writes: DDP "module." prefixes under "state_dict"
+        path = tmp_path / "epoch_3.pt"
+        torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in clip.state_dict().items()}}, path)
+    else:
+        path = tmp_path / "open_clip_model.safetensors"
+        save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    assert_same_outputs(*pair(clip, path, "kanoclip-tiny"))
+
+
+def test_open_clip_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> None:
+    clip = open_clip.create_model("kanoclip-tiny")
+    path = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    with pytest.raises(BackboneError, match="--backbone"):
+        load_backbone(KAnoCLIPConfig(backbone="ViT-B-16", pretrained=str(path), image_size=224))
+
+
+def test_positional_embedding_resize_is_the_identity_at_the_native_resolution() -> None:
+    pos = torch.randn(1 + 24 * 24, 32)
+    assert torch.equal(resize_positional_embedding(pos, (24, 24)), pos)
+
+
+def test_positional_embedding_resize_is_bilinear_and_keeps_the_cls_position() -> None:
+    grid = torch.tensor([[0.0, 1.0], [2.0, 3.0]])
+    pos = torch.cat([torch.tensor([[7.0]]), grid.reshape(4, 1)])
+    out = resize_positional_embedding(pos, (4, 4))
+    assert out[0, 0] == 7.0
+    # Half-pixel-centred bilinear with edge clamping, written out: source coordinate (i + 0.5) / 2 - 0.5.
+    coords = [max(0.0, min(1.0, (i + 0.5) / 2 - 0.5)) for i in range(4)]
+    want = torch.tensor([[(1 - r) * ((1 - c) * 0 + c * 1) + r * ((1 - c) * 2 + c * 3) for c in coords] for r in coords])
+    assert torch.allclose(out[1:, 0].reshape(4, 4), want, atol=1e-6)
+
+
+def test_model_runs_at_the_resized_resolution_and_matches_open_clip_there() -> None:
+    clip = tiny_clip(layers=8)
+    config = KAnoCLIPConfig(backbone="x", pretrained="none", image_size=140)
+    backbone = from_model(clip, config)
+    assert backbone.visual.positional_embedding.shape[0] == 1 + 10 * 10
+    assert backbone.visual.image_size == (140, 140)
+    images = torch.randn(1, 3, 140, 140)
+    assert clip.encode_image(images).shape == (1, 64)
+
+
+def test_default_backbone_offline_says_how_to_point_at_a_local_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: nothing to find locally
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(BackboneError) as err:
+        load_backbone(KAnoCLIPConfig())
+    message = str(err.value)
+    assert "--pretrained /path/to/file" in message and "ViT-L-14-336" in message and "none" in message
+
+
+def test_unknown_names_and_tags_are_clear_errors() -> None:
+    with pytest.raises(BackboneError, match="unknown backbone"):
+        load_backbone(KAnoCLIPConfig(backbone="ViT-Q-99"))
+    with pytest.raises(BackboneError, match="known tags"):
+        load_backbone(KAnoCLIPConfig(backbone="ViT-B-16", pretrained="no-such-tag"))
+    with pytest.raises(BackboneError, match="multiple of the patch size"):
+        load_backbone(KAnoCLIPConfig(backbone="kanoclip-tiny", pretrained="none", image_size=100))
+
+
+def test_non_vit_backbones_are_refused_with_a_reason() -> None:
+    with pytest.raises(BackboneError, match="plain ViT CLIP"):
+        load_backbone(KAnoCLIPConfig(backbone="RN50", pretrained="none", image_size=224))
+
+
+def test_backbone_is_frozen_and_stays_in_eval_mode(model: KAnoCLIP) -> None:
+    model.train()
+    assert not model.clip.training
+    assert all(not p.requires_grad for p in model.clip.parameters())
+    assert F.normalize(model.encode_text(["a photo"]), dim=-1).shape == (1, 64)
