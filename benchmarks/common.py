@@ -1,0 +1,31 @@
+"""What every benchmark records beside its numbers: the machine, the date and the versions."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        where = f"GPU {torch.cuda.get_device_name(device)}"
+    else:
+        where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return (
+        f"- machine: {where}\n- date: {datetime.date.today().isoformat()}\n"
+        f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
+        f"open_clip {open_clip.__version__}, numpy {np.__version__}"
+    )
+
+
+def append_results(title: str, body: str) -> None:
+    with RESULTS.open("a") as f:
+        f.write(f"\n## {title}\n\n{body}\n")

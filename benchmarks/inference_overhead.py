@@ -1,0 +1,80 @@
+"""Full KAnoCLIP inference time over the frozen CLIP-VV forward alone, same config, same run (goal: <= 1.10).
+
+Random weights (pretrained=none): timing does not depend on the weight values. Appends a table to RESULTS.md.
+
+    python benchmarks/inference_overhead.py                      # ViT-B-16@224 and ViT-L-14-336@518, batch 1 and 8
+    python benchmarks/inference_overhead.py --quick              # ViT-B-16@224 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+
+from benchmarks.common import append_results, machine_description
+from kanoclip import KAnoCLIP, KAnoCLIPConfig
+from kanoclip.clip_vv import encode_image
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = KAnoCLIP(KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)).to(device).eval()
+    cfg = model.config
+    images = torch.rand(batch, 3, size, size, device=device)
+    normalised = (images - model.mean) / model.std
+
+    def clip_vv_alone() -> object:
+        return encode_image(model.clip.visual, normalised, cfg.vv_start_layer or 1, cfg.tap_layers or ())
+
+    with torch.inference_mode():
+        alone = median_seconds(clip_vv_alone, repeats, device)
+        full = median_seconds(lambda: model(images), repeats, device)
+    return {"clip_vv_s": alone, "full_s": full, "ratio": full / alone}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="ViT-B-16 at 224 only")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cases = [("ViT-B-16", 224, 1), ("ViT-B-16", 224, 8)]
+    if not args.quick:
+        cases += [("ViT-L-14-336", 518, 1), ("ViT-L-14-336", 518, 8)]
+    rows = [
+        "| backbone | size | batch | CLIP-VV alone (s) | full inference (s) | ratio (goal <= 1.10) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for backbone, size, batch in cases:
+        r = measure(backbone, size, batch, args.repeats, device)
+        rows.append(f"| {backbone} | {size} | {batch} | {r['clip_vv_s']:.4f} | {r['full_s']:.4f} | {r['ratio']:.3f} |")
+        print(rows[-1], flush=True)
+    text = "\n".join(rows)
+    print(text)
+    if not args.no_append:
+        append_results("Full inference over the CLIP-VV forward alone", f"{machine_description(device)}\n\n{text}")
+
+
+if __name__ == "__main__":
+    main()

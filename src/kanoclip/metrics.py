@@ -1,0 +1,204 @@
+"""Image and pixel metrics of the field (SPEC §6): AUROC, AP, F1-max and AUPRO, as plain functions of arrays.
+
+Every metric is exact over all thresholds (ties switch together) and returns NaN where it is undefined (one label
+only, no masks): a table shows that as "—", never as 0. Pixel metrics take all pixels of a class, flattened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+from scipy import ndimage
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Curve:
+    """Cumulative true and false positives at every distinct score, from the highest threshold down."""
+
+    thresholds: NDArray[np.float64]
+    tp: NDArray[np.int64]
+    fp: NDArray[np.int64]
+    positives: int
+    negatives: int
+
+
+def _curve(labels: ArrayLike, scores: ArrayLike) -> Curve | None:
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in size: {y.shape} vs {s.shape}")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinity")
+    pos, neg = np.sort(s[y]), np.sort(s[~y])
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    thresholds = np.unique(np.concatenate([pos, neg]))[::-1]
+    tp = len(pos) - np.searchsorted(pos, thresholds, side="left")
+    fp = len(neg) - np.searchsorted(neg, thresholds, side="left")
+    return Curve(thresholds, tp, fp, len(pos), len(neg))
+
+
+def _auroc(curve: Curve | None) -> float:
+    if curve is None:
+        return float("nan")
+    tpr = np.concatenate([[0.0], curve.tp / curve.positives])
+    fpr = np.concatenate([[0.0], curve.fp / curve.negatives])
+    return float(np.trapezoid(tpr, fpr))
+
+
+def _average_precision(curve: Curve | None) -> float:
+    """Σ (R_k − R_{k−1}) · P_k over the distinct thresholds (sklearn's definition, no interpolation)."""
+    if curve is None:
+        return float("nan")
+    precision = curve.tp / (curve.tp + curve.fp)
+    recall = curve.tp / curve.positives
+    return float(np.sum(np.diff(np.concatenate([[0.0], recall])) * precision))
+
+
+def _f1_max(curve: Curve | None) -> tuple[float, float]:
+    if curve is None:
+        return float("nan"), float("nan")
+    precision = curve.tp / (curve.tp + curve.fp)
+    recall = curve.tp / curve.positives
+    f1 = np.where(precision + recall > 0, 2 * precision * recall / np.maximum(precision + recall, 1e-300), 0.0)
+    best = int(np.argmax(f1))
+    return float(f1[best]), float(curve.thresholds[best])
+
+
+def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve of image scores; labels 1 = anomalous."""
+    return _auroc(_curve(labels, scores))
+
+
+def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
+    return _average_precision(_curve(labels, scores))
+
+
+def f1_max(labels: ArrayLike, scores: ArrayLike) -> float:
+    """The best F1 over all thresholds (score >= threshold means anomalous)."""
+    return _f1_max(_curve(labels, scores))[0]
+
+
+def f1_max_threshold(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
+    """(best F1, the threshold that reaches it)."""
+    return _f1_max(_curve(labels, scores))
+
+
+def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
+    """AUROC over every pixel of every image; masks (N, H, W) bool, maps (N, H, W) float."""
+    return image_auroc(masks, maps)
+
+
+def pixel_average_precision(masks: ArrayLike, maps: ArrayLike) -> float:
+    return average_precision(masks, maps)
+
+
+def pixel_f1_max(masks: ArrayLike, maps: ArrayLike) -> float:
+    return f1_max(masks, maps)
+
+
+def _regions(masks: NDArray[np.bool_]) -> tuple[NDArray[np.int64], int]:
+    """Connected ground-truth regions (8-connectivity) numbered across all images: ids (N, H, W), 0 = background."""
+    ids = np.zeros(masks.shape, dtype=np.int64)
+    count = 0
+    for i, mask in enumerate(masks):
+        labelled, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+        ids[i] = np.where(labelled > 0, labelled + count, 0)
+        count += n
+    return ids, count
+
+
+def _check_pixels(masks: ArrayLike, maps: ArrayLike) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
+    m = np.asarray(masks).astype(bool)
+    a = np.asarray(maps, dtype=np.float64)
+    if m.shape != a.shape or m.ndim != 3:
+        raise ValueError(f"masks and maps must both be (N, H, W) arrays of one shape, got {m.shape} and {a.shape}")
+    return m, a
+
+
+def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3, method: str = "exact") -> float:
+    """Area under the per-region-overlap curve up to `fpr_limit`, divided by the limit; in [0, 1].
+
+    `exact`: every distinct score is a threshold (score >= t is anomalous), PRO is the mean over all connected
+    ground-truth regions of all images of the detected fraction, the curve starts at (0, 0) and is closed at exactly
+    the limit by linear interpolation (MVTec AD's evaluation). `anomalyclip`: the 200-threshold variant of the
+    AnomalyCLIP/APRIL-GAN code, for comparison with published tables (§6).
+    """
+    m, a = _check_pixels(masks, maps)
+    if method == "anomalyclip":
+        return _aupro_stepped(m, a, fpr_limit, steps=200, rescale=True)
+    if method != "exact":
+        raise ValueError(f"method must be 'exact' or 'anomalyclip', got {method!r}")
+    ids, n_regions = _regions(m)
+    normal = a[~m]
+    if n_regions == 0 or normal.size == 0:
+        return float("nan")
+    # Only thresholds whose FPR can stay under the limit matter: at most floor(limit·N) normal pixels above them.
+    allowed = int(np.floor(fpr_limit * normal.size))
+    cutoff = -np.inf
+    if allowed < normal.size:
+        cutoff = np.partition(normal, normal.size - allowed - 1)[normal.size - allowed - 1]
+    normal = np.sort(normal[normal >= cutoff])
+    region_of = ids[m]
+    area = np.bincount(region_of, minlength=n_regions + 1).astype(np.float64)
+    weights = 1.0 / (area[region_of] * n_regions)  # each region counts once, whatever its size
+    anomalous = a[m]
+    order = np.argsort(anomalous, kind="stable")
+    anomalous, weights = anomalous[order], weights[order]
+    cum_weights = np.concatenate([[0.0], np.cumsum(weights)])
+    thresholds = np.unique(np.concatenate([normal, anomalous[anomalous >= cutoff]]))[::-1]
+    fpr = (normal.size - np.searchsorted(normal, thresholds, side="left")) / (~m).sum()
+    pro = cum_weights[-1] - cum_weights[np.searchsorted(anomalous, thresholds, side="left")]
+    return _integrate(np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro]), fpr_limit)
+
+
+def _integrate(fpr: NDArray[np.float64], pro: NDArray[np.float64], limit: float) -> float:
+    """Trapezoid area under pro(fpr) from 0 to `limit`, closing at the limit by interpolation, over the limit."""
+    inside = fpr <= limit
+    x, y = fpr[inside], pro[inside]
+    if not inside.all():
+        k = int(np.argmax(~inside))  # first point past the limit; fpr is non-decreasing
+        x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+        y_limit = y0 + (y1 - y0) * (limit - x0) / (x1 - x0) if x1 > x0 else y1
+        x, y = np.append(x, limit), np.append(y, y_limit)
+    return float(np.trapezoid(y, x) / limit)
+
+
+def aupro_stepped(
+    masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3, steps: int = 200, rescale: bool = True
+) -> float:
+    """AUPRO on `steps` linearly spaced thresholds (map > t). With `rescale` (AnomalyCLIP): keep FPR < limit, rescale
+    those FPRs by min-max and take the trapezoid area; without: integrate like `aupro` (for comparisons)."""
+    m, a = _check_pixels(masks, maps)
+    return _aupro_stepped(m, a, fpr_limit, steps, rescale)
+
+
+def _aupro_stepped(m: NDArray[np.bool_], a: NDArray[np.float64], fpr_limit: float, steps: int, rescale: bool) -> float:
+    ids, n_regions = _regions(m)
+    if n_regions == 0 or (~m).sum() == 0:
+        return float("nan")
+    lo, hi = float(a.min()), float(a.max())
+    thresholds = np.arange(lo, hi, (hi - lo) / steps) if hi > lo else np.array([lo])
+    normal = np.sort(a[~m])
+    region_of, anomalous = ids[m], a[m]
+    area = np.bincount(region_of, minlength=n_regions + 1)[1:]
+    fpr = np.empty(len(thresholds))
+    pro = np.empty(len(thresholds))
+    for k, t in enumerate(thresholds):  # 200 passes over the anomalous pixels only
+        fpr[k] = (normal.size - np.searchsorted(normal, t, side="right")) / normal.size
+        hits = np.bincount(region_of[anomalous > t], minlength=n_regions + 1)[1:]
+        pro[k] = np.mean(hits / area)
+    if rescale:
+        keep = fpr < fpr_limit
+        if keep.sum() < 2:
+            return float("nan")
+        x, y = fpr[keep], pro[keep]
+        x = (x - x.min()) / (x.max() - x.min()) if x.max() > x.min() else np.zeros_like(x)
+        order = np.argsort(x, kind="stable")
+        return float(np.trapezoid(y[order], x[order]))
+    order = np.argsort(fpr, kind="stable")
+    return _integrate(np.concatenate([[0.0], fpr[order]]), np.concatenate([[0.0], pro[order]]), fpr_limit)
