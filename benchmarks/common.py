@@ -18,7 +18,8 @@ def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         where = f"GPU {torch.cuda.get_device_name(device)}"
     else:
-        where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+        cpu = platform.processor() or platform.machine()
+        where = f"CPU {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     return (
         f"- machine: {where}\n- date: {datetime.date.today().isoformat()}\n"
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
