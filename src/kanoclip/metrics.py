@@ -101,20 +101,28 @@ def pixel_f1_max(masks: ArrayLike, maps: ArrayLike) -> float:
     return f1_max(masks, maps)
 
 
-def _regions(masks: NDArray[np.bool_]) -> tuple[NDArray[np.int64], int]:
-    """Connected ground-truth regions (8-connectivity) numbered across all images: ids (N, H, W), 0 = background."""
-    ids = np.zeros(masks.shape, dtype=np.int64)
+def _regions(masks: NDArray[np.bool_]) -> tuple[NDArray[np.int64], NDArray[np.int64], int]:
+    """Connected ground-truth regions (8-connectivity), numbered 1.. across all images.
+
+    Returns the region id of every mask pixel (in `masks[mask]` order), the area of each region (index 0 unused) and
+    the number of regions. Only mask pixels are stored, never a full id image per map.
+    """
+    ids: list[NDArray[np.int64]] = []
     count = 0
-    for i, mask in enumerate(masks):
-        labelled, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        ids[i] = np.where(labelled > 0, labelled + count, 0)
-        count += n
-    return ids, count
+    for mask in masks:
+        if mask.any():
+            labelled, n = ndimage.label(mask, structure=EIGHT_CONNECTED)
+            ids.append(labelled[mask].astype(np.int64) + count)
+            count += n
+    region_of = np.concatenate(ids) if ids else np.zeros(0, dtype=np.int64)
+    return region_of, np.bincount(region_of, minlength=count + 1), count
 
 
-def _check_pixels(masks: ArrayLike, maps: ArrayLike) -> tuple[NDArray[np.bool_], NDArray[np.float64]]:
-    m = np.asarray(masks).astype(bool)
-    a = np.asarray(maps, dtype=np.float64)
+def _check_pixels(masks: ArrayLike, maps: ArrayLike) -> tuple[NDArray[np.bool_], NDArray[np.floating]]:
+    m = np.asarray(masks).astype(bool, copy=False)
+    a = np.asarray(maps)
+    if a.dtype not in (np.float32, np.float64):  # float16 maps and integer maps compare exactly in float32
+        a = a.astype(np.float32)
     if m.shape != a.shape or m.ndim != 3:
         raise ValueError(f"masks and maps must both be (N, H, W) arrays of one shape, got {m.shape} and {a.shape}")
     return m, a
@@ -133,25 +141,29 @@ def aupro(masks: ArrayLike, maps: ArrayLike, fpr_limit: float = 0.3, method: str
         return _aupro_stepped(m, a, fpr_limit, steps=200, rescale=True)
     if method != "exact":
         raise ValueError(f"method must be 'exact' or 'anomalyclip', got {method!r}")
-    ids, n_regions = _regions(m)
+    region_of, area, n_regions = _regions(m)
     normal = a[~m]
     if n_regions == 0 or normal.size == 0:
         return float("nan")
+    n_normal = normal.size
     # Only thresholds whose FPR can stay under the limit matter: at most floor(limit·N) normal pixels above them.
-    allowed = int(np.floor(fpr_limit * normal.size))
+    # The (allowed+1)-th largest normal score is the first threshold past the limit (a partition finds it in linear
+    # time); every normal score tied with it must stay, or the FPR of that last point would be too low.
+    allowed = int(np.floor(fpr_limit * n_normal))
     cutoff = -np.inf
-    if allowed < normal.size:
-        cutoff = np.partition(normal, normal.size - allowed - 1)[normal.size - allowed - 1]
-    normal = np.sort(normal[normal >= cutoff])
-    region_of = ids[m]
-    area = np.bincount(region_of, minlength=n_regions + 1).astype(np.float64)
-    weights = 1.0 / (area[region_of] * n_regions)  # each region counts once, whatever its size
+    if allowed < n_normal:
+        k = n_normal - allowed - 1
+        cutoff = np.partition(normal, k)[k]
+        normal = normal[normal >= cutoff]
+    normal = np.sort(normal)
     anomalous = a[m]
+    weights = 1.0 / (area[region_of] * n_regions)  # each region counts once, whatever its size
     order = np.argsort(anomalous, kind="stable")
     anomalous, weights = anomalous[order], weights[order]
     cum_weights = np.concatenate([[0.0], np.cumsum(weights)])
-    thresholds = np.unique(np.concatenate([normal, anomalous[anomalous >= cutoff]]))[::-1]
-    fpr = (normal.size - np.searchsorted(normal, thresholds, side="left")) / (~m).sum()
+    thresholds = np.sort(np.concatenate([normal, anomalous[anomalous >= cutoff]]))
+    thresholds = thresholds[np.concatenate([thresholds[1:] != thresholds[:-1], [True]])][::-1]  # distinct, descending
+    fpr = (normal.size - np.searchsorted(normal, thresholds, side="left")) / n_normal
     pro = cum_weights[-1] - cum_weights[np.searchsorted(anomalous, thresholds, side="left")]
     return _integrate(np.concatenate([[0.0], fpr]), np.concatenate([[0.0], pro]), fpr_limit)
 
@@ -177,21 +189,24 @@ def aupro_stepped(
     return _aupro_stepped(m, a, fpr_limit, steps, rescale)
 
 
-def _aupro_stepped(m: NDArray[np.bool_], a: NDArray[np.float64], fpr_limit: float, steps: int, rescale: bool) -> float:
-    ids, n_regions = _regions(m)
+def _aupro_stepped(m: NDArray[np.bool_], a: NDArray[np.floating], fpr_limit: float, steps: int, rescale: bool) -> float:
+    region_of, area, n_regions = _regions(m)
     if n_regions == 0 or (~m).sum() == 0:
         return float("nan")
     lo, hi = float(a.min()), float(a.max())
     thresholds = np.arange(lo, hi, (hi - lo) / steps) if hi > lo else np.array([lo])
     normal = np.sort(a[~m])
-    region_of, anomalous = ids[m], a[m]
-    area = np.bincount(region_of, minlength=n_regions + 1)[1:]
-    fpr = np.empty(len(thresholds))
-    pro = np.empty(len(thresholds))
-    for k, t in enumerate(thresholds):  # 200 passes over the anomalous pixels only
-        fpr[k] = (normal.size - np.searchsorted(normal, t, side="right")) / normal.size
-        hits = np.bincount(region_of[anomalous > t], minlength=n_regions + 1)[1:]
-        pro[k] = np.mean(hits / area)
+    anomalous = a[m]
+    area = area[1:]
+    fpr = (normal.size - np.searchsorted(normal, thresholds, side="right")) / normal.size
+    # Pixel counted at threshold k iff score > t_k, i.e. k < (number of thresholds below the score): histogram each
+    # region's pixels by that number once, then a reversed cumulative sum gives every threshold's hits at once.
+    n_t = len(thresholds)
+    below = np.searchsorted(thresholds, anomalous, side="left")  # thresholds strictly below each score
+    counts = np.bincount(region_of * (n_t + 1) + below, minlength=(n_regions + 1) * (n_t + 1))
+    counts = counts.reshape(n_regions + 1, n_t + 1)[1:]
+    hits = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1][:, 1:]  # (regions, thresholds): pixels with below > k
+    pro = (hits / area[:, None]).mean(axis=0)
     if rescale:
         keep = fpr < fpr_limit
         if keep.sum() < 2:
