@@ -16,27 +16,13 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ._files import atomic_write_bytes
 from .config import KAnoCLIPConfig
 from .errors import CheckpointError
 from .model import KAnoCLIP
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
