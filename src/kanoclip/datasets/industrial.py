@@ -74,7 +74,8 @@ def load_visa(root: Path) -> DatasetIndex:
             f"{split_file} lists {len(rows)} images but {len(missing)} are missing under {root} (first: {missing[0]}). "
             "Put the VisA class folders (candle/, capsules/, ...) beside split_csv/, as in the official release"
         )
-    test, train = [], []
+    test: list[Sample] = []
+    train: list[Sample] = []
     for r in rows:
         anomalous = r["label"].strip().lower() == "anomaly"
         sample = Sample(
