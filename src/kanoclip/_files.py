@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -20,3 +23,10 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """An array in NumPy's .npy format, for writing through `atomic_write_bytes`."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()

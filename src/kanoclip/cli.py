@@ -8,6 +8,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .config import KAnoCLIPConfig
@@ -78,6 +79,202 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """A model ready to run: a checkpoint, or training-free mode on the model options."""
+    add_model_options(parser)
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--checkpoint", metavar="DIR", help="a folder written by `kanoclip train` (default: training-free)"
+    )
+    group.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
+    group.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="auto: bf16 autocast on GPU, fp32 on CPU",
+    )
+    group.add_argument("--batch-size", type=int, default=8)
+    group.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: in the main process)")
+    group.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow first batch)")
+    group.add_argument(
+        "--knowledge-class",
+        default="object",
+        help="training-free mode: the knowledge-base class whose sentences give the text features",
+    )
+
+
+def detector(args: argparse.Namespace) -> Any:
+    from .detection import Detector
+
+    overrides = {}
+    if args.checkpoint:
+        config_flags = {"backbone": args.backbone, "pretrained": args.pretrained, "image_size": args.image_size}
+        overrides = {k: v for k, v in config_flags.items() if v is not None}
+        if args.set or args.config:
+            raise ConfigError(
+                "--set/--config change a training-free model; a checkpoint keeps its own config "
+                "(only --backbone, --pretrained and --image-size may point elsewhere)"
+            )
+    return Detector(
+        args.checkpoint,
+        None if args.checkpoint else model_config(args),
+        overrides,
+        device=args.device,
+        precision=args.precision,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        knowledge_class=args.knowledge_class,
+        compile=args.compile,
+    )
+
+
+def add_detect_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="PATH", help="image files, folders (searched recursively), globs")
+    parser.add_argument("--out", default="results", metavar="DIR", help="output folder (default: results)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        help="label images with score >= T as anomalous (1); default: the checkpoint's calibration, if any",
+    )
+    parser.add_argument("--no-maps", action="store_true", help="write scores.csv only")
+    add_run_options(parser)
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from .detection import detect_files
+
+    summary = detect_files(detector(args), args.inputs, args.out, args.threshold, save_maps=not args.no_maps)
+    done = summary.images - len(summary.failed)
+    print(
+        f"{done} of {summary.images} images scored -> {summary.scores_csv}"
+        + ("" if args.no_maps else f"; overlays and maps in {Path(args.out) / 'maps'}")
+    )
+    if summary.skipped_masks:
+        print(f"skipped {summary.skipped_masks} ground-truth mask files (in ground_truth/ or masks/, or named *_mask)")
+    for _, reason in summary.failed:
+        print(f"  failed: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("datasets", nargs="+", metavar="DIR", help="dataset folders in any known layout")
+    parser.add_argument("--layout", help="the layout of every DIR, when detection is ambiguous (e.g. kolektor-thirds)")
+    parser.add_argument("--out", default="evaluation", metavar="DIR", help="output folder (default: evaluation)")
+    parser.add_argument("--cases", type=int, default=3, help="best and worst images shown per class in the report")
+    parser.add_argument(
+        "--aupro",
+        choices=("exact", "anomalyclip"),
+        default="exact",
+        help="exact over all thresholds, or the 200-threshold variant of published tables",
+    )
+    add_run_options(parser)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .evaluation import evaluate, markdown_table
+
+    indices = [load_dataset(path, args.layout) for path in args.datasets]
+    for index in indices:
+        print(index.summary())
+    det = detector(args)
+    info = {
+        "model": det.model.backbone_source,
+        "checkpoint": str(args.checkpoint) if args.checkpoint else "none (training-free, knowledge text features)",
+        "resolution": det.image_size,
+        "device": str(det.device),
+        "aupro": args.aupro,
+        "random_weights": det.model.config.pretrained == "none",
+    }
+    results = evaluate(det, indices, args.out, args.cases, args.aupro, info)
+    print(markdown_table(results))
+    if info["random_weights"]:
+        print("note: random CLIP weights: these numbers measure the pipeline, not the method")
+    print(f"tables and report in {args.out}/ (results.md, results.csv, results.json, report.html)")
+    return 0
+
+
+def add_knowledge_options(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    general = sub.add_parser("general", help="normal/abnormal sentences per class from a chat model")
+    general.add_argument("classes", nargs="*", help="class names (default: every class of the shipped base)")
+    images = sub.add_parser("images", help="one description per image of an auxiliary dataset from a vision model")
+    images.add_argument("dataset", metavar="DIR", help="the auxiliary dataset (its test split, as in training)")
+    images.add_argument("--layout", help="dataset layout, when detection is ambiguous")
+    for p in (general, images):
+        p.add_argument("--out", required=True, metavar="FILE", help="the knowledge JSON to write")
+        p.add_argument(
+            "--base-url",
+            help="OpenAI-compatible server, e.g. http://localhost:11434/v1 (Ollama), "
+            "http://localhost:8000/v1 (vLLM); env KANOCLIP_LLM_BASE_URL; default api.openai.com",
+        )
+        p.add_argument("--model", help="chat model name; env KANOCLIP_LLM_MODEL")
+        p.add_argument("--api-key", help="env KANOCLIP_LLM_API_KEY or OPENAI_API_KEY")
+        p.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+        p.add_argument("--retries", type=int, default=4, help="retries on 429, 5xx, timeouts (default 4)")
+        p.add_argument(
+            "--cache",
+            default="~/.cache/kanoclip/answers.jsonl",
+            metavar="FILE",
+            help="answer cache: a re-run asks only what is missing",
+        )
+        p.add_argument("--templates", metavar="DIR", help="prompt templates replacing ours (same file names)")
+
+
+def cmd_knowledge(args: argparse.Namespace) -> int:
+    from .knowledge.base import KnowledgeBase
+    from .knowledge.cache import AnswerCache
+    from .knowledge.client import ChatClient, ServerConfig
+    from .knowledge.generate import generate_general, generate_images, load_templates, write_json
+
+    client = ChatClient(ServerConfig(args.base_url, args.model, args.api_key, args.timeout, args.retries))
+    cache, templates = AnswerCache(args.cache), load_templates(args.templates)
+    if args.what == "general":
+        knowledge, progress = generate_general(
+            client, args.classes or list(KnowledgeBase.load().classes), cache, templates
+        )
+        knowledge.save(args.out, progress.failures)
+    else:
+        from .datasets import load_dataset
+
+        index = load_dataset(args.dataset, args.layout)
+        print(index.summary())
+        document, progress = generate_images(client, index, cache, templates)
+        write_json(args.out, document)
+    print(f"{progress.done} answered, {progress.failed} failed -> {args.out}")
+    for failure in progress.failures:
+        print(f"  failed: {failure['item']}: {failure['reason']}", file=sys.stderr)
+    return 1 if progress.failed else 0
+
+
+DETECT_EPILOG = """examples:
+  kanoclip detect photos/ --out results                       training-free, default backbone (downloads once)
+  kanoclip detect 'line3/*.png' --checkpoint runs/mvtec/final --threshold 0.6
+  kanoclip detect part.tif --pretrained /models/ViT-L-14-336px.pt
+  kanoclip detect examples --backbone kanoclip-tiny --pretrained none --image-size 112   offline smoke run
+
+writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.png (heatmap overlay) and DIR/maps/<name>.npy (the map
+at the image's own size). A file that cannot be read is reported and skipped; exit status 1 if any was skipped.
+"""
+
+EVALUATE_EPILOG = """examples:
+  kanoclip evaluate /data/visa /data/mpdd --checkpoint runs/mvtec/final --out eval/
+  kanoclip evaluate /data/KolektorSDD --layout kolektor-thirds --aupro anomalyclip
+
+writes results.md, results.csv, results.json (per class and mean: image AUROC/AP/F1-max, pixel AUROC/AP/F1-max,
+AUPRO) and report.html with the best and worst images of each class.
+"""
+
+KNOWLEDGE_EPILOG = """examples:
+  kanoclip knowledge general --model gpt-4o-mini --out knowledge.json
+  kanoclip knowledge general bottle screw --base-url http://localhost:11434/v1 --model llama3.1 --out k.json
+  kanoclip knowledge images /data/mvtec --base-url http://localhost:8000/v1 --model Llama-3.2-11B-Vision \\
+      --out mvtec_vqa.json
+
+the package ships a general knowledge base for every class of the field; these commands rebuild it with your server.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kanoclip",
@@ -89,6 +286,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int], str]] = [
         ("info", "print the resolved config and parameter counts", add_model_options, cmd_info, EPILOG),
+        ("detect", "score images and write heatmaps", add_detect_options, cmd_detect, DETECT_EPILOG),
+        (
+            "evaluate",
+            "metrics, tables and an HTML report on datasets",
+            add_evaluate_options,
+            cmd_evaluate,
+            EVALUATE_EPILOG,
+        ),
+        (
+            "knowledge",
+            "generate knowledge with an LLM / VQA server",
+            add_knowledge_options,
+            cmd_knowledge,
+            KNOWLEDGE_EPILOG,
+        ),
     ]
     for name, help_text, add_options, func, epilog in commands:
         p = sub.add_parser(

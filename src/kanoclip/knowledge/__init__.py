@@ -1,0 +1,14 @@
+"""KnPL knowledge (SPEC §3.2.1): the knowledge base, the chat client that writes it, and its CLIP encoding."""
+
+from .base import AGNOSTIC, ClassKnowledge, KnowledgeBase, load_image_knowledge
+from .encode import encode_sentences, knowledge_targets, use_training_free
+
+__all__ = [
+    "AGNOSTIC",
+    "ClassKnowledge",
+    "KnowledgeBase",
+    "encode_sentences",
+    "knowledge_targets",
+    "load_image_knowledge",
+    "use_training_free",
+]

@@ -1,0 +1,102 @@
+"""The knowledge base: normal/abnormal sentences per class (LLM) and one sentence per image (VQA) (SPEC §3.2.1, I6).
+
+A general-knowledge file is {"header": {...}, "classes": {name: {"normal": [...], "abnormal": [...], "aliases": [...]}},
+"failures": [...]}; an image-knowledge file is {"header": {...}, "images": {path: {"label": 0|1, "text": ...}},
+"failures": [...]}. The package ships a general file for every class of the field plus class-agnostic "object".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .._files import atomic_write_bytes
+from ..errors import KnowledgeError
+
+AGNOSTIC = "object"
+
+
+@dataclass
+class ClassKnowledge:
+    normal: list[str]
+    abnormal: list[str]
+    aliases: list[str] = field(default_factory=list)
+
+
+@dataclass
+class KnowledgeBase:
+    """General knowledge per class; `lookup` falls back to the class-agnostic "object" entry."""
+
+    classes: dict[str, ClassKnowledge]
+    header: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> KnowledgeBase:
+        """The shipped base, or a file written by `kanoclip knowledge general`."""
+        if path is None:
+            text = resources.files("kanoclip.knowledge").joinpath("data/general.json").read_text()
+            where = "the shipped knowledge base"
+        else:
+            where = str(path)
+            try:
+                text = Path(path).expanduser().read_text()
+            except OSError as e:
+                raise KnowledgeError(f"cannot read knowledge file {path}: {e.strerror}") from e
+        document = _parse(text, where)
+        entries = document.get("classes")
+        if not isinstance(entries, dict) or not entries:
+            raise KnowledgeError(f"{where}: expected a 'classes' mapping (written by `kanoclip knowledge general`)")
+        classes = {}
+        for name, entry in entries.items():
+            normal, abnormal = entry.get("normal") or [], entry.get("abnormal") or []
+            if not normal or not abnormal:
+                raise KnowledgeError(f"{where}: class {name!r} needs both normal and abnormal sentences")
+            classes[name] = ClassKnowledge(list(normal), list(abnormal), list(entry.get("aliases", [])))
+        return cls(classes, document.get("header", {}))
+
+    def lookup(self, name: str) -> tuple[str, ClassKnowledge]:
+        """The entry for a class name as a loader reports it: exact, case-insensitive, alias, else "object"."""
+        if name in self.classes:
+            return name, self.classes[name]
+        lowered = name.lower()
+        for key, entry in self.classes.items():
+            if key.lower() == lowered:
+                return key, entry
+        for key, entry in self.classes.items():
+            if any(alias in lowered for alias in entry.aliases):
+                return key, entry
+        if AGNOSTIC not in self.classes:
+            raise KnowledgeError(f"no knowledge for class {name!r} and no class-agnostic {AGNOSTIC!r} entry")
+        return AGNOSTIC, self.classes[AGNOSTIC]
+
+    def save(self, path: str | Path, failures: list[dict[str, str]] | None = None) -> None:
+        classes = {
+            k: {"aliases": v.aliases, "normal": v.normal, "abnormal": v.abnormal} for k, v in self.classes.items()
+        }
+        document = {"header": self.header, "classes": classes, "failures": failures or []}
+        atomic_write_bytes(Path(path), (json.dumps(document, indent=1) + "\n").encode())
+
+
+def load_image_knowledge(path: str | Path) -> dict[str, tuple[int, str]]:
+    """{image path: (label, sentence)} from a file written by `kanoclip knowledge images`."""
+    try:
+        document = _parse(Path(path).expanduser().read_text(), str(path))
+    except OSError as e:
+        raise KnowledgeError(f"cannot read image-knowledge file {path}: {e.strerror}") from e
+    images = document.get("images")
+    if not isinstance(images, dict):
+        raise KnowledgeError(f"{path}: expected an 'images' mapping (written by `kanoclip knowledge images`)")
+    return {p: (int(v["label"]), str(v["text"])) for p, v in images.items()}
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise KnowledgeError(f"{where} is not valid JSON ({e})") from e
+    if not isinstance(document, dict):
+        raise KnowledgeError(f"{where}: expected a JSON object")
+    return document

@@ -1,0 +1,102 @@
+"""A chat-completions client for any OpenAI-compatible server (OpenAI, vLLM, Ollama), with bounded retries.
+
+HTTP 429, 5xx, timeouts, dropped connections and unreadable answers are retried with exponential backoff and
+jitter; other 4xx (a wrong key, an unknown model) fail at once with the server's message.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import openai
+
+from ..errors import KnowledgeError
+
+RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+
+
+@dataclass
+class ServerConfig:
+    """Where to ask. Unset fields come from KANOCLIP_LLM_BASE_URL / OPENAI_BASE_URL, KANOCLIP_LLM_MODEL and
+    KANOCLIP_LLM_API_KEY / OPENAI_API_KEY."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key: str | None = None
+    timeout: float = 60.0
+    retries: int = 4
+    backoff: float = 1.0
+
+    def resolved(self) -> ServerConfig:
+        env = os.environ.get
+        base_url = self.base_url or env("KANOCLIP_LLM_BASE_URL") or env("OPENAI_BASE_URL")
+        model = self.model or env("KANOCLIP_LLM_MODEL")
+        if not model:
+            raise KnowledgeError(
+                "no chat model named: pass --model (e.g. gpt-4o-mini, llama3.2-vision) or set KANOCLIP_LLM_MODEL"
+            )
+        # local servers (vLLM, Ollama) accept any key; the openai client insists on one
+        api_key = self.api_key or env("KANOCLIP_LLM_API_KEY") or env("OPENAI_API_KEY") or "none"
+        return ServerConfig(base_url, model, api_key, self.timeout, self.retries, self.backoff)
+
+
+class ChatClient:
+    def __init__(self, server: ServerConfig) -> None:
+        self.server = server.resolved()
+        self.model: str = self.server.model or ""
+        self._client = openai.OpenAI(
+            base_url=self.server.base_url, api_key=self.server.api_key, timeout=self.server.timeout, max_retries=0
+        )
+
+    def ask(self, prompt: str, image: bytes | None = None, mime: str = "image/png") -> str:
+        """One question (with an inline image for VQA); the answer's text, retried on transient failures."""
+        content: str | list[dict[str, object]] = prompt
+        if image is not None:
+            url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
+            content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
+        last = "no attempt made"
+        for attempt in range(self.server.retries + 1):
+            if attempt:
+                time.sleep(self.server.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+            try:
+                response = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=[{"role": "user", "content": content}],  # type: ignore[misc,list-item]
+                )
+                text = response.choices[0].message.content if response.choices else None
+            except RETRYABLE as e:
+                last = _describe(e)
+                continue
+            except openai.APIStatusError as e:
+                raise KnowledgeError(f"the chat server refused the request: {_describe(e)}") from e
+            except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError) as e:
+                last = f"malformed answer ({e})"
+                continue
+            if text and text.strip():
+                return text.strip()
+            last = "empty answer"
+        if last.startswith("cannot connect"):
+            raise ServerUnreachable(f"{last} (base URL {self.server.base_url or 'api.openai.com'}); check --base-url")
+        raise AnswerFailed(f"{last}, after {self.server.retries + 1} attempts")
+
+
+class AnswerFailed(KnowledgeError):
+    """One question got no usable answer; generation records it and goes on."""
+
+
+class ServerUnreachable(KnowledgeError):
+    """The server cannot be reached at all; generation stops (what is done stays in the cache)."""
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, openai.APITimeoutError):
+        return "timed out"
+    if isinstance(error, openai.APIConnectionError):
+        return f"cannot connect ({error.__cause__ or error})"
+    if isinstance(error, openai.APIStatusError):
+        return f"HTTP {error.status_code}: {error.message}"
+    return str(error)

@@ -1,0 +1,155 @@
+"""Asking a chat server for knowledge: general sentences per class, one description per auxiliary image.
+
+Our prompts are in `templates/` (the paper's exact prompts are unknown, SPEC §3.2.1); `--templates DIR` replaces
+them. Answers pass through the cache, so a re-run asks only what is missing; an answer that parses to nothing is
+asked again and, if it stays unusable, recorded under "failures" with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from .._files import atomic_write_bytes
+from ..datasets import DatasetIndex
+from ..errors import KnowledgeError
+from .base import ClassKnowledge, KnowledgeBase
+from .cache import AnswerCache, answer_key
+from .client import AnswerFailed, ChatClient
+
+TEMPLATES = ("general_normal", "general_abnormal", "image_normal", "image_anomalous")
+MAX_TOKENS = 77
+_BULLET = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.)]|[a-z][.)])\s*")
+
+
+def load_templates(directory: str | Path | None = None) -> dict[str, str]:
+    """Our prompt templates, or a folder with files of the same names (`{name}` is the class)."""
+    templates = {}
+    for name in TEMPLATES:
+        if directory is None:
+            text = resources.files("kanoclip.knowledge").joinpath(f"templates/{name}.txt").read_text()
+        else:
+            path = Path(directory) / f"{name}.txt"
+            if not path.is_file():
+                raise KnowledgeError(f"template folder {directory} lacks {name}.txt (expected {list(TEMPLATES)})")
+            text = path.read_text()
+        templates[name] = " ".join(text.split())
+    return templates
+
+
+def parse_sentences(answer: str, limit: int | None = None) -> list[str]:
+    """Short sentences from an answer: one per line, bullets and numbering removed, at least three words each."""
+    sentences = []
+    for line in answer.replace("\r", "\n").split("\n"):
+        text = _BULLET.sub("", line).strip().strip('"“”').strip()
+        if len(text.split()) < 3 or text.endswith(":"):
+            continue  # a heading or a stray word
+        sentences.append(text if text[-1] in ".!?" else text + ".")
+    return sentences[:limit] if limit else sentences
+
+
+def token_count(sentence: str) -> int:
+    """CLIP BPE tokens including start and end: must stay within 77 (longer text is truncated at encoding)."""
+    from open_clip.tokenizer import _tokenizer
+
+    return len(_tokenizer.encode(sentence)) + 2
+
+
+@dataclass
+class Progress:
+    done: int = 0
+    failed: int = 0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+def _answer(
+    client: ChatClient, cache: AnswerCache, prompt: str, limit: int | None, image: bytes | None = None
+) -> list[str]:
+    """Cached answer, or ask; an answer that parses to no sentence is asked again once before failing."""
+    key = answer_key(client.model, prompt, hashlib.sha256(image).hexdigest() if image is not None else "")
+    cached = cache.get(key)
+    if cached is not None:
+        return parse_sentences(cached, limit)
+    for _ in range(2):
+        answer = client.ask(prompt, image, _mime(image) if image is not None else "image/png")
+        sentences = parse_sentences(answer, limit)
+        if sentences:
+            cache.put(key, answer)
+            return sentences
+    raise AnswerFailed(f"no usable sentence in the answer {answer[:80]!r}")
+
+
+def generate_general(
+    client: ChatClient, classes: Iterable[str], cache: AnswerCache, templates: dict[str, str]
+) -> tuple[KnowledgeBase, Progress]:
+    """Normal and abnormal sentences for each class (the class name fills `{name}`)."""
+    progress, entries = Progress(), {}
+    names = list(classes)
+    bar = tqdm(total=2 * len(names), desc="general knowledge", unit="question")
+    for name in names:
+        states: dict[str, list[str]] = {}
+        for state in ("normal", "abnormal"):
+            prompt = templates[f"general_{state}"].format(name=name.replace("_", " "))
+            try:
+                states[state] = [s for s in _answer(client, cache, prompt, None) if token_count(s) <= MAX_TOKENS]
+                progress.done += 1
+            except AnswerFailed as e:
+                progress.failed += 1
+                progress.failures.append({"item": f"{name}/{state}", "reason": str(e)})
+            bar.update()
+            bar.set_postfix(done=progress.done, failed=progress.failed)
+        if states.get("normal") and states.get("abnormal"):
+            entries[name] = ClassKnowledge(states["normal"], states["abnormal"])
+    bar.close()
+    header = {"written_by": f"kanoclip knowledge general, model {client.model}", "templates": templates}
+    return KnowledgeBase(entries, header), progress
+
+
+def generate_images(
+    client: ChatClient, index: DatasetIndex, cache: AnswerCache, templates: dict[str, str]
+) -> tuple[dict[str, Any], Progress]:
+    """One description per test image of an auxiliary dataset, with the image sent inline."""
+    progress, images = Progress(), {}
+    bar = tqdm(index.test, desc="image knowledge", unit="image")
+    for sample in bar:
+        template = templates["image_anomalous" if sample.label else "image_normal"]
+        prompt = template.format(name=sample.cls.replace("_", " "))
+        try:
+            data = sample.image.read_bytes()
+        except OSError as e:
+            raise KnowledgeError(f"cannot read {sample.image}: {e.strerror}") from e
+        try:
+            sentence = _answer(client, cache, prompt, 1, data)[0]
+            images[str(sample.image)] = {"label": sample.label, "text": sentence}
+            progress.done += 1
+        except AnswerFailed as e:
+            progress.failed += 1
+            progress.failures.append({"item": str(sample.image), "reason": str(e)})
+        bar.set_postfix(done=progress.done, failed=progress.failed)
+    header = {"written_by": f"kanoclip knowledge images, model {client.model}", "dataset": str(index.root)}
+    return {"header": header, "images": images, "failures": progress.failures}, progress
+
+
+def write_json(path: str | Path, document: dict[str, Any]) -> None:
+    import json
+
+    atomic_write_bytes(Path(path), (json.dumps(document, indent=1) + "\n").encode())
+
+
+def _mime(data: bytes) -> str:
+    if data.startswith(b"\x89PNG"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    if data.startswith(b"BM"):
+        return "image/bmp"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "image/tiff"
+    return "application/octet-stream"
