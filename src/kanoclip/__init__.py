@@ -2,8 +2,19 @@
 
 from .checkpoint import load, save
 from .config import KAnoCLIPConfig, TrainConfig
+from .detection import Detector, Prediction
 from .errors import KanoclipError
 from .model import KAnoCLIP, Output
 
-__all__ = ["KAnoCLIP", "KAnoCLIPConfig", "KanoclipError", "Output", "TrainConfig", "load", "save"]
+__all__ = [
+    "Detector",
+    "KAnoCLIP",
+    "KAnoCLIPConfig",
+    "KanoclipError",
+    "Output",
+    "Prediction",
+    "TrainConfig",
+    "load",
+    "save",
+]
 __version__ = "0.1.0"

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import KAnoCLIPConfig
+from .config import KAnoCLIPConfig, TrainConfig
 from .errors import ConfigError, KanoclipError
 
 EPILOG = """examples:
@@ -247,6 +247,121 @@ def cmd_knowledge(args: argparse.Namespace) -> int:
     return 1 if progress.failed else 0
 
 
+def add_train_options(parser: argparse.ArgumentParser, data: bool = True) -> None:
+    if data:
+        parser.add_argument("dataset", metavar="DIR", help="the auxiliary dataset; its test split is trained on")
+        parser.add_argument("--layout", help="dataset layout, when detection is ambiguous")
+        parser.add_argument(
+            "--out",
+            default="runs/train",
+            metavar="DIR",
+            help="run folder: resumable state, log.jsonl, final/ checkpoint (default runs/train)",
+        )
+        parser.add_argument(
+            "--image-knowledge",
+            metavar="FILE",
+            help="per-image VQA knowledge (kanoclip knowledge images) for the KD loss",
+        )
+    parser.add_argument("--knowledge", metavar="FILE", help="general knowledge JSON (default: the shipped base)")
+    parser.add_argument(
+        "--general-knowledge-only",
+        action="store_true",
+        help="KD on general knowledge only, no per-image VQA knowledge (sets kd_use_vqa=false)",
+    )
+    group = parser.add_argument_group("training (defaults: SPEC §4)")
+    defaults = TrainConfig()
+    group.add_argument("--epochs", type=int, default=defaults.epochs)
+    group.add_argument("--batch-size", type=int, default=defaults.batch_size, help="global, over all processes")
+    group.add_argument("--lr-prompts", type=float, default=defaults.lr_prompts)
+    group.add_argument("--lr-modules", type=float, default=defaults.lr_modules, help="Bi-CMCI and Conv-Adapter")
+    group.add_argument("--seed", type=int, default=defaults.seed)
+    group.add_argument("--precision", default=defaults.precision, choices=("auto", "fp32", "bf16", "fp16"))
+    group.add_argument("--workers", type=int, default=defaults.num_workers)
+    group.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="steps between states")
+    group.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    group.add_argument("--device", default="auto", help="auto, cpu, cuda (under torchrun: one GPU per process)")
+    add_model_options(parser)
+
+
+def train_settings(args: argparse.Namespace) -> tuple[KAnoCLIPConfig, TrainConfig]:
+    config = model_config(args)
+    if args.general_knowledge_only:
+        config = config.replace(kd_use_vqa=False)
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr_prompts=args.lr_prompts,
+        lr_modules=args.lr_modules,
+        seed=args.seed,
+        precision=args.precision,
+        num_workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        max_steps=args.max_steps,
+    )
+    return config, train_config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .datasets import load_dataset
+    from .knowledge import KnowledgeBase, load_image_knowledge
+    from .training import train
+
+    config, train_config = train_settings(args)
+    index = load_dataset(args.dataset, args.layout)
+    print(index.summary())
+    final = train(
+        config,
+        train_config,
+        index,
+        args.out,
+        KnowledgeBase.load(args.knowledge) if args.knowledge else None,
+        load_image_knowledge(args.image_knowledge) if args.image_knowledge else None,
+        args.device,
+    )
+    print(f"checkpoint: {final}  (use it with: kanoclip detect IMAGES --checkpoint {final})")
+    return 0
+
+
+def add_reproduce_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", required=True, metavar="DIR", help="a folder holding the datasets")
+    parser.add_argument("--out", default="runs/reproduce", metavar="DIR")
+    parser.add_argument(
+        "--image-knowledge",
+        action="append",
+        default=[],
+        metavar="DATASET=FILE",
+        help='per-image VQA knowledge of a training set, e.g. "MVTec AD=mvtec_vqa.json"',
+    )
+    add_train_options(parser, data=False)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    config, train_config = train_settings(args)
+    vqa = dict(item.split("=", 1) for item in args.image_knowledge)
+    print(reproduce(args.data_root, args.out, config, train_config, vqa, args.device, args.batch_size, args.workers))
+    return 0
+
+
+TRAIN_EPILOG = """examples:
+  kanoclip train /data/mvtec --image-knowledge mvtec_vqa.json --out runs/mvtec       SPEC §4 recipe, resumable
+  kanoclip train /data/mvtec --general-knowledge-only --out runs/mvtec
+  torchrun --nproc_per_node 4 -m kanoclip train /data/visa --general-knowledge-only --out runs/visa
+  kanoclip train /data/KolektorSDD --backbone ViT-B-16 --image-size 224 --general-knowledge-only
+
+re-running the same command continues from the last saved state (every --checkpoint-every steps and each epoch).
+"""
+
+REPRODUCE_EPILOG = """examples:
+  kanoclip reproduce --data-root /data --general-knowledge-only
+  kanoclip reproduce --data-root /data --image-knowledge "MVTec AD=mvtec_vqa.json" --image-knowledge "VisA=visa.json"
+
+looks for folders named like mvtec_anomaly_detection, visa, mpdd, btad, KolektorSDD, dagm, dtd-synthetic, headct,
+brainmri, br35h, isic, cvc-colondb, cvc-clinicdb, kvasir, endo, tn3k; trains on MVTec AD for every other dataset and
+on VisA for MVTec AD; writes reproduce.md beside the published numbers.
+"""
+
 DETECT_EPILOG = """examples:
   kanoclip detect photos/ --out results                       training-free, default backbone (downloads once)
   kanoclip detect 'line3/*.png' --checkpoint runs/mvtec/final --threshold 0.6
@@ -294,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd_evaluate,
             EVALUATE_EPILOG,
         ),
+        ("train", "train prompts, Bi-CMCI and adapter on auxiliary data", add_train_options, cmd_train, TRAIN_EPILOG),
+        ("reproduce", "the zero-shot protocol end to end", add_reproduce_options, cmd_reproduce, REPRODUCE_EPILOG),
         (
             "knowledge",
             "generate knowledge with an LLM / VQA server",

@@ -75,6 +75,8 @@ def local_loss(level_probs: torch.Tensor, masks: torch.Tensor, gamma: float = 2.
     probs = level_probs.float()
     masks = masks.float()
     total = probs.new_zeros(())
+    if probs.shape[0] == 0:
+        return total  # no image of the batch has a mask (anomalous images without ground truth)
     for level in range(probs.shape[1]):  # four levels: a loop over a handful of whole-batch terms
         p = probs[:, level]
         total = total + focal_loss(p, masks, gamma) + dice_loss(p[:, 1], masks) + dice_loss(p[:, 0], 1 - masks)
@@ -90,10 +92,18 @@ def total_loss(
     masks: torch.Tensor,
     targets: KnowledgeTargets,
     image_knowledge: torch.Tensor | None = None,
+    knowledge_labels: torch.Tensor | None = None,
+    has_mask: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Every term and their weighted sum under "total"."""
+    """Every term and their weighted sum under "total".
+
+    `image_knowledge` (K, D) with `knowledge_labels` (K,): the VQA descriptions of the batch's images that have one.
+    `has_mask` (B,) bool: the local loss uses only images with ground truth (normal images count, as all-zero).
+    """
+    if has_mask is not None:
+        level_probs, masks = level_probs[has_mask], masks[has_mask]
     terms = {
-        "kd": kd_loss(text, targets, config.kd_mode, config.kd_temperature, image_knowledge, labels),
+        "kd": kd_loss(text, targets, config.kd_mode, config.kd_temperature, image_knowledge, knowledge_labels),
         "global": F.cross_entropy(image_logits.float(), labels.long()),
         "local": local_loss(level_probs, masks, config.focal_gamma),
     }

@@ -1,0 +1,7 @@
+"""`python -m kanoclip` (and `torchrun -m kanoclip train ...`) runs the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

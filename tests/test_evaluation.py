@@ -1,0 +1,84 @@
+"""`kanoclip evaluate`: metrics from the detector's own outputs, tables, the HTML report, undefined metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kanoclip.cli import main
+from kanoclip.datasets import load_dataset
+from kanoclip.datasets.synthetic import generate
+from kanoclip.detection import Detector
+from kanoclip.evaluation import evaluate
+from kanoclip.images import read_mask
+
+from .conftest import TINY, randomize_learnable
+from .reference_metrics import auroc_by_thresholds, auroc_pairwise
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("syn")
+    generate(root, size=64, train=0, good=3, per_defect=2, seed=3)
+    return root
+
+
+def test_per_class_metrics_equal_references_on_the_detectors_outputs(synthetic: Path, tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        detector = Detector(config=TINY, device="cpu", workers=0)
+    randomize_learnable(detector.model)
+    index = load_dataset(synthetic)
+    results = evaluate(detector, [index], tmp_path, cases=2)
+    by_class = {r.cls: r for r in results}
+    size = detector.image_size
+    for cls, samples in index.by_class().items():
+        predictions = list(detector.run([s.image for s in samples], own_size=False))
+        labels = [s.label for s in samples]
+        scores = [p.score for p in predictions]
+        assert by_class[cls].metrics["image_auroc"] == pytest.approx(
+            auroc_pairwise(np.array(labels), np.array(scores)), abs=1e-6
+        )
+        masks = np.stack([_mask(s.mask, size) for s in samples])
+        maps = np.stack([p.map for p in predictions]).astype(np.float16)  # the report stores maps in float16
+        want = auroc_by_thresholds(masks.ravel(), maps.astype(np.float64).ravel())
+        assert by_class[cls].metrics["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+    document = json.loads((tmp_path / "results.json").read_text())
+    means = document["means"][synthetic.name]
+    assert means["image_auroc"] == pytest.approx(np.mean([r.metrics["image_auroc"] for r in results]), abs=1e-9)
+    html = (tmp_path / "report.html").read_text()
+    for r in results:
+        assert f"{r.dataset} / {r.cls}" in html
+        assert len(r.cases) == 4 and all((tmp_path / c.picture).is_file() for c in r.cases)
+        assert {c.kind for c in r.cases} == {"best", "worst"}
+    assert "| **mean** |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("dataset,class,images,image_auroc")
+
+
+def _mask(path: Path | None, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if path is None:
+        return np.zeros((size, size), dtype=bool)
+    return np.asarray(Image.fromarray(read_mask(path)).resize((size, size), Image.Resampling.NEAREST))
+
+
+def test_evaluate_cli_on_shared_data_says_what_it_found_and_marks_undefined_metrics(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+    datasets = [str(shared_data / "Kvasir-SEG"), str(shared_data / "MVTec_AD")]
+    assert main(["evaluate", *datasets, "--out", str(tmp_path), *flags]) == 0
+    out = capsys.readouterr().out
+    assert "5 images (0 normal, 5 anomalous), 5 masks" in out  # the summary comes before the work
+    assert "random CLIP weights" in out
+    document = json.loads((tmp_path / "results.json").read_text())
+    rows = {c["dataset"]: c["metrics"] for c in document["classes"]}
+    assert rows["Kvasir-SEG"]["image_auroc"] is None and rows["Kvasir-SEG"]["aupro"] is not None  # all anomalous
+    assert rows["MVTec_AD"]["pixel_auroc"] is None and not math.isnan(rows["MVTec_AD"]["image_auroc"])  # no masks
+    assert "| MVTec_AD | bottle | 20 |" in (tmp_path / "results.md").read_text()

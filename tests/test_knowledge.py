@@ -1,0 +1,228 @@
+"""Knowledge: the shipped base, answer parsing, the chat client against a real local server with faults, the cache."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import open_clip
+import pytest
+import torch
+
+from kanoclip.datasets import load_dataset
+from kanoclip.datasets.synthetic import generate
+from kanoclip.knowledge import KnowledgeBase, encode_sentences, knowledge_targets
+from kanoclip.knowledge.cache import AnswerCache
+from kanoclip.knowledge.client import AnswerFailed, ChatClient, ServerConfig, ServerUnreachable
+from kanoclip.knowledge.generate import generate_general, generate_images, load_templates, parse_sentences
+
+from .chat_server import ChatServer
+from .conftest import tiny_model
+
+# every class of the standard datasets, as the datasets name them (MVTec AD, VisA, BTAD, MPDD, DAGM, DTD-Synthetic)
+INDUSTRIAL = {
+    "mvtec": "bottle cable capsule carpet grid hazelnut leather metal_nut pill screw tile toothbrush transistor wood "
+    "zipper",
+    "visa": "candle capsules cashew chewinggum fryum macaroni1 macaroni2 pcb1 pcb2 pcb3 pcb4 pipe_fryum",
+    "btad": "01 02 03",
+    "mpdd": "bracket_black bracket_brown bracket_white connector metal_plate tubes",
+    "dagm": " ".join(f"Class{i}" for i in range(1, 11)),
+    "dtd": "Blotchy_099 Fibrous_183 Marbled_078 Matted_069 Mesh_114 Perforated_037 Stratified_154 Woven_001 "
+    "Woven_068 Woven_104 Woven_125 Woven_127",
+    "sdd": "electrical_commutator",
+}
+# medical sets as the loaders report their class (folder names as released)
+MEDICAL = {
+    "brain_mri": "brain_mri",
+    "head_ct": "head_ct",
+    "br35h": "br35h",
+    "isic": "skin",
+    "cvc_colondb": "colon",
+    "cvc_clinicdb": "colon",
+    "kvasir_seg": "colon",
+    "endo": "endoscopy",
+    "tn3k": "thyroid",
+    "liver": "liver",
+    "resc": "retina",
+}
+
+
+def fast_client(url: str, retries: int = 3, timeout: float = 5.0) -> ChatClient:
+    return ChatClient(ServerConfig(url, "test-model", "key", timeout=timeout, retries=retries, backoff=0.01))
+
+
+def test_shipped_base_covers_every_class_of_every_supported_dataset() -> None:
+    kb = KnowledgeBase.load()
+    for dataset, names in INDUSTRIAL.items():
+        for name in names.split():
+            assert kb.lookup(name)[0] == name, (dataset, name)
+    for folder, want in MEDICAL.items():
+        assert kb.lookup(folder)[0] == want, folder
+    assert kb.lookup("some_new_part")[0] == "object"  # class-agnostic fallback
+    assert "no LLM" in kb.header["written_by"]
+    for entry in kb.classes.values():
+        assert len(entry.normal) >= 3 and len(entry.abnormal) >= 3
+
+
+def test_every_shipped_sentence_fits_in_77_clip_tokens() -> None:
+    kb = KnowledgeBase.load()
+    sentences = [s for e in kb.classes.values() for s in e.normal + e.abnormal]
+    tokens = open_clip.tokenize(sentences, context_length=200)  # untruncated: count start, words and end tokens
+    assert int((tokens != 0).sum(1).max()) <= 77
+
+
+def test_answers_parse_into_short_sentences() -> None:
+    answer = (
+        "Here are some descriptions:\n1. A smooth, even surface\n- a shiny part with no marks.\n\n2) ok\n"
+        "* “Clean edges all around”"
+    )
+    assert parse_sentences(answer) == [
+        "A smooth, even surface.",
+        "a shiny part with no marks.",
+        "Clean edges all around.",
+    ]
+    assert parse_sentences("Sure\n\n") == []
+
+
+@pytest.mark.parametrize("fault", ["429", "500", "malformed", "empty"])
+def test_a_transient_fault_is_retried_and_then_answered(fault: str) -> None:
+    with ChatServer([fault]).running() as server:
+        answer = fast_client(server.url).ask("describe")
+    assert "smooth surface" in answer
+    assert len(server.requests) == 2
+
+
+def test_a_hang_past_the_client_timeout_is_retried() -> None:
+    with ChatServer(["hang"], hang_s=2.0).running() as server:
+        start = time.monotonic()
+        answer = fast_client(server.url, timeout=0.5).ask("describe")
+    assert "smooth surface" in answer and len(server.requests) == 2
+    assert time.monotonic() - start < 2.0  # did not wait for the hung answer
+
+
+def test_persistent_faults_fail_after_the_bounded_retries() -> None:
+    with ChatServer(default="500").running() as server, pytest.raises(AnswerFailed, match="HTTP 500"):
+        fast_client(server.url, retries=2).ask("describe")
+    assert len(server.requests) == 3
+
+
+def test_connection_refused_says_the_server_cannot_be_reached() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    with pytest.raises(ServerUnreachable, match="--base-url"):
+        fast_client(f"http://127.0.0.1:{port}/v1", retries=1).ask("describe")
+
+
+def test_empty_answers_are_recorded_as_failures_not_dropped(tmp_path: Path) -> None:
+    with ChatServer(default="empty").running() as server:
+        kb, progress = generate_general(
+            fast_client(server.url, retries=0), ["bottle"], AnswerCache(tmp_path / "c.jsonl"), load_templates()
+        )
+    assert kb.classes == {} and progress.failed == 2
+    assert {f["item"] for f in progress.failures} == {"bottle/normal", "bottle/abnormal"}
+    assert all("empty answer" in f["reason"] for f in progress.failures)
+
+
+def test_general_generation_is_cached_so_a_rerun_asks_nothing(tmp_path: Path) -> None:
+    cache_path = tmp_path / "cache.jsonl"
+    with ChatServer().running() as server:
+        kb, progress = generate_general(
+            fast_client(server.url), ["bottle", "screw"], AnswerCache(cache_path), load_templates()
+        )
+        asked = len(server.requests)
+        again, _ = generate_general(
+            fast_client(server.url), ["bottle", "screw"], AnswerCache(cache_path), load_templates()
+        )
+    assert asked == 4 and len(server.requests) == 4
+    assert progress.done == 4 and kb.classes["bottle"].normal == [
+        "A smooth surface without marks.",
+        "An even colour across the part.",
+    ]
+    assert again.classes.keys() == kb.classes.keys()
+    assert "bottle" in server.requests[0]["messages"][0]["content"]
+
+
+def test_image_questions_send_the_image_inline_as_a_data_url(tmp_path: Path) -> None:
+    generate(tmp_path / "data", size=32, train=0, good=1, per_defect=1)
+    index = load_dataset(tmp_path / "data")
+    with ChatServer().running() as server:
+        document, progress = generate_images(
+            fast_client(server.url), index, AnswerCache(tmp_path / "c.jsonl"), load_templates()
+        )
+    assert progress.done == len(index.test) == len(server.requests)
+    for sample, request in zip(index.test, server.requests, strict=True):
+        text, image = request["messages"][0]["content"]
+        assert ("defect" in text["text"]) == bool(sample.label)
+        url = image["image_url"]["url"]
+        assert url.startswith("data:image/png;base64,")
+        assert base64.b64decode(url.split(",", 1)[1]) == sample.image.read_bytes()
+        assert document["images"][str(sample.image)]["label"] == sample.label
+
+
+def test_a_run_killed_midway_and_restarted_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    classes = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut"]
+    cache, out = tmp_path / "cache.jsonl", tmp_path / "k.json"
+    command = [
+        sys.executable,
+        "-m",
+        "kanoclip",
+        "knowledge",
+        "general",
+        *classes,
+        "--out",
+        str(out),
+        "--cache",
+        str(cache),
+    ]
+    with ChatServer().running() as server:
+        server.delay_s = 0.3
+        server.answer = lambda request: f"Answer to {request['messages'][0]['content'][-60:]}\nsecond line here ok"
+        command += ["--base-url", server.url, "--model", "m", "--api-key", "k"]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while len(server.requests) < 5 and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not out.exists()  # killed before the end: no half-written knowledge file
+        before = len(server.requests)
+        server.delay_s = 0.0
+        subprocess.run(command, env=env, check=True, capture_output=True)
+    lines = [json.loads(line) for line in cache.read_text().splitlines()]
+    keys = [line["key"] for line in lines]
+    assert len(keys) == len(set(keys)) == 2 * len(classes)  # every question once
+    assert len(server.requests) - before <= 2 * len(classes) - (before - 1)  # only what was not answered is asked
+    assert set(KnowledgeBase.load(out).classes) == set(classes)
+
+
+def test_encoded_knowledge_is_cached_per_backbone_and_equals_the_text_tower(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KANOCLIP_CACHE", str(tmp_path))
+    model = tiny_model()
+    sentences = ["a flawless object.", "a scratched metal plate."]
+    first = encode_sentences(model, sentences)
+    assert len(list((tmp_path / "text").iterdir())) == 1
+    with torch.no_grad():
+        want = model.clip.encode_text(open_clip.tokenize(sentences))
+    assert torch.allclose(first, want / want.norm(dim=-1, keepdim=True), atol=1e-6)
+    model.clip.encode_text = None  # a second call must come from the cache
+    assert torch.equal(encode_sentences(model, sentences), first)
+    other = tiny_model(random_seed=5)
+    assert not torch.allclose(encode_sentences(other, sentences), first)  # another backbone, another entry
+
+
+def test_knowledge_targets_split_normal_and_abnormal_sentences() -> None:
+    model = tiny_model()
+    kb = KnowledgeBase.load()
+    targets = knowledge_targets(model, kb, "bottle")
+    entry = kb.classes["bottle"]
+    assert targets.normal.shape[0] == len(entry.normal) and targets.abnormal.shape[0] == len(entry.abnormal)
