@@ -384,6 +384,7 @@ def sentences(noun: str, normal_look: str, defects: list[str]) -> dict[str, list
 
 # dataset folder names (as the loaders report them) that mean a medical class above
 ALIASES: dict[str, list[str]] = {
+    "electrical_commutator": ["commutator", "kolektor", "sdd"],
     "brain_mri": ["brainmri", "brain_tumor_dataset", "brats", "brain"],
     "head_ct": ["headct", "head_ct"],
     "br35h": ["br35h"],

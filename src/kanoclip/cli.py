@@ -97,6 +97,11 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: in the main process)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow first batch)")
     group.add_argument(
+        "--calibration",
+        metavar="FILE",
+        help="training-free mode: thresholds from `kanoclip calibrate` (a checkpoint carries its own)",
+    )
+    group.add_argument(
         "--knowledge-class",
         default="object",
         help="training-free mode: the knowledge-base class whose sentences give the text features",
@@ -125,6 +130,7 @@ def detector(args: argparse.Namespace) -> Any:
         workers=args.workers,
         knowledge_class=args.knowledge_class,
         compile=args.compile,
+        calibration=args.calibration,
     )
 
 
@@ -344,6 +350,98 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_calibrate_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("normal", nargs="?", metavar="NORMAL_DIR", help="images of good parts (files, folders, globs)")
+    parser.add_argument("--anomalous", nargs="+", metavar="PATH", help="images of defective parts: F1-max thresholds")
+    parser.add_argument(
+        "--dataset",
+        metavar="DIR",
+        help="instead of folders: any known dataset layout (its test split;"
+        " masks give the map threshold by pixel F1-max)",
+    )
+    parser.add_argument("--layout", help="dataset layout, when detection is ambiguous")
+    parser.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        default=0.01,
+        help="normal images only: share of good parts that may be flagged (default 0.01)",
+    )
+    parser.add_argument(
+        "--out",
+        metavar="FILE",
+        help="training-free mode: where to write the calibration JSON "
+        "(default calibration.json); with --checkpoint it goes into the checkpoint's config.json",
+    )
+    add_run_options(parser)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .calibration import calibrate, store
+    from .datasets import Sample, load_dataset
+    from .detection import expand_inputs
+
+    if args.dataset:
+        index = load_dataset(args.dataset, args.layout)
+        print(index.summary())
+        normal = [s for s in index.test if s.label == 0] + index.train
+        anomalous = [s for s in index.test if s.label == 1]
+    elif args.normal:
+        normal = [Sample(p, 0, "images") for p in expand_inputs([args.normal])[0]]
+        anomalous = [Sample(p, 1, "images") for p in expand_inputs(args.anomalous)[0]] if args.anomalous else []
+        print(f"{len(normal)} normal and {len(anomalous)} anomalous images")
+    else:
+        raise ConfigError("give a folder of normal images, or --dataset DIR")
+    det = detector(args)
+    result = calibrate(det, normal, anomalous, args.false_alarm_rate)
+    where = store(result, det, args.out)
+    for level in ("image", "map"):
+        t = result[level]
+        if t["method"] == "f1_max":
+            print(
+                f"{level} threshold {t['value']:.6f}: F1 {t['f1']:.3f}, precision {t['precision']:.3f}, "
+                f"recall {t['recall']:.3f} on {t['images']} images"
+            )
+        else:
+            print(
+                f"{level} threshold {t['value']:.6f}: false-alarm rate {t['false_alarm_rate']:g} on {t['images']} "
+                "normal images"
+            )
+        if t.get("warning"):
+            print(f"warning: {t['warning']}", file=sys.stderr)
+    print(f"stored in {where}; detect and serve now add labels (and binary masks for maps)")
+    return 0
+
+
+def add_serve_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", help="require this key on every API call (env KANOCLIP_API_KEY)")
+    parser.add_argument("--max-batch", type=int, default=8, help="images of concurrent requests run together")
+    parser.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more images")
+    parser.add_argument("--max-upload-mb", type=float, default=20.0, help="per file (413 above)")
+    parser.add_argument("--max-pixels", type=int, default=50_000_000, help="per image (413 above)")
+    add_run_options(parser)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from .serve import ServeConfig, serve
+
+    config = ServeConfig(
+        api_key=args.api_key or os.environ.get("KANOCLIP_API_KEY") or None,
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+        max_pixels=args.max_pixels,
+    )
+    if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
+    print(f"kanoclip: web page at http://{args.host}:{args.port}/ , API docs at /docs")
+    serve(detector(args), args.host, args.port, config)
+    return 0
+
+
 TRAIN_EPILOG = """examples:
   kanoclip train /data/mvtec --image-knowledge mvtec_vqa.json --out runs/mvtec       SPEC §4 recipe, resumable
   kanoclip train /data/mvtec --general-knowledge-only --out runs/mvtec
@@ -360,6 +458,24 @@ REPRODUCE_EPILOG = """examples:
 looks for folders named like mvtec_anomaly_detection, visa, mpdd, btad, KolektorSDD, dagm, dtd-synthetic, headct,
 brainmri, br35h, isic, cvc-colondb, cvc-clinicdb, kvasir, endo, tn3k; trains on MVTec AD for every other dataset and
 on VisA for MVTec AD; writes reproduce.md beside the published numbers.
+"""
+
+SERVE_EPILOG = """examples:
+  kanoclip serve --checkpoint runs/mvtec/final                        http://127.0.0.1:8000/ in a browser
+  kanoclip serve --host 0.0.0.0 --api-key "$SECRET" --max-batch 16    a shared GPU server
+  curl -F files=@part.png http://127.0.0.1:8000/v1/detect
+
+POST /v1/detect (multipart field "files", one or more; ?return_map=true adds the raw map), GET /v1/health,
+GET /v1/info; OpenAPI docs at /docs.
+"""
+
+CALIBRATE_EPILOG = """examples:
+  kanoclip calibrate good_parts/ --checkpoint runs/mvtec/final                    1% of good parts flagged
+  kanoclip calibrate good_parts/ --anomalous bad_parts/ --checkpoint runs/mvtec/final   F1-max threshold
+  kanoclip calibrate --dataset /data/my_line --false-alarm-rate 0.001 --out line.json  training-free
+
+with normal images only, the threshold is the score that at most --false-alarm-rate of them reach; it says how many
+images that rests on and warns when there are too few for the rate.
 """
 
 DETECT_EPILOG = """examples:
@@ -410,6 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
             EVALUATE_EPILOG,
         ),
         ("train", "train prompts, Bi-CMCI and adapter on auxiliary data", add_train_options, cmd_train, TRAIN_EPILOG),
+        ("serve", "an HTTP inspection service with a web page", add_serve_options, cmd_serve, SERVE_EPILOG),
+        ("calibrate", "choose image and map thresholds", add_calibrate_options, cmd_calibrate, CALIBRATE_EPILOG),
         ("reproduce", "the zero-shot protocol end to end", add_reproduce_options, cmd_reproduce, REPRODUCE_EPILOG),
         (
             "knowledge",

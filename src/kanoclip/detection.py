@@ -113,6 +113,7 @@ class Detector:
         overrides: config fields to change on a checkpoint (e.g. `pretrained="/models/ViT-L-14-336px.pt"`).
         knowledge_class: the knowledge-base class whose sentences give training-free text features.
         compile: wrap the forward in `torch.compile` (GPU; the first batch is slow).
+        calibration: a standalone calibration JSON (training-free mode; a checkpoint carries its own).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class Detector:
         workers: int = 2,
         knowledge_class: str = "object",
         compile: bool = False,
+        calibration: str | Path | None = None,
     ) -> None:
         from .knowledge import use_training_free
 
@@ -144,6 +146,10 @@ class Detector:
         self.model.eval().to(self.device)
         if checkpoint_dir is None:
             use_training_free(self.model, cls=knowledge_class)
+        if calibration is not None:
+            from .calibration import load_standalone
+
+            self.calibration = load_standalone(calibration, self.model.config.to_dict())
         self._forward = torch.compile(self.model) if compile else self.model
 
     @property

@@ -1,0 +1,152 @@
+"""Thresholds people can trust (`kanoclip calibrate`): a score only becomes a decision with a threshold.
+
+With normal and anomalous images: the F1-max threshold, with its precision and recall. With normal images only: the
+score above which at most the target share of normal images falls (the false-alarm rate), with the number of images
+it rests on. The same for maps, per pixel. Stored in the checkpoint's JSON, or a standalone JSON in training-free mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+from tqdm import tqdm
+
+from . import checkpoint, metrics
+from ._files import atomic_write_bytes
+from .datasets import Sample
+from .detection import Detector
+from .errors import ConfigError
+from .images import read_mask
+
+MIN_EXPECTED_ALARMS = 10  # below this many expected false alarms the realised rate is too uncertain to promise
+
+
+@dataclass
+class Threshold:
+    value: float
+    method: str  # "f1_max" | "false_alarm_rate"
+    images: int  # what it rests on
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
+    false_alarm_rate: float | None = None  # the target
+    warning: str | None = None
+
+
+def f1_max_threshold(labels: ArrayLike, scores: ArrayLike) -> Threshold:
+    """The threshold of the best F1 (score >= threshold is anomalous), with its precision and recall."""
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.all() or not y.any():
+        raise ConfigError("F1-max calibration needs both normal and anomalous images")
+    f1, value = metrics.f1_max_threshold(y, s)
+    flagged = s >= value
+    tp = int((flagged & y).sum())
+    precision, recall = tp / max(int(flagged.sum()), 1), tp / int(y.sum())
+    return Threshold(float(value), "f1_max", int(y.size), precision, recall, float(f1))
+
+
+def false_alarm_threshold(normal_scores: ArrayLike, rate: float, unit: str = "images") -> Threshold:
+    """The lowest threshold at which at most `rate` of the normal scores reach it (score >= threshold)."""
+    if not 0 < rate < 1:
+        raise ConfigError(f"the false-alarm rate must be in (0, 1), got {rate}")
+    s = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]
+    if s.size == 0:
+        raise ConfigError("calibration needs at least one normal image")
+    allowed = math.floor(rate * s.size)  # false alarms permitted among these normals
+    value = float(np.nextafter(s[allowed], np.inf)) if allowed < s.size else float(s[-1])
+    while allowed > 0 and (s >= value).sum() > allowed:  # ties at the cut: move above them
+        value = float(np.nextafter(value, np.inf))
+    warning = None
+    if rate * s.size < MIN_EXPECTED_ALARMS:
+        need = math.ceil(MIN_EXPECTED_ALARMS / rate)
+        warning = (
+            f"only {s.size} normal {unit} for a {rate:g} false-alarm rate: the realised rate is uncertain (fewer than "
+            f"{MIN_EXPECTED_ALARMS} expected false alarms); use at least {need} {unit}"
+        )
+    return Threshold(value, "false_alarm_rate", int(s.size), false_alarm_rate=rate, warning=warning)
+
+
+def calibrate(
+    detector: Detector, normal: list[Sample], anomalous: list[Sample], false_alarm_rate: float = 0.01
+) -> dict[str, Any]:
+    """Image and map thresholds from the detector's outputs on the given images (masks optional)."""
+    samples = normal + anomalous
+    if not normal:
+        raise ConfigError("calibration needs normal images (a folder of good parts)")
+    size = detector.image_size
+    pixel_f1 = bool(anomalous) and all(s.mask is not None for s in anomalous)
+    scores = np.full(len(samples), np.nan)
+    maps = np.zeros((len(samples), size, size), dtype=np.float16)
+    bar = tqdm(total=len(samples), desc="calibrate", unit="image")
+    failed = []
+    for i, p in enumerate(detector.run([(s.image, s.crop) for s in samples], own_size=False, progress=bar)):
+        if p.error is not None:
+            failed.append(p.error)
+            continue
+        scores[i], maps[i] = p.score, p.map
+    bar.close()
+    ok = ~np.isnan(scores)
+    labels = np.array([s.label for s in samples])
+    if anomalous:
+        image = f1_max_threshold(labels[ok], scores[ok])
+    else:
+        image = false_alarm_threshold(scores[ok & (labels == 0)], false_alarm_rate)
+    if pixel_f1:
+        masks = np.stack([_mask(s, size) for s in samples])[ok]
+        pixel = f1_max_threshold(masks, maps[ok])
+        pixel.images = int(ok.sum())
+    else:
+        pixel = false_alarm_threshold(maps[ok & (labels == 0)], false_alarm_rate, unit="pixels")
+        pixel.images = int((ok & (labels == 0)).sum())
+    return {
+        "image_threshold": image.value,
+        "map_threshold": pixel.value,
+        "image": asdict(image),
+        "map": asdict(pixel),
+        "unreadable": failed,
+    }
+
+
+def _mask(sample: Sample, size: int) -> np.ndarray:
+    from PIL import Image
+
+    if sample.mask is None:
+        return np.zeros((size, size), dtype=bool)
+    mask = read_mask(sample.mask)
+    if sample.crop is not None:
+        left, top, right, bottom = sample.crop
+        mask = mask[top:bottom, left:right]
+    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+
+
+def store(calibration: dict[str, Any], detector: Detector, out: str | Path | None = None) -> Path:
+    """Into the checkpoint's config.json, or (training-free) a standalone JSON with the model config beside it."""
+    if detector.checkpoint_dir is not None and out is None:
+        checkpoint.update_document(detector.checkpoint_dir, "calibration", calibration)
+        return detector.checkpoint_dir / checkpoint.CONFIG
+    path = Path(out or "calibration.json")
+    document = {"model": detector.model.config.to_dict(), "calibration": calibration}
+    atomic_write_bytes(path, (json.dumps(document, indent=1) + "\n").encode())
+    return path
+
+
+def load_standalone(path: str | Path, config: dict[str, Any]) -> dict[str, Any]:
+    """A standalone calibration, checked against the model it is used with."""
+    try:
+        document = json.loads(Path(path).expanduser().read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read calibration file {path}: {e}") from e
+    if "calibration" not in document:
+        raise ConfigError(f"{path} is not a calibration file (written by `kanoclip calibrate`)")
+    if document.get("model") != json.loads(json.dumps(config)):  # compared as JSON: tuples are lists there
+        warnings.warn(f"{path} was calibrated on another model config; its thresholds may not fit", stacklevel=2)
+    calibration: dict[str, Any] = document["calibration"]
+    return calibration

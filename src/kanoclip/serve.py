@@ -1,0 +1,250 @@
+"""`kanoclip serve`: the Detector behind HTTP (FastAPI + uvicorn), with micro-batching and an offline web page.
+
+The model loads once. Concurrent requests queue their images; one worker takes up to `max_batch` of them (waiting
+at most `max_wait_ms` after the first) and runs them as one forward pass, so clients share the GPU. Bad uploads get
+400 (not an image) or 413 (too large), and the server keeps serving. With an API key, every /v1 call needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import secrets
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from numpy.typing import NDArray
+from PIL import Image
+
+from . import __version__
+from .detection import Detector
+from .errors import ImageReadError
+from .images import read_image
+from .visualize import mask_image, overlay, to_png
+
+
+@dataclass
+class ServeConfig:
+    api_key: str | None = None
+    max_batch: int = 8
+    max_wait_ms: float = 10.0
+    max_upload_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    max_files: int = 64
+
+
+class MicroBatcher:
+    """Images from concurrent requests, run together: up to `max_batch`, waiting `max_wait_ms` after the first."""
+
+    def __init__(self, detector: Detector, max_batch: int, max_wait_ms: float) -> None:
+        self.detector, self.max_batch, self.max_wait = detector, max(1, max_batch), max_wait_ms / 1000
+        self.queue: asyncio.Queue[tuple[NDArray[np.uint8], asyncio.Future[Any]]] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kanoclip-forward")
+        self.task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.images = 0
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=False)
+
+    async def submit(self, rgb: NDArray[np.uint8]) -> tuple[float, NDArray[np.float32], int]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self.queue.put((rgb, future))
+        result: tuple[float, NDArray[np.float32], int] = await future
+        return result
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self.queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            arrays = [rgb for rgb, _ in batch]
+            try:
+                results = await loop.run_in_executor(self.executor, self.detector.predict_many, arrays)
+            except Exception as e:  # a failed forward fails its requests, never the server
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            self.batches += 1
+            self.images += len(batch)
+            for (_, future), (score, amap) in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result((score, amap, len(batch)))
+
+
+def decode_upload(data: bytes, name: str, config: ServeConfig) -> NDArray[np.uint8]:
+    """Bytes -> RGB, with 413 for oversized files or pixel counts and 400 for anything that is not an image."""
+    if len(data) > config.max_upload_bytes:
+        raise HTTPException(413, f"{name}: {len(data):,} bytes is over the {config.max_upload_bytes:,}-byte limit")
+    if not data:
+        raise HTTPException(400, f"{name}: empty upload")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+    except Exception:
+        raise HTTPException(400, f"{name}: not an image file (or a format Pillow cannot read)") from None
+    if width * height > config.max_pixels:
+        raise HTTPException(413, f"{name}: {width}x{height} pixels is over the {config.max_pixels:,}-pixel limit")
+    try:
+        return read_image(data, name)
+    except ImageReadError as e:
+        raise HTTPException(400, str(e)) from None
+
+
+def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI:
+    """The service around one loaded Detector."""
+    cfg = config or ServeConfig()
+    batcher = MicroBatcher(detector, cfg.max_batch, cfg.max_wait_ms)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(
+        title="kanoclip",
+        version=__version__,
+        description="Zero-shot anomaly detection: POST images to /v1/detect; the web page is at /.",
+        lifespan=lifespan,
+    )
+    app.state.batcher = batcher
+    sha = None
+    if detector.checkpoint_dir is not None:
+        from .checkpoint import weights_sha256
+
+        sha = weights_sha256(detector.checkpoint_dir)
+
+    def authorize(request: Request) -> None:
+        if cfg.api_key is None:
+            return
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        if not secrets.compare_digest(given.encode(), cfg.api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key (send it as the X-API-Key header)")
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Any) -> Response:
+        length = request.headers.get("content-length")
+        limit = cfg.max_upload_bytes * cfg.max_files + 1024 * 1024
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse({"detail": f"request of {int(length):,} bytes is over the limit"}, status_code=413)
+        response: Response = await call_next(request)
+        return response
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> str:
+        return resources.files("kanoclip").joinpath("static/index.html").read_text()
+
+    @app.get("/v1/health", dependencies=[Depends(authorize)])
+    async def health() -> dict[str, Any]:
+        return {"status": "ok"}
+
+    @app.get("/v1/info", dependencies=[Depends(authorize)])
+    async def info() -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "backbone": detector.model.backbone_source,
+            "random_weights": detector.model.config.pretrained == "none",
+            "checkpoint": str(detector.checkpoint_dir) if detector.checkpoint_dir else None,
+            "checkpoint_sha256": sha,
+            "mode": "checkpoint" if detector.checkpoint_dir else "training-free",
+            "threshold": detector.threshold,
+            "map_threshold": detector.map_threshold,
+            "resolution": detector.image_size,
+            "device": str(detector.device),
+            "max_batch": cfg.max_batch,
+            "max_wait_ms": cfg.max_wait_ms,
+            "max_upload_bytes": cfg.max_upload_bytes,
+        }
+
+    @app.post("/v1/detect", dependencies=[Depends(authorize)])
+    async def detect(files: Annotated[list[UploadFile], File()], return_map: bool = False) -> dict[str, Any]:
+        """Score each uploaded image; heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map."""
+        start = time.perf_counter()
+        if len(files) > cfg.max_files:
+            raise HTTPException(413, f"{len(files)} files in one request; the limit is {cfg.max_files}")
+        arrays = []
+        for upload in files:
+            data = await upload.read(cfg.max_upload_bytes + 1)
+            arrays.append(await run_in_threadpool(decode_upload, data, upload.filename or "upload", cfg))
+        decoded = time.perf_counter()
+        outputs = await asyncio.gather(*(batcher.submit(a) for a in arrays))
+        inferred = time.perf_counter()
+        results = []
+        for upload, rgb, (score, amap, shared) in zip(files, arrays, outputs, strict=True):
+            results.append(
+                await run_in_threadpool(
+                    _result, upload.filename or "upload", rgb, score, amap, detector, return_map, shared
+                )
+            )
+        timing = {
+            "decode_ms": 1000 * (decoded - start),
+            "inference_ms": 1000 * (inferred - decoded),
+            "total_ms": 1000 * (time.perf_counter() - start),
+        }
+        return {"results": results, "threshold": detector.threshold, "timing": timing}
+
+    return app
+
+
+def _result(
+    name: str,
+    rgb: NDArray[np.uint8],
+    score: float,
+    amap: NDArray[np.float32],
+    detector: Detector,
+    return_map: bool,
+    shared: int,
+) -> dict[str, Any]:
+    mask = amap >= detector.map_threshold if detector.map_threshold is not None else None
+    out: dict[str, Any] = {
+        "filename": name,
+        "width": int(rgb.shape[1]),
+        "height": int(rgb.shape[0]),
+        "score": score,
+        "overlay_png": base64.b64encode(to_png(overlay(rgb, amap, mask=mask))).decode(),
+        "batched_with": shared,
+    }
+    if detector.threshold is not None:
+        out["label"] = int(score >= detector.threshold)
+    if mask is not None:
+        out["mask_png"] = base64.b64encode(to_png(mask_image(mask))).decode()
+    if return_map:
+        buffer = io.BytesIO()
+        np.save(buffer, amap.astype(np.float32))
+        out["map"] = {
+            "dtype": "float32",
+            "shape": list(amap.shape),
+            "npy_base64": base64.b64encode(buffer.getvalue()).decode(),
+        }
+    return out
+
+
+def serve(detector: Detector, host: str, port: int, config: ServeConfig) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(detector, config), host=host, port=port, log_level="info")

@@ -1,0 +1,111 @@
+"""Calibration: false-alarm thresholds hold on held-out normals, F1-max equals brute force, stored where used."""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kanoclip import checkpoint
+from kanoclip.calibration import f1_max_threshold, false_alarm_threshold
+from kanoclip.cli import main
+
+from .conftest import tiny_model
+
+TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+
+
+def test_a_one_percent_false_alarm_threshold_gives_one_percent_on_held_out_normals() -> None:
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        calibration, held_out = rng.normal(size=5000), rng.normal(size=200_000)
+        t = false_alarm_threshold(calibration, 0.01)
+        assert (calibration >= t.value).sum() == 50  # exactly the allowed share on the calibration set
+        # the realised rate on new normals: within sampling error of the 5000-image quantile (sd ~0.0014)
+        assert abs((held_out >= t.value).mean() - 0.01) < 0.006, trial
+        assert t.warning is None and t.images == 5000
+
+
+def test_false_alarm_threshold_moves_above_ties_and_warns_when_images_are_too_few() -> None:
+    scores = np.array([0.1] * 50 + [0.9] * 3)
+    t = false_alarm_threshold(scores, 0.05)  # 2 false alarms allowed, 3 tied at the top: none may be flagged
+    assert (scores >= t.value).sum() == 0
+    assert "use at least 200 images" in (t.warning or "")
+
+
+def brute_force_f1(labels: np.ndarray, scores: np.ndarray) -> float:
+    best = 0.0
+    for threshold in np.unique(scores):
+        flagged = scores >= threshold
+        tp = (flagged & labels).sum()
+        if tp:
+            precision, recall = tp / flagged.sum(), tp / labels.sum()
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return float(best)
+
+
+def test_f1_max_threshold_equals_a_brute_force_search() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        labels = rng.random(300) < 0.3
+        scores = np.round(rng.normal(labels * 1.2, 1.0), 2)  # rounded: ties
+        t = f1_max_threshold(labels, scores)
+        assert t.f1 == pytest.approx(brute_force_f1(labels, scores), abs=1e-12)
+        flagged = scores >= t.value
+        assert t.precision == pytest.approx((flagged & labels).sum() / flagged.sum())
+        assert t.recall == pytest.approx((flagged & labels).sum() / labels.sum())
+        assert t.f1 == pytest.approx(2 * t.precision * t.recall / (t.precision + t.recall))
+
+
+def test_calibrate_stores_thresholds_in_the_checkpoint_and_detect_then_labels(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        checkpoint.save(tiny_model(), tmp_path / "ckpt")
+    bottle = shared_data / "MVTec_AD" / "bottle" / "test"
+    args = ["calibrate", str(bottle / "good"), "--anomalous", str(bottle / "broken_large"), "--checkpoint"]
+    assert main([*args, str(tmp_path / "ckpt"), "--workers", "0"]) == 0
+    stored = checkpoint.read_document(tmp_path / "ckpt")["calibration"]
+    assert stored["image"]["method"] == "f1_max" and stored["map"]["method"] == "false_alarm_rate"
+    assert (
+        main(
+            [
+                "detect",
+                str(bottle / "good"),
+                "--checkpoint",
+                str(tmp_path / "ckpt"),
+                "--out",
+                str(tmp_path / "o"),
+                "--workers",
+                "0",
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader((tmp_path / "o" / "scores.csv").read_text().splitlines()))
+    assert all(r["label"] == str(int(float(r["score"]) >= stored["image_threshold"])) for r in rows)
+    assert len(list((tmp_path / "o" / "maps").glob("*_mask.png"))) == len(rows)
+
+
+def test_training_free_calibration_is_a_standalone_json_with_the_model_config(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "cal.json"
+    normal = shared_data / "BrainMRI" / "brain_tumor_dataset" / "no"
+    assert main(["calibrate", str(normal), "--out", str(out), *TINY_FLAGS]) == 0
+    assert "warning: only 98 normal images" in capsys.readouterr().err
+    document = json.loads(out.read_text())
+    assert document["model"]["backbone"] == "kanoclip-tiny"
+    assert document["calibration"]["image"]["images"] == 98
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(["detect", str(normal), "--calibration", str(out), "--out", str(tmp_path / "o"), *TINY_FLAGS]) == 0
+    assert not [w for w in caught if "another model" in str(w.message)]
+    rows = list(csv.DictReader((tmp_path / "o" / "scores.csv").read_text().splitlines()))
+    flagged = sum(int(r["label"]) for r in rows)
+    assert flagged == 0  # 1% of 98 normal images: no false alarm allowed on the calibration images themselves

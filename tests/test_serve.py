@@ -1,0 +1,191 @@
+"""`kanoclip serve` over real HTTP: every field, bad uploads, API keys, micro-batching, the page, a real browser."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from kanoclip.detection import Detector
+from kanoclip.serve import ServeConfig
+
+from .conftest import TINY, randomize_learnable
+from .serving import running_server
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def detector() -> Detector:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        d = Detector(config=TINY, device="cpu", workers=0)
+    randomize_learnable(d.model)
+    return d
+
+
+def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_detect_returns_every_field_for_real_images(detector: Detector, shared_data: Path) -> None:
+    paths = [shared_data / "MVTec_AD/bottle/test/good/000.png", shared_data / "KolektorSDD/kos01/Part0.jpg"]
+    detector.calibration = {"image_threshold": 0.5, "map_threshold": 0.6}
+    try:
+        with running_server(detector, ServeConfig()) as url:
+            files = [("files", (p.name, p.read_bytes())) for p in paths]
+            response = httpx.post(f"{url}/v1/detect", files=files, params={"return_map": "true"}, timeout=60)
+            info = httpx.get(f"{url}/v1/info").json()
+    finally:
+        detector.calibration = {}
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert set(body["timing"]) == {"decode_ms", "inference_ms", "total_ms"} and body["threshold"] == 0.5
+    for path, result in zip(paths, body["results"], strict=True):
+        score, amap = detector.predict(path)
+        height, width = amap.shape
+        assert result["filename"] == path.name and (result["width"], result["height"]) == (width, height)
+        assert result["score"] == pytest.approx(score, abs=1e-5)
+        assert result["label"] == int(score >= 0.5)
+        overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_png"])))
+        assert overlay.format == "PNG" and overlay.size == (width, height)
+        mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["mask_png"]))).convert("L")) > 0
+        raw = np.load(io.BytesIO(base64.b64decode(result["map"]["npy_base64"])))
+        assert raw.shape == (height, width) and result["map"]["shape"] == [height, width]
+        assert np.abs(raw - amap).max() < 1e-5
+        assert np.array_equal(mask, raw >= 0.6)
+        assert result["batched_with"] >= 1
+    assert info["resolution"] == 112 and info["device"] == "cpu" and info["random_weights"] is True
+    assert info["mode"] == "training-free" and info["checkpoint_sha256"] is None
+    assert info["threshold"] == 0.5 and info["map_threshold"] == 0.6
+
+
+def test_bad_uploads_get_the_right_status_and_the_server_keeps_serving(detector: Detector, shared_data: Path) -> None:
+    good = ("files", ("good.png", (shared_data / "MVTec_AD/bottle/test/good/001.png").read_bytes()))
+    rng = np.random.default_rng(0)
+    config = ServeConfig(max_upload_bytes=300_000, max_pixels=1_000_000)
+    cases = [
+        ("corrupt.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 400),
+        ("notes.txt", b"these are not pixels", 400),
+        ("deep16.png", png_bytes(rng.integers(0, 65535, (60, 80), dtype=np.uint16)), 200),
+        ("alpha.png", png_bytes(rng.integers(0, 255, (60, 80, 4), dtype=np.uint8), "RGBA"), 200),
+        ("gray.png", png_bytes(rng.integers(0, 255, (60, 80), dtype=np.uint8)), 200),
+        ("huge.png", png_bytes(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)), 413),  # ~480 KB > 300 KB
+        ("wide.png", png_bytes(np.zeros((1100, 1000), dtype=np.uint8)), 413),  # 1.1 MP > 1 MP, small file
+    ]
+    with running_server(detector, config) as url:
+        for name, data, status in cases:
+            response = httpx.post(f"{url}/v1/detect", files=[("files", (name, data))], timeout=60)
+            assert response.status_code == status, (name, response.text)
+            if status != 200:
+                assert name in response.json()["detail"]
+            else:
+                assert response.json()["results"][0]["width"] == 80
+            assert httpx.post(f"{url}/v1/detect", files=[good], timeout=60).status_code == 200
+
+
+def test_an_api_key_guards_every_api_call(detector: Detector, shared_data: Path) -> None:
+    image = ("files", ("a.png", (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()))
+    with running_server(detector, ServeConfig(api_key="s3cret")) as url:
+        for call in (
+            lambda h: httpx.get(f"{url}/v1/health", headers=h),
+            lambda h: httpx.get(f"{url}/v1/info", headers=h),
+            lambda h: httpx.post(f"{url}/v1/detect", files=[image], headers=h, timeout=60),
+        ):
+            assert call({}).status_code == 401
+            assert call({"X-API-Key": "wrong"}).status_code == 401
+            assert call({"X-API-Key": "s3cret"}).status_code == 200
+            assert call({"Authorization": "Bearer s3cret"}).status_code == 200
+        assert httpx.get(f"{url}/").status_code == 200  # the page itself asks for the key
+        assert "/v1/detect" in httpx.get(f"{url}/openapi.json").json()["paths"]
+        assert httpx.get(f"{url}/docs").status_code == 200
+
+
+def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
+    detector: Detector, shared_data: Path
+) -> None:
+    paths = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("*.jpg"))[:8]
+    want = [detector.predict(p)[0] for p in paths]
+
+    def post(url: str, path: Path) -> dict:
+        response = httpx.post(f"{url}/v1/detect", files=[("files", (path.name, path.read_bytes()))], timeout=60)
+        assert response.status_code == 200
+        return response.json()["results"][0]
+
+    for config, batched in ((ServeConfig(max_batch=8, max_wait_ms=300), True), (ServeConfig(max_batch=1), False)):
+        with running_server(detector, config) as url, ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda p: post(url, p), paths))
+        assert [r["filename"] for r in results] == [p.name for p in paths]
+        assert [r["score"] for r in results] == pytest.approx(want, abs=1e-5)  # each got its own image's answer
+        sizes = [r["batched_with"] for r in results]
+        assert (max(sizes) > 1) if batched else (max(sizes) == 1), sizes
+
+
+def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detector, shared_data: Path) -> None:
+    """Debian's chromium + chromium-driver (installed by .ci/run) drive the real page; a screenshot is kept."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver_path = shutil.which("chromedriver")
+    assert driver_path is not None, "chromedriver not found: .ci/run installs Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,900",
+    ):
+        options.add_argument(flag)
+    image = shared_data / "MVTec_derived_hazelnut_toy"
+    path = sorted(image.rglob("*.jpg"))[0]
+    want, _ = detector.predict(path)
+    with running_server(detector, ServeConfig()) as url:
+        browser = webdriver.Chrome(service=Service(driver_path), options=options)
+        try:
+            browser.get(url + "/")
+            WebDriverWait(browser, 30).until(lambda b: "kanoclip-tiny" in b.find_element(By.ID, "info").text)
+            browser.find_element(By.ID, "files").send_keys(str(path))
+            WebDriverWait(browser, 60).until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card img.overlay"))
+            score = float(browser.find_element(By.CSS_SELECTOR, ".card .score").text)
+            overlay = browser.find_element(By.CSS_SELECTOR, ".card img.overlay")
+            assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay) > 0
+            assert score == pytest.approx(want, abs=1e-4)
+            label = browser.find_element(By.CSS_SELECTOR, ".card .label")
+            browser.execute_script(
+                "const s = document.getElementById('threshold'); s.value = arguments[0];"
+                "s.dispatchEvent(new Event('input'));",
+                max(score - 0.001, 0.0),
+            )
+            assert label.text == "anomalous"
+            browser.execute_script(
+                "const s = document.getElementById('threshold'); s.value = arguments[0];"
+                "s.dispatchEvent(new Event('input'));",
+                min(score + 0.001, 1.0),
+            )
+            assert label.text == "normal"  # the slider re-labels live
+            rows = browser.find_elements(By.CSS_SELECTOR, "#table tbody tr")
+            assert len(rows) == 1 and path.name in rows[0].text
+            ARTIFACTS.mkdir(exist_ok=True)
+            assert browser.save_screenshot(str(ARTIFACTS / "serve_page.png"))
+        finally:
+            browser.quit()
+    assert os.path.getsize(ARTIFACTS / "serve_page.png") > 10_000
