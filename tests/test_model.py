@@ -56,24 +56,27 @@ def test_untrained_fusion_and_adapter_are_the_identity(model: KAnoCLIP) -> None:
     assert torch.allclose(model.adapter(g, torch.randn(2, 16, 64), (4, 4)), F.normalize(g, dim=-1))
 
 
-def test_level_cross_attention_equals_torch_multihead_attention_per_level() -> None:
+@pytest.mark.parametrize(("nq", "nk", "sets"), [(2, 9, 3), (9, 2, 3), (2, 9, 1), (9, 2, 1), (5, 5, 3)])
+def test_level_cross_attention_equals_torch_multihead_attention_per_level(nq: int, nk: int, sets: int) -> None:
+    """Both folded forms (few queries: text reads patches; few keys: patches read text), per-level and shared."""
     torch.manual_seed(1)
     dim, heads, levels = 32, 4, 3
-    block = LevelCrossAttention(dim, heads, levels)
+    block = LevelCrossAttention(dim, heads, sets)
     with torch.no_grad():
         for p in block.parameters():
             p.normal_(0, 0.2)
-    query, context = torch.randn(2, levels, 5, dim), torch.randn(2, levels, 9, dim)
+    query, context = torch.randn(2, levels, nq, dim), torch.randn(2, levels, nk, dim)
     got = block(query, context)
     for level in range(levels):
+        w = level if sets > 1 else 0
         mha = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
         with torch.no_grad():
-            mha.in_proj_weight.copy_(block.in_weight[level].reshape(3 * dim, dim))
-            mha.in_proj_bias.copy_(block.in_bias[level].reshape(3 * dim))
-            mha.out_proj.weight.copy_(block.out_weight[level])
-            mha.out_proj.bias.copy_(block.out_bias[level])
-        ln_q = F.layer_norm(query[:, level], (dim,), block.norm_q[level, 0], block.norm_q[level, 1])
-        ln_kv = F.layer_norm(context[:, level], (dim,), block.norm_kv[level, 0], block.norm_kv[level, 1])
+            mha.in_proj_weight.copy_(block.in_weight[w].reshape(3 * dim, dim))
+            mha.in_proj_bias.copy_(block.in_bias[w].reshape(3 * dim))
+            mha.out_proj.weight.copy_(block.out_weight[w])
+            mha.out_proj.bias.copy_(block.out_bias[w])
+        ln_q = F.layer_norm(query[:, level], (dim,), block.norm_q[w, 0], block.norm_q[w, 1])
+        ln_kv = F.layer_norm(context[:, level], (dim,), block.norm_kv[w, 0], block.norm_kv[w, 1])
         want = query[:, level] + mha(ln_q, ln_kv, ln_kv, need_weights=False)[0]
         assert torch.allclose(got[:, level], want, atol=1e-5), level
 
