@@ -31,13 +31,8 @@ def synthetic_class(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     return masks, maps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--maps", type=int, default=100)
-    parser.add_argument("--size", type=int, default=518)
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args()
-    masks, maps = synthetic_class(args.maps, args.size)
+def run(n: int = 100, size: int = 518) -> str:
+    masks, maps = synthetic_class(n, size)
     start = time.perf_counter()
     exact = metrics.aupro(masks, maps)
     t_exact = time.perf_counter() - start
@@ -47,9 +42,9 @@ def main() -> None:
     start = time.perf_counter()
     loop = aupro_200_loop(masks, maps)
     t_loop = time.perf_counter() - start
-    text = "\n".join(
+    return "\n".join(
         [
-            f"{args.maps} maps of {args.size}x{args.size}, float32",
+            f"{n} maps of {size}x{size}, float32",
             "",
             "| method | AUPRO | seconds | loop time / this |",
             "|---|---|---|---|",
@@ -59,6 +54,15 @@ def main() -> None:
             f"| kanoclip exact, all thresholds (default) | {exact:.4f} | {t_exact:.2f} | {t_loop / t_exact:.1f} |",
         ]
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--maps", type=int, default=100)
+    parser.add_argument("--size", type=int, default=518)
+    parser.add_argument("--no-append", action="store_true")
+    args = parser.parse_args()
+    text = run(args.maps, args.size)
     print(text)
     if not args.no_append:
         append_results(

@@ -1,9 +1,9 @@
 """Full KAnoCLIP inference time over the frozen CLIP-VV forward alone, same config, same run (goal: <= 1.10).
 
-Random weights (pretrained=none): timing does not depend on the weight values. Appends a table to RESULTS.md.
+The two are measured interleaved (alone, full, alone, full, ...) and compared by their medians, so that slow drift
+of a shared machine hits both alike. Random weights: timing does not depend on the weight values.
 
-    python benchmarks/inference_overhead.py                      # ViT-B-16@224 and ViT-L-14-336@518, batch 1 and 8
-    python benchmarks/inference_overhead.py --quick              # ViT-B-16@224 only
+    python -m benchmarks.inference_overhead [--quick] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -21,18 +21,14 @@ from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.clip_vv import encode_image
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:
@@ -46,10 +42,29 @@ def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.de
     def clip_vv_alone() -> object:
         return encode_image(model.clip.visual, normalised, cfg.vv_start_layer or 1, cfg.tap_layers or ())
 
+    alone, full = [], []
     with torch.inference_mode():
-        alone = median_seconds(clip_vv_alone, repeats, device)
-        full = median_seconds(lambda: model(images), repeats, device)
-    return {"clip_vv_s": alone, "full_s": full, "ratio": full / alone}
+        clip_vv_alone(), model(images)  # warm-up
+        for _ in range(repeats):
+            alone.append(timed(clip_vv_alone, device))
+            full.append(timed(lambda: model(images), device))
+    a, f = statistics.median(alone), statistics.median(full)
+    return {"clip_vv_s": a, "full_s": f, "ratio": f / a}
+
+
+def run(quick: bool, repeats: int, device: torch.device) -> str:
+    cases = [("ViT-B-16", 224, 1), ("ViT-B-16", 224, 8)]
+    if not quick:
+        cases += [("ViT-L-14-336", 518, 1), ("ViT-L-14-336", 518, 8)]
+    rows = [
+        "| backbone | size | batch | CLIP-VV alone (s, median) | full inference (s, median) | ratio (goal <= 1.10) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for backbone, size, batch in cases:
+        r = measure(backbone, size, batch, repeats, device)
+        rows.append(f"| {backbone} | {size} | {batch} | {r['clip_vv_s']:.4f} | {r['full_s']:.4f} | {r['ratio']:.3f} |")
+        print(rows[-1], flush=True)
+    return f"{repeats} interleaved repeats per row\n\n" + "\n".join(rows)
 
 
 def main() -> None:
@@ -59,19 +74,7 @@ def main() -> None:
     parser.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cases = [("ViT-B-16", 224, 1), ("ViT-B-16", 224, 8)]
-    if not args.quick:
-        cases += [("ViT-L-14-336", 518, 1), ("ViT-L-14-336", 518, 8)]
-    rows = [
-        "| backbone | size | batch | CLIP-VV alone (s) | full inference (s) | ratio (goal <= 1.10) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for backbone, size, batch in cases:
-        r = measure(backbone, size, batch, args.repeats, device)
-        rows.append(f"| {backbone} | {size} | {batch} | {r['clip_vv_s']:.4f} | {r['full_s']:.4f} | {r['ratio']:.3f} |")
-        print(rows[-1], flush=True)
-    text = "\n".join(rows)
-    print(text)
+    text = run(args.quick, args.repeats, device)
     if not args.no_append:
         append_results("Full inference over the CLIP-VV forward alone", f"{machine_description(device)}\n\n{text}")
 
