@@ -40,55 +40,45 @@ class LevelCrossAttention(nn.Module):
         """
         qn = self._norm(query, self.norm_q)
         kvn = self._norm(context, self.norm_kv)
+        levels = query.shape[1]
         if query.shape[2] <= context.shape[2]:
-            return query + self._few_queries(qn, kvn)
-        return query + self._few_keys(qn, kvn)
+            return query + self._few_queries(qn, kvn, levels)
+        return query + self._few_keys(qn, kvn, levels)
 
-    def _heads(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projection `index` (0 q, 1 k, 2 v) split by head: weight (1, S, H, dh, D_in), bias (1, S, H, 1, dh)."""
-        sets, _, d, _ = self.in_weight.shape
+    def _weights(self, levels: int) -> tuple[torch.Tensor, ...]:
+        """Per level and head: W_q, W_k, W_v (L, H, dh, D), their biases (L, H, dh), W_o (L, D, H, dh), b_o (L, D).
+        A shared set is expanded as a view, never copied per image."""
+        d = self.in_weight.shape[-1]
         h = self.heads
-        weight = self.in_weight[:, index].reshape(1, sets, h, d // h, d)
-        return weight, self.in_bias[:, index].reshape(1, sets, h, 1, d // h)
+        w = self.in_weight.expand(levels, 3, d, d).reshape(levels, 3, h, d // h, d)
+        b = self.in_bias.expand(levels, 3, d).reshape(levels, 3, h, d // h)
+        wo = self.out_weight.expand(levels, d, d).reshape(levels, d, h, d // h)
+        return w[:, 0], w[:, 1], w[:, 2], b[:, 0], b[:, 1], b[:, 2], wo, self.out_bias.expand(levels, d)
 
-    def _project(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        """(B, L, T, D) -> per-head projections (B, L, H, T, dh); only ever applied to the few text tokens."""
-        weight, bias = self._heads(index)
-        return x[:, :, None] @ weight.transpose(-1, -2) + bias
-
-    def _out(self, o: torch.Tensor) -> torch.Tensor:
-        """Per-head outputs (B, L, H, T, dh) -> output projection (B, L, T, D)."""
-        b, levels, h, t, dh = o.shape
-        merged = o.transpose(2, 3).reshape(b, levels, t, h * dh)
-        return merged @ self.out_weight.transpose(-1, -2)[None] + self.out_bias[None, :, None, :]
-
-    def _few_queries(self, qn: torch.Tensor, kvn: torch.Tensor) -> torch.Tensor:
+    def _few_queries(self, qn: torch.Tensor, kvn: torch.Tensor, levels: int) -> torch.Tensor:
         """Text reads patches. q·(W_k p + b_k) = (W_kᵀ q)·p + const (the constant cancels in the softmax);
         Σ a (W_v p + b_v) = W_v (Σ a p) + b_v, since attention weights sum to one."""
-        b, levels, nq, d = qn.shape
-        h = self.heads
-        q = self._project(qn, 0)  # (B, L, H, Q, dh)
-        wk, _ = self._heads(1)
-        q_in = (q @ wk).reshape(b, levels, h * nq, d)  # queries mapped back to input space: (B, L, H·Q, D)
-        attn = (q_in @ kvn.transpose(-1, -2) / math.sqrt(d // h)).softmax(-1)  # (B, L, H·Q, N)
-        pooled = (attn @ kvn).reshape(b, levels, h, nq, d)  # Σ a p per head
-        wv, bv = self._heads(2)
-        return self._out(pooled @ wv.transpose(-1, -2) + bv)
+        wq, wk, wv, bq, _, bv, wo, bo = self._weights(levels)
+        scale = 1 / math.sqrt(wq.shape[2])
+        q = torch.einsum("blqd,lhed->blhqe", qn, wq) + bq[None, :, :, None]
+        q_in = torch.einsum("blhqe,lhed->blhqd", q, wk)  # queries mapped back to input space
+        attn = (torch.einsum("blhqd,blnd->blhqn", q_in, kvn) * scale).softmax(-1)
+        pooled = torch.einsum("blhqn,blnd->blhqd", attn, kvn)  # Σ a p per head
+        o = torch.einsum("blhqd,lhed->blhqe", pooled, wv) + bv[None, :, :, None]
+        return torch.einsum("blhqe,lohe->blqo", o, wo) + bo[None, :, None]
 
-    def _few_keys(self, qn: torch.Tensor, kvn: torch.Tensor) -> torch.Tensor:
+    def _few_keys(self, qn: torch.Tensor, kvn: torch.Tensor, levels: int) -> torch.Tensor:
         """Patches read text. (W_q p + b_q)·k = p·(W_qᵀ k) + b_q·k; W_o Σ_h a_h v_h = Σ_h a_h (W_o,h v_h)."""
-        b, levels, nq, d = qn.shape
-        nk, h = kvn.shape[2], self.heads
-        k, v = self._project(kvn, 1), self._project(kvn, 2)  # (B, L, H, T, dh)
-        wq, bq = self._heads(0)
-        keys_in = (wq.transpose(-1, -2) @ k.transpose(-1, -2)).permute(0, 1, 3, 2, 4).reshape(b, levels, d, h * nk)
-        key_bias = (bq @ k.transpose(-1, -2)).reshape(b, levels, 1, h * nk)
-        scores = (qn @ keys_in + key_bias) / math.sqrt(d // h)  # (B, L, N, H·T)
-        attn = scores.reshape(b, levels, nq, h, nk).softmax(-1).reshape(b, levels, nq, h * nk)
-        sets = self.out_weight.shape[0]
-        wo = self.out_weight.reshape(sets, d, h, d // h).permute(0, 2, 3, 1)[None]  # (1, S, H, dh, D)
-        values_out = (v @ wo).reshape(b, levels, h * nk, d)  # each head's values through its slice of W_o
-        return attn @ values_out + self.out_bias[None, :, None, :]
+        wq, wk, wv, bq, bk, bv, wo, bo = self._weights(levels)
+        scale = 1 / math.sqrt(wq.shape[2])
+        k = torch.einsum("bltd,lhed->blhte", kvn, wk) + bk[None, :, :, None]
+        v = torch.einsum("bltd,lhed->blhte", kvn, wv) + bv[None, :, :, None]
+        keys_in = torch.einsum("blhte,lhed->blhtd", k, wq)  # keys mapped back to input space
+        key_bias = torch.einsum("blhte,lhe->blht", k, bq)
+        scores = torch.einsum("blnd,blhtd->blnht", qn, keys_in) + key_bias[:, :, None]
+        attn = (scores * scale).softmax(-1)
+        values_out = torch.einsum("blhte,lohe->blhto", v, wo)  # each head's values through its slice of W_o
+        return torch.einsum("blnht,blhto->blno", attn, values_out) + bo[None, :, None]
 
     @staticmethod
     def _norm(x: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from torch import nn
 
 from .adapter import build_adapter
 from .backbone import Backbone, load_backbone
-from .clip_vv import encode_image
+from .clip_vv import VisualFeatures, encode_image
 from .config import KAnoCLIPConfig
 from .fusion import BiCMCI
 from .prompts import PromptLearner, TextTower
@@ -116,16 +116,25 @@ class KAnoCLIP(nn.Module):
         return self._run(images, training=True)
 
     def _run(self, images: torch.Tensor, training: bool) -> TrainingOutput:
-        cfg = self.config
-        size = (cfg.image_size, cfg.image_size)
+        size = (self.config.image_size, self.config.image_size)
         in_size = (images.shape[-2], images.shape[-1])
         x = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
         if in_size != size:
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        return self.head(self.encode_image(x), in_size, training)
+
+    def encode_image(self, x: torch.Tensor) -> VisualFeatures:
+        """The frozen CLIP-VV forward on normalised images at the run resolution: the method's cost floor."""
+        cfg = self.config
         with torch.no_grad():
-            feats = encode_image(
+            return encode_image(
                 self.clip.visual, x, cfg.vv_start_layer or 1, cfg.tap_layers or (), cfg.tap_mode, cfg.global_ln_post
             )
+
+    def head(self, feats: VisualFeatures, in_size: tuple[int, int], training: bool = False) -> TrainingOutput:
+        """Everything after CLIP: adapter, Bi-CMCI, probabilities, maps (at `in_size`) and scores."""
+        cfg = self.config
+        size = (cfg.image_size, cfg.image_size)
         text = self.text_features()
         g = self.adapter(feats.global_token, feats.patch_tokens, feats.grid)  # (B, D)
         image_logits = g @ text.t().to(g.dtype) / cfg.temperature
