@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +32,16 @@ def machine_description(device: torch.device) -> str:
 def append_results(title: str, body: str) -> None:
     with RESULTS.open("a") as f:
         f.write(f"\n## {title}\n\n{body}\n")
+
+
+def standalone(doc: str | None, title: str, run: Callable[[bool, torch.device], str]) -> None:
+    """The command line of a benchmark run by itself: --quick, --no-append; results appended under `title`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="the small cases only")
+    parser.add_argument("--no-append", action="store_true", help="print only, do not append to RESULTS.md")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    text = run(args.quick, device)
+    print(text)
+    if not args.no_append:
+        append_results(title, f"{machine_description(device)}\n\n{text}")

@@ -10,7 +10,6 @@ implementation can beat it. On a GPU: fp32, bf16 and bf16 + torch.compile at 518
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
 import statistics
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import append_results, machine_description
+from benchmarks.common import standalone
 from kanoclip import Detector, KAnoCLIPConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -167,14 +166,7 @@ def run(quick: bool, device: torch.device) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CPU: ViT-B-16 at 224 only")
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = run(args.quick, device)
-    if not args.no_append:
-        append_results("Throughput, peak memory and the FLOP floor", f"{machine_description(device)}\n\n{text}")
+    standalone(__doc__, "Throughput, peak memory and the FLOP floor", run)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ inference forward of the same batch, same run. Random weights and targets: timin
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 import warnings
@@ -14,7 +13,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import append_results, machine_description
+from benchmarks.common import standalone
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.losses import KnowledgeTargets, total_loss
 
@@ -80,14 +79,7 @@ def run(quick: bool, device: torch.device, repeats: int = 3) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--no-append", action="store_true")
-    args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = run(args.quick, device)
-    if not args.no_append:
-        append_results("Training step time", f"{machine_description(device)}\n\n{text}")
+    standalone(__doc__, "Training step time", run)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,9 @@ from tqdm import tqdm
 from . import checkpoint, metrics
 from ._files import atomic_write_bytes
 from .datasets import Sample
+from .datasets.base import sample_mask
 from .detection import Detector
 from .errors import ConfigError
-from .images import read_mask
 
 MIN_EXPECTED_ALARMS = 10  # below this many expected false alarms the realised rate is too uncertain to promise
 
@@ -100,7 +100,7 @@ def calibrate(
     else:
         image = false_alarm_threshold(scores[ok & (labels == 0)], false_alarm_rate)
     if pixel_f1:
-        masks = np.stack([_mask(s, size) for s in samples])[ok]
+        masks = np.stack([sample_mask(s, size) for s in samples])[ok]
         pixel = f1_max_threshold(masks, maps[ok])
         pixel.images = int(ok.sum())
     else:
@@ -113,18 +113,6 @@ def calibrate(
         "map": asdict(pixel),
         "unreadable": failed,
     }
-
-
-def _mask(sample: Sample, size: int) -> np.ndarray:
-    from PIL import Image
-
-    if sample.mask is None:
-        return np.zeros((size, size), dtype=bool)
-    mask = read_mask(sample.mask)
-    if sample.crop is not None:
-        left, top, right, bottom = sample.crop
-        mask = mask[top:bottom, left:right]
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
 
 
 def store(calibration: dict[str, Any], detector: Detector, out: str | Path | None = None) -> Path:

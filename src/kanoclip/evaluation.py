@@ -22,8 +22,8 @@ from tqdm import tqdm
 from . import metrics
 from ._files import atomic_write_bytes
 from .datasets import DatasetIndex, Sample
+from .datasets.base import sample_image, sample_mask
 from .detection import Detector
-from .images import read_image, read_mask
 from .visualize import overlay
 
 COLUMNS = [
@@ -100,7 +100,7 @@ def evaluate_dataset(
             scores[i], maps[i] = prediction.score, prediction.map
         ok = ~np.isnan(scores)
         labels = np.array([s.label for s in samples])
-        masks = np.stack([_mask_at(s, size) for s in samples]) if pixel_level else None
+        masks = np.stack([sample_mask(s, size) for s in samples]) if pixel_level else None
         values = class_metrics(
             labels[ok],
             scores[ok],
@@ -113,16 +113,6 @@ def evaluate_dataset(
         results.append(result)
     bar.close()
     return results
-
-
-def _mask_at(sample: Sample, size: int) -> np.ndarray:
-    if sample.mask is None:
-        return np.zeros((size, size), dtype=bool)
-    mask = read_mask(sample.mask)
-    if sample.crop is not None:
-        left, top, right, bottom = sample.crop
-        mask = mask[top:bottom, left:right]
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
 
 
 def _cases(
@@ -144,12 +134,9 @@ def _cases(
     out = []
     for rank, (i, kind) in enumerate(picks):
         sample = samples[i]
-        rgb = read_image(sample.image)
-        if sample.crop is not None:
-            left, top, right, bottom = sample.crop
-            rgb = rgb[top:bottom, left:right]
+        rgb = sample_image(sample)
         thumb = np.asarray(Image.fromarray(rgb).resize((THUMB, THUMB), Image.Resampling.BILINEAR))
-        mask = _mask_at(sample, THUMB)
+        mask = sample_mask(sample, THUMB)
         gt = np.repeat((mask * 255).astype(np.uint8)[..., None], 3, axis=2)
         if sample.mask is None:
             gt[:] = 64  # grey: no mask for this image

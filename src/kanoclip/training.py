@@ -22,7 +22,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -31,9 +30,9 @@ from . import checkpoint
 from ._files import atomic_write_bytes
 from .config import KAnoCLIPConfig, TrainConfig
 from .datasets import DatasetIndex, Sample
+from .datasets.base import sample_image, sample_mask
 from .detection import autocast_dtype, resolve_device, to_tensor
 from .errors import ConfigError, KnowledgeError
-from .images import read_image, read_mask
 from .knowledge import KnowledgeBase, encode_sentences, knowledge_targets
 from .losses import total_loss
 from .model import KAnoCLIP
@@ -53,12 +52,7 @@ class AuxiliarySet(Dataset[dict[str, Any]]):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         s = self.samples[i]
-        rgb = read_image(s.image)
-        mask = read_mask(s.mask) if s.mask is not None else np.zeros(rgb.shape[:2], dtype=bool)
-        if s.crop is not None:
-            left, top, right, bottom = s.crop
-            rgb, mask = rgb[top:bottom, left:right], mask[top:bottom, left:right]
-        mask = np.asarray(Image.fromarray(mask).resize((self.size, self.size), Image.Resampling.NEAREST))
+        rgb, mask = sample_image(s), sample_mask(s, self.size)
         return {
             "index": i,
             "pixels": to_tensor(rgb, self.size),

@@ -6,8 +6,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from ..errors import DatasetError
-from ..images import is_image_file
+from ..images import is_image_file, read_image, read_mask
 
 NORMAL_NAMES = ("good", "ok", "normal", "no", "negative")
 
@@ -25,6 +28,32 @@ class Sample:
     mask: Path | None = None
     defect: str = ""
     crop: tuple[int, int, int, int] | None = None
+
+
+def sample_image(sample: Sample) -> np.ndarray:
+    """The sample's pixels, (H, W, 3) uint8, cropped when the layout cuts the file."""
+    rgb = read_image(sample.image)
+    if sample.crop is not None:
+        left, top, right, bottom = sample.crop
+        rgb = rgb[top:bottom, left:right]
+    return rgb
+
+
+def sample_mask(sample: Sample, size: int | None = None, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """The sample's ground truth as bool, cropped like its image and resized (nearest) to size x size; all-False
+    when it has no mask (then `shape` or `size` gives its extent)."""
+    if sample.mask is None:
+        extent = (size, size) if size is not None else shape
+        if extent is None:
+            raise ValueError("a sample without a mask needs a size or a shape")
+        return np.zeros(extent, dtype=bool)
+    mask = read_mask(sample.mask)
+    if sample.crop is not None:
+        left, top, right, bottom = sample.crop
+        mask = mask[top:bottom, left:right]
+    if size is not None:
+        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
+    return mask
 
 
 @dataclass
