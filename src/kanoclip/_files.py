@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -30,3 +32,8 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, array)
     return buffer.getvalue()
+
+
+def atomic_write_json(path: Path, document: Any, indent: int = 1) -> None:
+    """A JSON document written through `atomic_write_bytes`, with a final newline."""
+    atomic_write_bytes(path, (json.dumps(document, indent=indent) + "\n").encode())

@@ -19,7 +19,7 @@ from numpy.typing import ArrayLike
 from tqdm import tqdm
 
 from . import checkpoint, metrics
-from ._files import atomic_write_bytes
+from ._files import atomic_write_json
 from .datasets import Sample
 from .datasets.base import sample_mask
 from .detection import Detector
@@ -122,7 +122,7 @@ def store(calibration: dict[str, Any], detector: Detector, out: str | Path | Non
         return detector.checkpoint_dir / checkpoint.CONFIG
     path = Path(out or "calibration.json")
     document = {"model": detector.model.config.to_dict(), "calibration": calibration}
-    atomic_write_bytes(path, (json.dumps(document, indent=1) + "\n").encode())
+    atomic_write_json(path, document)
     return path
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._files import atomic_write_bytes
+from ._files import atomic_write_json
 from .config import KAnoCLIPConfig
 from .errors import CheckpointError
 from .model import KAnoCLIP
@@ -39,7 +39,7 @@ def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = 
         Path(tmp).unlink(missing_ok=True)
         raise
     document = {"model": model.config.to_dict(), **(extra or {})}
-    atomic_write_bytes(directory / CONFIG, (json.dumps(document, indent=2) + "\n").encode())
+    atomic_write_json(directory / CONFIG, document, indent=2)
     return directory
 
 
@@ -61,7 +61,7 @@ def update_document(directory: str | Path, section: str, value: Any) -> None:
     """Replace one extra section (e.g. "calibration") of a checkpoint's JSON, atomically."""
     document = read_document(directory)
     document[section] = value
-    atomic_write_bytes(_checkpoint_dir(directory) / CONFIG, (json.dumps(document, indent=2) + "\n").encode())
+    atomic_write_json(_checkpoint_dir(directory) / CONFIG, document, indent=2)
 
 
 def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:

@@ -228,10 +228,11 @@ def add_knowledge_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_knowledge(args: argparse.Namespace) -> int:
+    from ._files import atomic_write_json
     from .knowledge.base import KnowledgeBase
     from .knowledge.cache import AnswerCache
     from .knowledge.client import ChatClient, ServerConfig
-    from .knowledge.generate import generate_general, generate_images, load_templates, write_json
+    from .knowledge.generate import generate_general, generate_images, load_templates
 
     client = ChatClient(ServerConfig(args.base_url, args.model, args.api_key, args.timeout, args.retries))
     cache, templates = AnswerCache(args.cache), load_templates(args.templates)
@@ -246,7 +247,7 @@ def cmd_knowledge(args: argparse.Namespace) -> int:
         index = load_dataset(args.dataset, args.layout)
         print(index.summary())
         document, progress = generate_images(client, index, cache, templates)
-        write_json(args.out, document)
+        atomic_write_json(Path(args.out), document)
     print(f"{progress.done} answered, {progress.failed} failed -> {args.out}")
     for failure in progress.failures:
         print(f"  failed: {failure['item']}: {failure['reason']}", file=sys.stderr)

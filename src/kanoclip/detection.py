@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import glob
 import os
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +107,7 @@ class Detector:
     """A ready-to-run model: `Detector().predict(image) -> (score, map)`.
 
     Args:
-        checkpoint: a folder written by `kanoclip train`; None runs training-free (knowledge text features).
+        checkpoint_dir: a folder written by `kanoclip train`; None runs training-free (knowledge text features).
         config: the model config in training-free mode (default: ViT-L-14-336, OpenAI weights, 518 px).
         overrides: config fields to change on a checkpoint (e.g. `pretrained="/models/ViT-L-14-336px.pt"`).
         knowledge_class: the knowledge-base class whose sentences give training-free text features.
@@ -136,13 +135,11 @@ class Detector:
         self.batch_size, self.workers = batch_size, workers
         self.calibration: dict[str, Any] = {}
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*No pretrained weights.*")
-            if checkpoint_dir is not None:
-                self.model = checkpoint.load(checkpoint_dir, **(overrides or {}))
-                self.calibration = checkpoint.read_document(checkpoint_dir).get("calibration", {})
-            else:
-                self.model = KAnoCLIP((config or KAnoCLIPConfig()).replace(**(overrides or {})))
+        if checkpoint_dir is not None:
+            self.model = checkpoint.load(checkpoint_dir, **(overrides or {}))
+            self.calibration = checkpoint.read_document(checkpoint_dir).get("calibration", {})
+        else:
+            self.model = KAnoCLIP((config or KAnoCLIPConfig()).replace(**(overrides or {})))
         self.model.eval().to(self.device)
         if checkpoint_dir is None:
             use_training_free(self.model, cls=knowledge_class)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,11 +19,11 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import metrics
-from ._files import atomic_write_bytes
+from ._files import atomic_write_bytes, atomic_write_json
 from .datasets import DatasetIndex, Sample
 from .datasets.base import sample_image, sample_mask
 from .detection import Detector
-from .visualize import overlay
+from .visualize import overlay, to_png
 
 COLUMNS = [
     ("image_auroc", "I-AUROC"),
@@ -64,17 +63,13 @@ def class_metrics(
     labels: np.ndarray, scores: np.ndarray, masks: np.ndarray | None, maps: np.ndarray | None, aupro_method: str
 ) -> dict[str, float]:
     """Every metric of SPEC §6 for one class; pixel metrics need masks."""
-    out = {
-        "image_auroc": metrics.image_auroc(labels, scores),
-        "image_ap": metrics.average_precision(labels, scores),
-        "image_f1_max": metrics.f1_max(labels, scores),
-    }
+    out = dict(zip(("image_auroc", "image_ap", "image_f1_max"), metrics.curve_metrics(labels, scores), strict=True))
     nan = float("nan")
-    pixel = masks is not None and maps is not None
-    out["pixel_auroc"] = metrics.pixel_auroc(masks, maps) if pixel else nan  # type: ignore[arg-type]
-    out["pixel_ap"] = metrics.pixel_average_precision(masks, maps) if pixel else nan  # type: ignore[arg-type]
-    out["pixel_f1_max"] = metrics.pixel_f1_max(masks, maps) if pixel else nan  # type: ignore[arg-type]
-    out["aupro"] = metrics.aupro(masks, maps, method=aupro_method) if pixel else nan  # type: ignore[arg-type]
+    if masks is None or maps is None:
+        return {**out, "pixel_auroc": nan, "pixel_ap": nan, "pixel_f1_max": nan, "aupro": nan}
+    pixel = metrics.curve_metrics(masks, maps)
+    out.update(zip(("pixel_auroc", "pixel_ap", "pixel_f1_max"), pixel, strict=True))
+    out["aupro"] = metrics.aupro(masks, maps, method=aupro_method)
     return out
 
 
@@ -143,9 +138,7 @@ def _cases(
         amap = np.asarray(Image.fromarray(maps[i].astype(np.float32)).resize((THUMB, THUMB), Image.Resampling.BILINEAR))
         strip = np.concatenate([thumb, gt, overlay(thumb, amap, mask=mask)], axis=1)
         name = f"assets/{_slug(dataset)}__{_slug(cls)}__{kind}{rank}.png"
-        buffer = io.BytesIO()
-        Image.fromarray(strip).save(buffer, format="PNG")
-        atomic_write_bytes(out_dir / name, buffer.getvalue())
+        atomic_write_bytes(out_dir / name, to_png(strip))
         out.append(Case(str(sample.image), int(labels[i]), float(scores[i]), kind, name))
     return out
 
@@ -203,7 +196,7 @@ def write_reports(results: list[ClassResult], out_dir: Path, info: dict[str, Any
         "classes": [_jsonable(asdict(r)) for r in results],
         "means": {d: _jsonable(mean_row([r for r in results if r.dataset == d])) for d in {r.dataset for r in results}},
     }
-    atomic_write_bytes(out_dir / "results.json", (json.dumps(document, indent=1) + "\n").encode())
+    atomic_write_json(out_dir / "results.json", document)
     atomic_write_bytes(out_dir / "report.html", _html(results, info).encode())
     return {name: out_dir / name for name in ("results.md", "results.csv", "results.json", "report.html")}
 

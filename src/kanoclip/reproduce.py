@@ -20,24 +20,24 @@ from .evaluation import ClassResult, evaluate, mean_row
 from .knowledge import load_image_knowledge
 from .training import train
 
-# dataset key -> (folder names it goes by, normalised: lower case without - _ and spaces; layout if not detectable)
-DATASETS: dict[str, tuple[tuple[str, ...], str | None]] = {
-    "MVTec AD": (("mvtec", "mvtecad", "mvtecanomalydetection"), None),
-    "VisA": (("visa", "visapytorch"), None),
-    "MPDD": (("mpdd",), None),
-    "BTAD": (("btad",), None),
-    "SDD": (("sdd", "kolektorsdd", "kolektor"), None),
-    "DAGM": (("dagm", "dagm2007"), None),
-    "DTD-Synthetic": (("dtdsynthetic", "dtd"), None),
-    "HeadCT": (("headct",), None),
-    "BrainMRI": (("brainmri", "braintumordataset"), None),
-    "Br35H": (("br35h",), None),
-    "ISIC": (("isic", "isic2016"), None),
-    "CVC-ColonDB": (("cvccolondb", "colondb"), None),
-    "CVC-ClinicDB": (("cvcclinicdb", "clinicdb"), None),
-    "Kvasir": (("kvasir", "kvasirseg"), None),
-    "Endo": (("endo",), None),
-    "TN3K": (("tn3k",), None),
+# dataset key -> the folder names it goes by, normalised (lower case, without - _ and spaces)
+DATASETS: dict[str, tuple[str, ...]] = {
+    "MVTec AD": ("mvtec", "mvtecad", "mvtecanomalydetection"),
+    "VisA": ("visa", "visapytorch"),
+    "MPDD": ("mpdd",),
+    "BTAD": ("btad",),
+    "SDD": ("sdd", "kolektorsdd", "kolektor"),
+    "DAGM": ("dagm", "dagm2007"),
+    "DTD-Synthetic": ("dtdsynthetic", "dtd"),
+    "HeadCT": ("headct",),
+    "BrainMRI": ("brainmri", "braintumordataset"),
+    "Br35H": ("br35h",),
+    "ISIC": ("isic", "isic2016"),
+    "CVC-ColonDB": ("cvccolondb", "colondb"),
+    "CVC-ClinicDB": ("cvcclinicdb", "clinicdb"),
+    "Kvasir": ("kvasir", "kvasirseg"),
+    "Endo": ("endo",),
+    "TN3K": ("tn3k",),
 }
 
 # SPEC §2: AnomalyCLIP (image AUROC, image AP, pixel AUROC, PRO) and the KAnoCLIP cells found (same order; None =
@@ -78,11 +78,11 @@ def find_datasets(root: str | Path) -> dict[str, Path]:
         raise DatasetError(f"--data-root {base} is not a folder")
     found = {}
     for child in sorted(p for p in base.iterdir() if p.is_dir()):
-        for name, (aliases, _) in DATASETS.items():
+        for name, aliases in DATASETS.items():
             if _normalise(child.name) in aliases and name not in found:
                 found[name] = child
     if not found:
-        known = ", ".join(f"{k} ({v[0][0]})" for k, v in DATASETS.items())
+        known = ", ".join(f"{k} ({v[0]})" for k, v in DATASETS.items())
         raise DatasetError(f"no dataset of the protocol found under {base}; expected folders named like: {known}")
     return found
 
@@ -96,7 +96,7 @@ class ProtocolRun:
 def plan(found: dict[str, Path]) -> list[ProtocolRun]:
     runs = []
     if "MVTec AD" in found:
-        others = [name for name in found if name not in ("MVTec AD",)]
+        others = [name for name in found if name != "MVTec AD"]
         if others:
             runs.append(ProtocolRun("MVTec AD", others))
     if "VisA" in found and "MVTec AD" in found:
@@ -145,7 +145,7 @@ def reproduce(
     """Run every training and evaluation the data allows; returns (and writes) the comparison table."""
     out = Path(out_dir)
     found = find_datasets(data_root)
-    indices: dict[str, DatasetIndex] = {name: load_dataset(path, DATASETS[name][1]) for name, path in found.items()}
+    indices: dict[str, DatasetIndex] = {name: load_dataset(path) for name, path in found.items()}
     for name, index in indices.items():
         print(f"[{name}] {index.summary()}")
     results: dict[str, list[ClassResult]] = {}
@@ -156,14 +156,14 @@ def reproduce(
             config,
             train_config,
             indices[run.train_on],
-            out / f"train_{_slug(run.train_on)}",
+            out / f"train_{_normalise(run.train_on)}",
             image_knowledge=load_image_knowledge(vqa_file) if vqa_file else None,
             device=device,
         )
         detector = Detector(final, device=device, batch_size=batch_size, workers=workers)
         for name in run.evaluate:
             info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.model.backbone_source}
-            where = out / f"eval_{_slug(name)}_from_{_slug(run.train_on)}"
+            where = out / f"eval_{_normalise(name)}_from_{_normalise(run.train_on)}"
             results[f"{name}|{run.train_on}"] = evaluate(
                 detector, [indices[name]], where, aupro_method="anomalyclip", info=info
             )
@@ -176,7 +176,3 @@ def reproduce(
         note += "RANDOM CLIP weights (pretrained=none): our columns measure the pipeline, not the method.\n"
     atomic_write_bytes(out / "reproduce.md", (note + "\n" + table).encode())
     return note + "\n" + table
-
-
-def _slug(name: str) -> str:
-    return _normalise(name)

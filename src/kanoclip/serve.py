@@ -27,6 +27,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from . import __version__
+from ._files import npy_bytes
 from .detection import Detector
 from .errors import ImageReadError
 from .images import read_image
@@ -234,12 +235,10 @@ def _result(
     if mask is not None:
         out["mask_png"] = base64.b64encode(to_png(mask_image(mask))).decode()
     if return_map:
-        buffer = io.BytesIO()
-        np.save(buffer, amap.astype(np.float32))
         out["map"] = {
             "dtype": "float32",
             "shape": list(amap.shape),
-            "npy_base64": base64.b64encode(buffer.getvalue()).decode(),
+            "npy_base64": base64.b64encode(npy_bytes(amap.astype(np.float32))).decode(),
         }
     return out
 

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import random
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,9 +153,7 @@ def train(
     if train_config.batch_size % ddp.world:
         raise ConfigError(f"batch_size {train_config.batch_size} must divide evenly over {ddp.world} processes")
     _seed_everything(train_config.seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*No pretrained weights.*")
-        model = KAnoCLIP(config).to(run_device)
+    model = KAnoCLIP(config).to(run_device)
     model.train()
     targets = knowledge_targets(model, knowledge or KnowledgeBase.load())
     vqa, vqa_rows = image_knowledge_rows(model, data.test, image_knowledge if config.kd_use_vqa else None)
@@ -185,7 +182,6 @@ def train(
     if ddp.main:
         out.mkdir(parents=True, exist_ok=True)
         _truncate_log(out / LOG, step)
-    per_rank = train_config.batch_size // ddp.world
 
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", disable=not ddp.main)
     while step < total_steps:
@@ -193,7 +189,8 @@ def train(
         order = epoch_order(len(dataset), train_config.seed, epoch)
         batches = [order[i : i + train_config.batch_size] for i in range(0, len(order), train_config.batch_size)]
         batches = batches[offset : offset + (total_steps - step)]
-        mine = [b[ddp.rank * per_rank : (ddp.rank + 1) * per_rank] for b in batches]
+        # each process takes every world-th image of a batch; a last batch smaller than the world is skipped by all
+        mine = [b[ddp.rank :: ddp.world] for b in batches if len(b) >= ddp.world]
         loader = DataLoader(
             dataset,
             batch_sampler=mine,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_json
 from ..errors import DatasetError
 from .base import DatasetIndex, Sample
 
@@ -64,5 +64,5 @@ def write_meta(index: DatasetIndex, path: str | Path | None = None) -> Path:
     for split, samples in (("train", index.train), ("test", index.test)):
         for s in samples:
             meta[split].setdefault(s.cls, []).append(entry(s))
-    atomic_write_bytes(target, (json.dumps(meta, indent=2) + "\n").encode())
+    atomic_write_json(target, meta, indent=2)
     return target

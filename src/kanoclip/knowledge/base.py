@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_bytes
+from .._files import atomic_write_json
 from ..errors import KnowledgeError
 
 AGNOSTIC = "object"
@@ -77,7 +77,7 @@ class KnowledgeBase:
             k: {"aliases": v.aliases, "normal": v.normal, "abnormal": v.abnormal} for k, v in self.classes.items()
         }
         document = {"header": self.header, "classes": classes, "failures": failures or []}
-        atomic_write_bytes(Path(path), (json.dumps(document, indent=1) + "\n").encode())
+        atomic_write_json(Path(path), document)
 
 
 def load_image_knowledge(path: str | Path) -> dict[str, tuple[int, str]]:

@@ -17,7 +17,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .._files import atomic_write_bytes
 from ..datasets import DatasetIndex
 from ..errors import KnowledgeError
 from .base import ClassKnowledge, KnowledgeBase
@@ -135,12 +134,6 @@ def generate_images(
         bar.set_postfix(done=progress.done, failed=progress.failed)
     header = {"written_by": f"kanoclip knowledge images, model {client.model}", "dataset": str(index.root)}
     return {"header": header, "images": images, "failures": progress.failures}, progress
-
-
-def write_json(path: str | Path, document: dict[str, Any]) -> None:
-    import json
-
-    atomic_write_bytes(Path(path), (json.dumps(document, indent=1) + "\n").encode())
 
 
 def _mime(data: bytes) -> str:
