@@ -44,7 +44,7 @@ def detector(backbone: str, size: int, device: str, precision: str, batch: int, 
         warnings.simplefilter("ignore")
         config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
         det = Detector(config=config, device=device, precision=precision, batch_size=batch, workers=2, compile=compile)
-    det.model.use_learned_prompts()  # the full model: learned prompts, Bi-CMCI and adapter
+    det.model.use_text_features(None)  # the full model: learned prompts, Bi-CMCI and adapter
     return det
 
 

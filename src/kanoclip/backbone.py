@@ -6,6 +6,8 @@ to the run resolution, so that open_clip's own forward and ours see the same mod
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -44,7 +46,8 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str  # human-readable origin of the weights
-    fingerprint: str | None  # stable id of the weights for caches; None when unknown (in-memory models)
+    fingerprint: str | None  # the weights' content and activation; None for in-memory models (not checked)
+    quick_gelu: bool | None = None  # the activation the towers were built with (None: in-memory, as given)
 
     @property
     def visual(self) -> VisionTransformer:
@@ -52,25 +55,28 @@ class Backbone:
 
 
 def load_backbone(config: KAnoCLIPConfig) -> Backbone:
-    """Build the CLIP model that `config.backbone` / `config.pretrained` name, frozen, at `config.image_size`."""
+    """Build the CLIP model that `config.backbone` / `config.pretrained` name, frozen, at `config.image_size`.
+
+    The activation is resolved from where the weights come from (SPEC §3.1): OpenAI's weights were trained with
+    QuickGELU, and building them with nn.GELU silently shifts every output. `config.quick_gelu` overrides.
+    """
     name = _model_name(config.backbone)
     pretrained = config.pretrained
-    kwargs: dict[str, Any] = {} if config.quick_gelu is None else {"quick_gelu": config.quick_gelu}
     if pretrained.lower() == "none":
         warnings.warn(
             f"building {name} with RANDOM weights (pretrained='none'): outputs test the pipeline, not the method",
             stacklevel=2,
         )
+        quick_gelu = _resolve_quick_gelu(config, name, None)
         with torch.random.fork_rng():
             torch.manual_seed(config.random_seed)
-            clip = _create(name, None, kwargs)
+            clip = _create(name, None, quick_gelu)
         source = f"{name} (random weights, seed {config.random_seed})"
-        fingerprint = f"{name}|random|{config.random_seed}"
     elif Path(pretrained).expanduser().is_file():
         path = Path(pretrained).expanduser().resolve()
-        clip = _load_file(name, path, config.quick_gelu)
-        stat = path.stat()
-        source, fingerprint = f"{name} from {path}", f"{name}|{path}|{stat.st_size}|{int(stat.st_mtime)}"
+        quick_gelu = _resolve_quick_gelu(config, name, path)
+        clip = _load_file(name, path, quick_gelu)
+        source = f"{name} from {path}"
     else:
         tag_cfg = get_pretrained_cfg(name, pretrained)
         if not tag_cfg:
@@ -80,16 +86,64 @@ def load_backbone(config: KAnoCLIPConfig) -> Backbone:
                 "pass an open_clip tag, the path of a local checkpoint, or 'none' for random weights"
             )
         path = _fetch_pretrained(name, pretrained, tag_cfg)
-        kwargs.setdefault("quick_gelu", tag_cfg.get("quick_gelu", False))
-        clip = _load_file(name, path, kwargs["quick_gelu"])
-        source, fingerprint = f"{name} / {pretrained} ({path})", f"{name}|{pretrained}"
+        tag_gelu = bool(tag_cfg.get("quick_gelu", False))
+        quick_gelu = tag_gelu if config.quick_gelu is None else config.quick_gelu
+        clip = _load_file(name, path, quick_gelu)
+        source = f"{name} / {pretrained} ({path})"
     clip = clip.float().eval().requires_grad_(False)
     _check_supported(clip, name)
+    fingerprint = weights_fingerprint(clip, name, quick_gelu)
     set_input_resolution(clip.visual, config.image_size, config.pos_embed_interpolation)
     preprocess = getattr(clip.visual, "preprocess_cfg", {})
     mean = tuple(preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(preprocess.get("std", open_clip.OPENAI_DATASET_STD))
-    return Backbone(clip, open_clip.get_tokenizer(name), mean, std, source, fingerprint)
+    return Backbone(clip, open_clip.get_tokenizer(name), mean, std, source, fingerprint, quick_gelu)
+
+
+def weights_fingerprint(clip: nn.Module, name: str, quick_gelu: bool) -> str:
+    """What identifies a backbone whatever file format or path it came from: the architecture, the activation and
+    a hash of weights that differ between every pair of trainings (projections, patch embedding, positions), taken
+    before the positional embedding is resized. fp16 weights widened to fp32 hash like the fp32 originals."""
+    digest = hashlib.sha256(name.encode())
+    visual: Any = clip.visual
+    text_projection: Any = getattr(getattr(clip, "text", clip), "text_projection", None)
+    if isinstance(text_projection, nn.Linear):
+        text_projection = text_projection.weight
+    for tensor in (visual.proj, visual.conv1.weight, visual.positional_embedding, text_projection):
+        if tensor is not None:
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return f"{name}|{'quick_gelu' if quick_gelu else 'gelu'}|{digest.hexdigest()[:16]}"
+
+
+def _resolve_quick_gelu(config: KAnoCLIPConfig, name: str, path: Path | None) -> bool:
+    """The activation of a model built from a file (or at random): the config's explicit choice; else what the file
+    says of its origin (OpenAI's formats, an open_clip_config.json beside it, 'openai' in its path); else QuickGELU
+    when every published weight of this architecture is QuickGELU; else the architecture's own config."""
+    if config.quick_gelu is not None:
+        return config.quick_gelu
+    if path is not None:
+        if _is_torchscript(path) or (path.suffix != ".safetensors" and _is_openai_state_dict(_torch_load(path))):
+            return True
+        beside = path.parent / "open_clip_config.json"
+        if beside.is_file():
+            try:
+                model_cfg = json.loads(beside.read_text()).get("model_cfg", {})
+            except (OSError, json.JSONDecodeError):
+                model_cfg = {}
+            if "quick_gelu" in model_cfg:
+                return bool(model_cfg["quick_gelu"])
+        if "openai" in str(path).lower():
+            return True
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        if tags and all(get_pretrained_cfg(name, t).get("quick_gelu", False) for t in tags):
+            return True
+        if "openai" in tags:
+            log.warning(
+                "%s: cannot tell whether these are OpenAI's weights (QuickGELU) or another training (GELU); building "
+                "with the architecture's default. If they are OpenAI's, pass --set quick_gelu=true",
+                path,
+            )
+    return bool((open_clip.get_model_config(name) or {}).get("quick_gelu", False))
 
 
 def from_model(clip: nn.Module, config: KAnoCLIPConfig, tokenizer_name: str = "ViT-B-16") -> Backbone:
@@ -151,9 +205,9 @@ def _model_name(backbone: str) -> str:
     )
 
 
-def _create(name: str, checkpoint: Path | None, kwargs: dict[str, Any]) -> nn.Module:
+def _create(name: str, checkpoint: Path | None, quick_gelu: bool) -> nn.Module:
     try:
-        return open_clip.create_model(name, pretrained=str(checkpoint) if checkpoint else None, **kwargs)
+        return open_clip.create_model(name, pretrained=str(checkpoint) if checkpoint else None, quick_gelu=quick_gelu)
     except (RuntimeError, KeyError, ValueError, AssertionError) as e:
         first = str(e).strip().splitlines()[0][:400]
         raise BackboneError(
@@ -162,21 +216,25 @@ def _create(name: str, checkpoint: Path | None, kwargs: dict[str, Any]) -> nn.Mo
         ) from e
 
 
-def _load_file(name: str, path: Path, quick_gelu: bool | None) -> nn.Module:
+def _load_file(name: str, path: Path, quick_gelu: bool) -> nn.Module:
     """Load a local checkpoint: OpenAI TorchScript or state_dict, or an open_clip (training) checkpoint."""
     if _is_torchscript(path):
         with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is OpenAI's release format
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
-        return _from_openai_state_dict(dict(state), True if quick_gelu is None else quick_gelu)
+        return _from_openai_state_dict(dict(state), quick_gelu)
     if path.suffix != ".safetensors":
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception as e:
-            raise BackboneError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
-        if isinstance(state, dict) and _is_openai_state_dict(state):
-            return _from_openai_state_dict(dict(state), True if quick_gelu is None else quick_gelu)
-    return _create(name, path, {} if quick_gelu is None else {"quick_gelu": quick_gelu})
+        state = _torch_load(path)
+        if _is_openai_state_dict(state):
+            return _from_openai_state_dict(dict(state), quick_gelu)
+    return _create(name, path, quick_gelu)
+
+
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise BackboneError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -186,9 +244,9 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
-def _is_openai_state_dict(state: dict[str, Any]) -> bool:
+def _is_openai_state_dict(state: Any) -> bool:
     """OpenAI's layout (text tower at the top level) saved by OpenAI: its meta keys or its fp16 weights."""
-    if "visual.proj" not in state or any(k.startswith("text.") for k in state):
+    if not isinstance(state, dict) or "visual.proj" not in state or any(k.startswith("text.") for k in state):
         return False
     return any(k in state for k in _OPENAI_META_KEYS) or state["visual.proj"].dtype == torch.float16
 

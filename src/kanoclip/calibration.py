@@ -7,9 +7,7 @@ it rests on. The same for maps, per pixel. Stored in the checkpoint's JSON, or a
 
 from __future__ import annotations
 
-import json
 import math
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ class Threshold:
 def f1_max_threshold(labels: ArrayLike, scores: ArrayLike) -> Threshold:
     """The threshold of the best F1 (score >= threshold is anomalous), with its precision and recall."""
     y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
+    s = np.asarray(scores).ravel()  # maps stay float16: no float64 copy of every pixel
     if y.all() or not y.any():
         raise ConfigError("F1-max calibration needs both normal and anomalous images")
     f1, value = metrics.f1_max_threshold(y, s)
@@ -54,16 +52,17 @@ def f1_max_threshold(labels: ArrayLike, scores: ArrayLike) -> Threshold:
 
 
 def false_alarm_threshold(normal_scores: ArrayLike, rate: float, unit: str = "images") -> Threshold:
-    """The lowest threshold at which at most `rate` of the normal scores reach it (score >= threshold)."""
+    """The lowest threshold at which at most `rate` of the normal scores reach it (score >= threshold): just above the
+    (allowed + 1)-th largest score, so ties at the cut stay below. A partition finds it in linear time and in the
+    scores' own dtype (a per-pixel calibration holds millions of float16 values: no float64 sort)."""
     if not 0 < rate < 1:
         raise ConfigError(f"the false-alarm rate must be in (0, 1), got {rate}")
-    s = np.sort(np.asarray(normal_scores, dtype=np.float64).ravel())[::-1]
+    s = np.asarray(normal_scores).ravel()
     if s.size == 0:
         raise ConfigError("calibration needs at least one normal image")
     allowed = math.floor(rate * s.size)  # false alarms permitted among these normals
-    value = float(np.nextafter(s[allowed], np.inf)) if allowed < s.size else float(s[-1])
-    while allowed > 0 and (s >= value).sum() > allowed:  # ties at the cut: move above them
-        value = float(np.nextafter(value, np.inf))
+    k = s.size - 1 - allowed  # ascending index of the (allowed + 1)-th largest
+    value = float(np.nextafter(np.float64(np.partition(s, k)[k]), np.inf))
     warning = None
     if rate * s.size < MIN_EXPECTED_ALARMS:
         need = math.ceil(MIN_EXPECTED_ALARMS / rate)
@@ -83,17 +82,9 @@ def calibrate(
         raise ConfigError("calibration needs normal images (a folder of good parts)")
     size = detector.image_size
     pixel_f1 = bool(anomalous) and all(s.mask is not None for s in anomalous)
-    scores = np.full(len(samples), np.nan)
-    maps = np.zeros((len(samples), size, size), dtype=np.float16)
-    bar = tqdm(total=len(samples), desc="calibrate", unit="image")
-    failed = []
-    for i, p in enumerate(detector.run([(s.image, s.crop) for s in samples], own_size=False, progress=bar)):
-        if p.error is not None:
-            failed.append(p.error)
-            continue
-        scores[i], maps[i] = p.score, p.map
-    bar.close()
-    ok = ~np.isnan(scores)
+    with tqdm(total=len(samples), desc="calibrate", unit="image") as bar:
+        collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
+    scores, maps, ok = collected.scores, collected.maps, collected.ok
     labels = np.array([s.label for s in samples])
     if anomalous:
         image = f1_max_threshold(labels[ok], scores[ok])
@@ -111,7 +102,7 @@ def calibrate(
         "map_threshold": pixel.value,
         "image": asdict(image),
         "map": asdict(pixel),
-        "unreadable": failed,
+        "unreadable": collected.failed,
     }
 
 
@@ -124,17 +115,3 @@ def store(calibration: dict[str, Any], detector: Detector, out: str | Path | Non
     document = {"model": detector.model.config.to_dict(), "calibration": calibration}
     atomic_write_json(path, document)
     return path
-
-
-def load_standalone(path: str | Path, config: dict[str, Any]) -> dict[str, Any]:
-    """A standalone calibration, checked against the model it is used with."""
-    try:
-        document = json.loads(Path(path).expanduser().read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read calibration file {path}: {e}") from e
-    if "calibration" not in document:
-        raise ConfigError(f"{path} is not a calibration file (written by `kanoclip calibrate`)")
-    if document.get("model") != json.loads(json.dumps(config)):  # compared as JSON: tuples are lists there
-        warnings.warn(f"{path} was calibrated on another model config; its thresholds may not fit", stacklevel=2)
-    calibration: dict[str, Any] = document["calibration"]
-    return calibration

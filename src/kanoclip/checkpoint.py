@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 
-from ._files import atomic_write_json
+from ._files import atomic_write_bytes, atomic_write_json
 from .config import KAnoCLIPConfig
 from .errors import CheckpointError
 from .model import KAnoCLIP
@@ -28,17 +27,10 @@ CONFIG = "config.json"
 def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """Save the learnable weights and the config (plus `extra` JSON sections such as a calibration)."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.learnable_state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{WEIGHTS}.")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, directory / WEIGHTS)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    document = {"model": model.config.to_dict(), **(extra or {})}
+    atomic_write_bytes(directory / WEIGHTS, safetensors_bytes(state))
+    backbone = {"source": model.backbone_source, "fingerprint": model.backbone_fingerprint}
+    document = {"model": model.config.to_dict(), "backbone": backbone, **(extra or {})}
     atomic_write_json(directory / CONFIG, document, indent=2)
     return directory
 
@@ -65,13 +57,27 @@ def update_document(directory: str | Path, section: str, value: Any) -> None:
 
 
 def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
-    """Rebuild a model from a checkpoint. `overrides` change config fields, e.g. `pretrained="/path/to/ViT.pt"`
-    when the CLIP weights live elsewhere on this machine."""
+    """Rebuild a model from a checkpoint, in eval mode. `overrides` change config fields, e.g.
+    `pretrained="/path/to/ViT.pt"` when the CLIP weights live elsewhere on this machine. A backbone whose weights
+    or activation differ from the ones the checkpoint was trained on is refused: its learned prompts and modules
+    would silently no longer fit."""
     directory = _checkpoint_dir(directory)
-    config = KAnoCLIPConfig.from_dict(read_document(directory)["model"])
-    if overrides:
-        config = config.replace(**overrides)
+    document = read_document(directory)
+    trained = KAnoCLIPConfig.from_dict(document["model"])
+    config = trained.replace(**overrides) if overrides else trained
+    if trained.quick_gelu is not None and config.quick_gelu is not None and config.quick_gelu != trained.quick_gelu:
+        raise CheckpointError(
+            f"{directory} was trained with quick_gelu={trained.quick_gelu}, asked to run with "
+            f"quick_gelu={config.quick_gelu}: the activation must stay as trained"
+        )
     model = KAnoCLIP(config)
+    expected = document.get("backbone", {}).get("fingerprint")
+    if expected is not None and model.backbone_fingerprint is not None and expected != model.backbone_fingerprint:
+        raise CheckpointError(
+            f"{directory} was trained on the backbone {document['backbone'].get('source')} (fingerprint {expected}), "
+            f"but this run builds {model.backbone_source} (fingerprint {model.backbone_fingerprint}): other weights "
+            "or another activation. Point --pretrained at the weights it was trained on"
+        )
     try:
         state = load_file(str(directory / WEIGHTS))
     except FileNotFoundError as e:
@@ -82,7 +88,7 @@ def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
         model.load_learnable_state_dict(state)
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"{directory} does not fit its own config: {e}") from e
-    return model
+    return model.eval()
 
 
 def weights_sha256(directory: str | Path) -> str:

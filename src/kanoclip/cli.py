@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .config import KAnoCLIPConfig, TrainConfig
 from .errors import ConfigError, KanoclipError
 
@@ -79,8 +80,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """A model ready to run: a checkpoint, or training-free mode on the model options."""
+def add_run_options(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
+    """A model ready to run: a checkpoint, or training-free mode on the model options. Commands that reproduce
+    published tables default to fp32, as the reference implementations ran."""
     add_model_options(parser)
     group = parser.add_argument_group("run")
     group.add_argument(
@@ -89,9 +91,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
     group.add_argument(
         "--precision",
-        default="auto",
+        default=precision,
         choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: bf16 autocast on GPU, fp32 on CPU",
+        help=f"auto: bf16 autocast on GPU, fp32 on CPU (default {precision})",
     )
     group.add_argument("--batch-size", type=int, default=8)
     group.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: in the main process)")
@@ -102,14 +104,20 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="training-free mode: thresholds from `kanoclip calibrate` (a checkpoint carries its own)",
     )
     group.add_argument(
+        "--class-name",
         "--knowledge-class",
+        dest="class_name",
         default="object",
-        help="training-free mode: the knowledge-base class whose sentences give the text features",
+        help="training-free mode: what the images show (e.g. bottle, screw, pcb, 'brain mri'); its text comes from "
+        "the shipped knowledge base and a prompt ensemble (default: object)",
     )
 
 
-def detector(args: argparse.Namespace) -> Any:
+def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
+    """The Detector every command runs: a checkpoint (with its thresholds) or training-free mode; thresholds from
+    --calibration, with --threshold replacing the image threshold."""
     from .detection import Detector
+    from .thresholds import Thresholds, read_standalone
 
     overrides = {}
     if args.checkpoint:
@@ -120,18 +128,25 @@ def detector(args: argparse.Namespace) -> Any:
                 "--set/--config change a training-free model; a checkpoint keeps its own config "
                 "(only --backbone, --pretrained and --image-size may point elsewhere)"
             )
-    return Detector(
+    config = None if args.checkpoint else model_config(args)
+    thresholds = (
+        read_standalone(args.calibration, config.to_dict() if config else None)[0] if args.calibration else None
+    )
+    det = Detector(
         args.checkpoint,
-        None if args.checkpoint else model_config(args),
+        config,
         overrides,
         device=args.device,
         precision=args.precision,
         batch_size=args.batch_size,
         workers=args.workers,
-        knowledge_class=args.knowledge_class,
+        class_name=args.class_name,
         compile=args.compile,
-        calibration=args.calibration,
+        thresholds=thresholds,
     )
+    if threshold is not None:
+        det.thresholds = Thresholds(threshold, det.thresholds.map)
+    return det
 
 
 def add_detect_options(parser: argparse.ArgumentParser) -> None:
@@ -149,7 +164,7 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
 def cmd_detect(args: argparse.Namespace) -> int:
     from .detection import detect_files
 
-    summary = detect_files(detector(args), args.inputs, args.out, args.threshold, save_maps=not args.no_maps)
+    summary = detect_files(detector(args, args.threshold), args.inputs, args.out, save_maps=not args.no_maps)
     done = summary.images - len(summary.failed)
     print(
         f"{done} of {summary.images} images scored -> {summary.scores_csv}"
@@ -173,7 +188,7 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
         default="exact",
         help="exact over all thresholds, or the 200-threshold variant of published tables",
     )
-    add_run_options(parser)
+    add_run_options(parser, precision="fp32")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -184,20 +199,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for index in indices:
         print(index.summary())
     det = detector(args)
-    info = {
-        "model": det.model.backbone_source,
-        "checkpoint": str(args.checkpoint) if args.checkpoint else "none (training-free, knowledge text features)",
-        "resolution": det.image_size,
-        "device": str(det.device),
-        "aupro": args.aupro,
-        "random_weights": det.model.config.pretrained == "none",
-    }
+    info = {**det.describe(), "aupro": args.aupro, "datasets": [str(i.root) for i in indices]}
+    info.pop("text")  # per class in results.json: training-free text follows each class
     results = evaluate(det, indices, args.out, args.cases, args.aupro, info)
     print(markdown_table(results))
     if info["random_weights"]:
         print("note: random CLIP weights: these numbers measure the pipeline, not the method")
     print(f"tables and report in {args.out}/ (results.md, results.csv, results.json, report.html)")
-    return 0
+    return _report_unreadable([reason for r in results for reason in r.unreadable])
+
+
+def _report_unreadable(reasons: list[str]) -> int:
+    """Exit status 1, with each file listed, when images could not be read; results are written all the same."""
+    for reason in reasons:
+        print(f"  unreadable: {reason}", file=sys.stderr)
+    if reasons:
+        print(f"kanoclip: {len(reasons)} image(s) could not be read (listed above)", file=sys.stderr)
+    return 1 if reasons else 0
 
 
 def add_knowledge_options(parser: argparse.ArgumentParser) -> None:
@@ -282,7 +300,12 @@ def add_train_options(parser: argparse.ArgumentParser, data: bool = True) -> Non
     group.add_argument("--lr-prompts", type=float, default=defaults.lr_prompts)
     group.add_argument("--lr-modules", type=float, default=defaults.lr_modules, help="Bi-CMCI and Conv-Adapter")
     group.add_argument("--seed", type=int, default=defaults.seed)
-    group.add_argument("--precision", default=defaults.precision, choices=("auto", "fp32", "bf16", "fp16"))
+    group.add_argument(
+        "--precision",
+        default=defaults.precision,
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help=f"fp32 as the reference implementations; auto: bf16 autocast on GPU (default {defaults.precision})",
+    )
     group.add_argument("--workers", type=int, default=defaults.num_workers)
     group.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="steps between states")
     group.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
@@ -347,13 +370,31 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     config, train_config = train_settings(args)
     vqa = dict(item.split("=", 1) for item in args.image_knowledge)
-    print(reproduce(args.data_root, args.out, config, train_config, vqa, args.device, args.batch_size, args.workers))
+    print(
+        reproduce(
+            args.data_root,
+            args.out,
+            config,
+            train_config,
+            vqa,
+            args.device,
+            args.batch_size,
+            args.workers,
+            args.precision,
+        )
+    )
     return 0
 
 
 def add_calibrate_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("normal", nargs="?", metavar="NORMAL_DIR", help="images of good parts (files, folders, globs)")
-    parser.add_argument("--anomalous", nargs="+", metavar="PATH", help="images of defective parts: F1-max thresholds")
+    parser.add_argument("normal", nargs="*", metavar="NORMAL", help="images of good parts (files, folders, globs)")
+    parser.add_argument(
+        "--anomalous",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="images of defective parts (a file, folder or quoted glob; repeat the flag for more): F1-max thresholds",
+    )
     parser.add_argument(
         "--dataset",
         metavar="DIR",
@@ -379,7 +420,7 @@ def add_calibrate_options(parser: argparse.ArgumentParser) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from .calibration import calibrate, store
     from .datasets import Sample, load_dataset
-    from .detection import expand_inputs
+    from .inputs import expand_inputs
 
     if args.dataset:
         index = load_dataset(args.dataset, args.layout)
@@ -387,7 +428,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         normal = [s for s in index.test if s.label == 0] + index.train
         anomalous = [s for s in index.test if s.label == 1]
     elif args.normal:
-        normal = [Sample(p, 0, "images") for p in expand_inputs([args.normal])[0]]
+        normal = [Sample(p, 0, "images") for p in expand_inputs(args.normal)[0]]
         anomalous = [Sample(p, 1, "images") for p in expand_inputs(args.anomalous)[0]] if args.anomalous else []
         print(f"{len(normal)} normal and {len(anomalous)} anomalous images")
     else:
@@ -410,7 +451,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         if t.get("warning"):
             print(f"warning: {t['warning']}", file=sys.stderr)
     print(f"stored in {where}; detect and serve now add labels (and binary masks for maps)")
-    return 0
+    return _report_unreadable(result["unreadable"])
 
 
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
@@ -515,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    parser.add_argument("--version", action="version", version=f"kanoclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[..., int], str]] = [
         ("info", "print the resolved config and parameter counts", add_model_options, cmd_info, EPILOG),

@@ -34,9 +34,6 @@ class _JsonConfig:
         config.validate()
         return config
 
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
     @classmethod
     def from_json(cls: type[T], path: str | Path) -> T:
         try:
@@ -75,7 +72,7 @@ class KAnoCLIPConfig(_JsonConfig):
     pretrained: str = "openai"
     image_size: int = 518
     pos_embed_interpolation: str = "bilinear"
-    quick_gelu: bool | None = None  # None: what the pretrained tag or checkpoint format implies
+    quick_gelu: bool | None = None  # None: resolved from the weights' origin at load, then recorded here
     random_seed: int = 0  # pretrained="none" only: the seed of the random weights, so checkpoints rebuild exactly
 
     # CLIP-VV (I2-I4). Layers are 1-based; None resolves to the quarter points of the tower (6, 12, 18, 24 on ViT-L).
@@ -100,6 +97,11 @@ class KAnoCLIPConfig(_JsonConfig):
     adapter_reduction: int = 4
     adapter_ratio: float = 0.2
 
+    # Training-free mode (no checkpoint; README "Configuration"). Maps from the deep V-V taps only: the shallow taps
+    # are aligned to text only by training. None resolves to the taps at or past 3/4 of the tower (18, 24 on ViT-L).
+    training_free_taps: tuple[int, ...] | None = None
+    training_free_text: str = "knowledge+ensemble"  # or "knowledge" (class sentences), "ensemble" (WinCLIP-style)
+
     # Scoring (I10-I12).
     temperature: float = 0.07
     map_sigma: float = 4.0
@@ -123,6 +125,7 @@ class KAnoCLIPConfig(_JsonConfig):
         _one_of("level_fusion", self.level_fusion, ("mean", "sum"))
         _one_of("score_mode", self.score_mode, ("global", "global+map"))
         _one_of("kd_mode", self.kd_mode, ("cos", "l2", "contrastive", "cos+contrastive"))
+        _one_of("training_free_text", self.training_free_text, ("knowledge+ensemble", "knowledge", "ensemble"))
         for name in (
             "n_ctx",
             "prompt_depth",
@@ -158,12 +161,19 @@ class KAnoCLIPConfig(_JsonConfig):
                 f"tap_layers={taps} must lie between vv_start_layer={start} and the last layer {vision_layers}: "
                 "taps are read from the V-V path"
             )
+        deep = (
+            self.training_free_taps
+            if self.training_free_taps is not None
+            else tuple(t for t in taps if 4 * t >= 3 * vision_layers) or taps[-1:]
+        )
+        if not deep or not set(deep) <= set(taps):
+            raise ConfigError(f"training_free_taps={deep} must be a non-empty subset of tap_layers={taps}")
         if self.prompt_depth > text_layers:
             raise ConfigError(
                 f"prompt_depth={self.prompt_depth} exceeds the text tower's {text_layers} layers; "
                 f"set prompt_depth <= {text_layers}"
             )
-        return self.replace(vv_start_layer=start, tap_layers=tuple(taps))
+        return self.replace(vv_start_layer=start, tap_layers=tuple(taps), training_free_taps=tuple(sorted(deep)))
 
 
 @dataclass
@@ -176,7 +186,7 @@ class TrainConfig(_JsonConfig):
     lr_modules: float = 1e-4  # Bi-CMCI and Conv-Adapter
     betas: tuple[float, float] = (0.5, 0.999)
     seed: int = 111
-    precision: str = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
+    precision: str = "fp32"  # as the reference implementations trained; "auto": bf16 autocast on GPU
     num_workers: int = 2
     checkpoint_every: int = 50  # steps between resumable training states (also written at every epoch end)
     max_steps: int | None = None  # stop early, for smoke runs

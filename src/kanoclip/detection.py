@@ -1,17 +1,16 @@
-"""Detector: images in, anomaly scores and maps out (SPEC §3.5) - the engine of `detect`, `evaluate` and `serve`.
+"""Detector: images in, anomaly scores and maps out (SPEC §3.5) - the one engine of `detect`, `evaluate`,
+`calibrate`, `serve` and `reproduce`.
 
 Decoding and resizing run in DataLoader workers, overlapped with the forward pass; the forward runs under
-`torch.inference_mode` with bf16/fp16 autocast on GPU; text features are computed once per run. A file that cannot
-be read becomes a failed `Prediction` with the reason, and the batch goes on.
+`torch.inference_mode` with bf16/fp16 autocast when asked; text features are computed once per class. A file that
+cannot be read becomes a failed `Prediction` with the reason, and the batch goes on.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
-import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,25 +23,44 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import checkpoint
-from ._files import atomic_write_bytes, npy_bytes
+from ._files import atomic_write_bytes, atomic_write_json, npy_bytes
 from .config import KAnoCLIPConfig
-from .errors import ConfigError, ImageReadError, KanoclipError
-from .images import IMAGE_SUFFIXES, is_image_file, read_image
+from .devices import autocast_dtype, die_with_parent, resolve_device
+from .errors import ConfigError, KanoclipError
+from .images import Crop, crop_array, read_image, to_rgb
+from .inputs import expand_inputs, output_names
 from .model import KAnoCLIP
+from .thresholds import Thresholds
 from .visualize import mask_image, overlay, to_png
 
-Crop = tuple[int, int, int, int]
+ImageLike = NDArray[np.uint8] | Image.Image | str | Path | bytes
 
 
 @dataclass
 class Prediction:
-    """One image's result; `error` is set (and score/map are None) when the image could not be read."""
+    """One image's result, in the field's names (anomalib's). `error` is set, and the rest None, when the image
+    could not be read; `pred_label` and `pred_mask` are set when the detector has thresholds."""
 
     source: str
-    score: float | None = None
-    map: NDArray[np.float32] | None = None  # (H, W), the image's own size unless asked otherwise
+    pred_score: float | None = None
+    anomaly_map: NDArray[np.float32] | None = None  # (H, W), the image's own size unless asked otherwise
+    pred_label: int | None = None
+    pred_mask: NDArray[np.bool_] | None = None
     image: NDArray[np.uint8] | None = None  # the decoded image, when asked for (reports, overlays)
     error: str | None = None
+
+
+@dataclass
+class Collected:
+    """Scores (NaN where unreadable) and run-resolution float16 maps of a list of images, for metrics."""
+
+    scores: NDArray[np.float64]
+    maps: NDArray[np.float16]  # (N, S, S)
+    failed: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> NDArray[np.bool_]:
+        return ~np.isnan(self.scores)
 
 
 def to_tensor(rgb: NDArray[np.uint8], size: int) -> torch.Tensor:
@@ -65,9 +83,7 @@ class ImageFiles(Dataset[dict[str, Any]]):
     def __getitem__(self, i: int) -> dict[str, Any]:
         path, crop = self.items[i]
         try:
-            rgb = read_image(path)
-            if crop is not None:
-                rgb = rgb[crop[1] : crop[3], crop[0] : crop[2]]
+            rgb = crop_array(read_image(path), crop)
         except KanoclipError as e:
             return {"index": i, "error": str(e)}
         item: dict[str, Any] = {"index": i, "pixels": to_tensor(rgb, self.size), "hw": rgb.shape[:2]}
@@ -80,29 +96,6 @@ def _collate(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except RuntimeError as e:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from e
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
-    return resolved
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """None means fp32. auto: bf16 on a GPU that has it, fp16 on older GPUs, fp32 on CPU."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision not in ("bf16", "fp16"):
-        raise ConfigError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-    return torch.bfloat16 if precision == "bf16" else torch.float16
-
-
 class Detector:
     """A ready-to-run model: `Detector().predict(image) -> (score, map)`.
 
@@ -110,9 +103,10 @@ class Detector:
         checkpoint_dir: a folder written by `kanoclip train`; None runs training-free (knowledge text features).
         config: the model config in training-free mode (default: ViT-L-14-336, OpenAI weights, 518 px).
         overrides: config fields to change on a checkpoint (e.g. `pretrained="/models/ViT-L-14-336px.pt"`).
-        knowledge_class: the knowledge-base class whose sentences give training-free text features.
+        class_name: training-free mode: the product's class name; its text comes from the knowledge base and the
+            prompt ensemble (`set_class` changes it, e.g. per class of a dataset).
         compile: wrap the forward in `torch.compile` (GPU; the first batch is slow).
-        calibration: a standalone calibration JSON (training-free mode; a checkpoint carries its own).
+        thresholds: decision thresholds; default: the checkpoint's calibration, if any.
     """
 
     def __init__(
@@ -124,44 +118,64 @@ class Detector:
         precision: str = "auto",
         batch_size: int = 8,
         workers: int = 2,
-        knowledge_class: str = "object",
+        class_name: str = "object",
         compile: bool = False,
-        calibration: str | Path | None = None,
+        thresholds: Thresholds | None = None,
     ) -> None:
-        from .knowledge import use_training_free
-
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
+        self.precision = precision
         self.batch_size, self.workers = batch_size, workers
-        self.calibration: dict[str, Any] = {}
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        checkpoint_thresholds = Thresholds()
         if checkpoint_dir is not None:
             self.model = checkpoint.load(checkpoint_dir, **(overrides or {}))
-            self.calibration = checkpoint.read_document(checkpoint_dir).get("calibration", {})
+            checkpoint_thresholds = Thresholds.from_calibration(
+                checkpoint.read_document(checkpoint_dir).get("calibration")
+            )
         else:
             self.model = KAnoCLIP((config or KAnoCLIPConfig()).replace(**(overrides or {})))
+        self.thresholds = thresholds if thresholds is not None else checkpoint_thresholds
         self.model.eval().to(self.device)
+        self._class_text: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
+        self.text_record: dict[str, Any] = {"source": "learned prompts (checkpoint)"}
         if checkpoint_dir is None:
-            use_training_free(self.model, cls=knowledge_class)
-        if calibration is not None:
-            from .calibration import load_standalone
-
-            self.calibration = load_standalone(calibration, self.model.config.to_dict())
+            self.set_class(class_name)
         self._forward = torch.compile(self.model) if compile else self.model
+
+    @property
+    def training_free(self) -> bool:
+        return self.checkpoint_dir is None
 
     @property
     def image_size(self) -> int:
         return self.model.config.image_size
 
-    @property
-    def threshold(self) -> float | None:
-        value = self.calibration.get("image_threshold")
-        return None if value is None else float(value)
+    def set_class(self, name: str) -> None:
+        """Training-free mode: text features for this class (computed once per class); a checkpoint's learned
+        prompts are class-agnostic, so there it does nothing."""
+        if not self.training_free:
+            return
+        from .knowledge import training_free_text
 
-    @property
-    def map_threshold(self) -> float | None:
-        value = self.calibration.get("map_threshold")
-        return None if value is None else float(value)
+        if name not in self._class_text:
+            self._class_text[name] = training_free_text(self.model, name)
+        text, self.text_record = self._class_text[name]
+        self.model.use_text_features(text)
+
+    def describe(self) -> dict[str, Any]:
+        """What produced the outputs, written beside them: model, resolved config, text, thresholds, precision."""
+        return {
+            "model": self.model.backbone_source,
+            "backbone_fingerprint": self.model.backbone_fingerprint,
+            "checkpoint": str(self.checkpoint_dir) if self.checkpoint_dir else None,
+            "config": self.model.config.to_dict(),
+            "text": self.text_record,
+            "thresholds": {"image": self.thresholds.image, "map": self.thresholds.map},
+            "device": str(self.device),
+            "precision": self.precision,
+            "random_weights": self.model.config.pretrained == "none",
+        }
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -171,17 +185,28 @@ class Detector:
             out = self._forward(pixels)
         return out.scores.float().cpu(), out.maps.float().cpu()
 
-    def predict(self, image: NDArray[np.uint8] | Image.Image | str | Path | bytes) -> tuple[float, NDArray[np.float32]]:
+    def predict(self, image: ImageLike) -> tuple[float, NDArray[np.float32]]:
         """One image (array (H, W, 3) uint8, PIL image, path or encoded bytes) -> (score, map at its own size)."""
-        return self.predict_many([image])[0]
+        p = self.predict_many([image])[0]
+        assert p.pred_score is not None and p.anomaly_map is not None
+        return p.pred_score, p.anomaly_map
 
-    def predict_many(
-        self, images: Sequence[NDArray[np.uint8] | Image.Image | str | Path | bytes]
-    ) -> list[tuple[float, NDArray[np.float32]]]:
+    def predict_many(self, images: Sequence[ImageLike]) -> list[Prediction]:
         """Images decoded here, run as one batch; maps at each image's own size."""
         arrays = [_as_rgb(image) for image in images]
         scores, maps = self.forward(torch.stack([to_tensor(a, self.image_size) for a in arrays]))
-        return [(float(s), _resize_map(m, a.shape[:2])) for s, m, a in zip(scores, maps, arrays, strict=True)]
+        return [
+            self._prediction(_source(image), float(s), _resize_map(m, a.shape[:2]))
+            for image, s, m, a in zip(images, scores, maps, arrays, strict=True)
+        ]
+
+    def _prediction(
+        self, source: str, score: float, amap: NDArray[np.float32], image: NDArray[np.uint8] | None = None
+    ) -> Prediction:
+        t = self.thresholds
+        label = None if t.image is None else int(score >= t.image)
+        mask = None if t.map is None else amap >= t.map
+        return Prediction(source, score, amap, label, mask, image)
 
     def run(
         self,
@@ -198,7 +223,7 @@ class Detector:
             num_workers=self.workers,
             collate_fn=_collate,
             pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
+            worker_init_fn=die_with_parent,
         )
         for batch in loader:
             good = [b for b in batch if "error" not in b]
@@ -209,14 +234,30 @@ class Detector:
                 scores, maps = self.forward(torch.stack([b["pixels"] for b in good]))
                 for b, s, m in zip(good, scores, maps, strict=True):
                     amap = _resize_map(m, b["hw"]) if own_size else m.numpy()
-                    results[b["index"]] = Prediction(str(pairs[b["index"]][0]), float(s), amap, b.get("image"))
+                    results[b["index"]] = self._prediction(str(pairs[b["index"]][0]), float(s), amap, b.get("image"))
             for b in batch:
                 yield results[b["index"]]
             if progress is not None:
                 progress.update(len(batch))
 
+    def collect(self, items: Sequence[tuple[str | Path, Crop | None]], progress: Any = None) -> Collected:
+        """Scores and run-resolution maps (float16) of many images, for metrics and thresholds; memory is one
+        float16 map per image."""
+        size = self.image_size
+        out = Collected(np.full(len(items), np.nan), np.zeros((len(items), size, size), dtype=np.float16))
+        for i, p in enumerate(self.run(items, own_size=False, progress=progress)):
+            if p.error is not None or p.pred_score is None:
+                out.failed.append(p.error or "unknown error")
+                continue
+            out.scores[i], out.maps[i] = p.pred_score, p.anomaly_map
+        return out
 
-def _as_rgb(image: NDArray[np.uint8] | Image.Image | str | Path | bytes) -> NDArray[np.uint8]:
+
+def _source(image: ImageLike) -> str:
+    return str(image) if isinstance(image, str | Path) else type(image).__name__
+
+
+def _as_rgb(image: ImageLike) -> NDArray[np.uint8]:
     if isinstance(image, np.ndarray):
         if image.ndim == 2:
             image = np.repeat(image[..., None], 3, axis=2)
@@ -224,8 +265,6 @@ def _as_rgb(image: NDArray[np.uint8] | Image.Image | str | Path | bytes) -> NDAr
             raise ConfigError(f"expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
         return image
     if isinstance(image, Image.Image):
-        from .images import to_rgb
-
         return to_rgb(image)
     return read_image(image)
 
@@ -234,47 +273,6 @@ def _resize_map(amap: torch.Tensor, hw: tuple[int, int]) -> NDArray[np.float32]:
     if tuple(amap.shape) != tuple(hw):
         amap = F.interpolate(amap[None, None], size=tuple(hw), mode="bilinear", align_corners=False)[0, 0]
     return amap.numpy().astype(np.float32, copy=False)
-
-
-MASK_FOLDERS = ("ground_truth", "masks", "mask", "anomaly_mask", "label", "labels")
-MASK_SUFFIXES = ("_mask", "_label", "_gt", "_segmentation")
-
-
-def looks_like_mask(path: Path) -> bool:
-    """Ground-truth files inside dataset folders (MVTec `ground_truth/`, KolektorSDD `PartK_label.bmp`)."""
-    lowered = [part.lower() for part in path.parts[:-1]]
-    return any(f in lowered for f in MASK_FOLDERS) or path.stem.lower().endswith(MASK_SUFFIXES)
-
-
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], int]:
-    """Files, folders (searched recursively) and glob patterns -> image files in a stable order, and the number of
-    ground-truth masks skipped inside folders. A path that matches nothing is an error that names it."""
-    found: dict[Path, None] = {}
-    skipped = 0
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if path.is_dir() or (not path.exists() and glob.has_magic(str(raw))):
-            candidates = path.rglob("*") if path.is_dir() else map(Path, glob.glob(str(path), recursive=True))
-            files = sorted(p for p in candidates if is_image_file(p))
-            images = [p for p in files if not looks_like_mask(p)]
-            skipped += len(files) - len(images)
-            if not images:
-                raise ImageReadError(f"{raw}: no image files found ({', '.join(IMAGE_SUFFIXES)})")
-            found.update(dict.fromkeys(images))
-        elif path.exists():
-            found[path] = None  # an explicit file is always tried; a bad one fails by itself
-        else:
-            raise ImageReadError(f"{raw}: no such file or folder")
-    return list(found), skipped
-
-
-def output_names(paths: Sequence[Path]) -> list[str]:
-    """Unique, readable output names: the path below the inputs' common folder, '/' turned into '__'."""
-    resolved = [p.resolve() for p in paths]
-    if not resolved:
-        return []
-    root = Path(os.path.commonpath([p.parent for p in resolved]))
-    return ["__".join(p.relative_to(root).with_suffix("").parts) for p in resolved]
 
 
 @dataclass
@@ -289,37 +287,39 @@ def detect_files(
     detector: Detector,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
-    threshold: float | None = None,
     save_maps: bool = True,
 ) -> DetectSummary:
-    """`kanoclip detect`: scores.csv (path, score[, label]) and per image a heatmap overlay PNG and the raw map
-    (.npy, the image's own size). Rows reach scores.csv as images finish, so a crash keeps what was done; the file
-    is complete when its last line is written."""
+    """`kanoclip detect`: scores.csv (path, score[, label], map) and per image `maps/<name>.npy` (the map at the
+    image's own size), `<name>.overlay.png` and, with a map threshold, `<name>.mask.png`; `<name>` is the image's
+    path below the inputs' common folder, suffix included, so every image has its own files. Rows reach a
+    `.partial` file as images finish, so a crash keeps what was done; the file is renamed when complete. run.json
+    records what produced the outputs."""
     paths, skipped = expand_inputs(inputs)
     names = output_names(paths)
     out = Path(out_dir)
-    (out / "maps").mkdir(parents=True, exist_ok=True)
-    threshold = threshold if threshold is not None else detector.threshold
-    map_threshold = detector.map_threshold
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "run.json", {"inputs": [str(i) for i in inputs], **detector.describe()}, indent=2)
+    labelled = detector.thresholds.image is not None
     failed: list[tuple[str, str]] = []
     partial = out / "scores.csv.partial"
     bar = tqdm(total=len(paths), desc="detect", unit="image")
     with partial.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "score", *(["label"] if threshold is not None else [])])
+        writer.writerow(["path", "score", *(["label"] if labelled else []), *(["map"] if save_maps else [])])
         for name, p in zip(names, detector.run(paths, keep_image=save_maps, progress=bar), strict=True):
-            if p.error is not None or p.score is None or p.map is None:
+            if p.error is not None or p.pred_score is None or p.anomaly_map is None:
                 failed.append((p.source, p.error or "unknown error"))
                 continue
-            label = [int(p.score >= threshold)] if threshold is not None else []
-            writer.writerow([p.source, f"{p.score:.6f}", *label])
+            map_file = f"maps/{name}.npy"
+            label = [p.pred_label] if labelled else []
+            writer.writerow([p.source, f"{p.pred_score:.6f}", *label, *([map_file] if save_maps else [])])
             f.flush()
             if save_maps and p.image is not None:
-                atomic_write_bytes(out / "maps" / f"{name}.npy", npy_bytes(p.map))
-                mask = p.map >= map_threshold if map_threshold is not None else None
-                atomic_write_bytes(out / "maps" / f"{name}.png", to_png(overlay(p.image, p.map, mask=mask)))
-                if mask is not None:
-                    atomic_write_bytes(out / "maps" / f"{name}_mask.png", to_png(mask_image(mask)))
+                atomic_write_bytes(out / map_file, npy_bytes(p.anomaly_map))
+                picture = overlay(p.image, p.anomaly_map, mask=p.pred_mask)
+                atomic_write_bytes(out / f"maps/{name}.overlay.png", to_png(picture))
+                if p.pred_mask is not None:
+                    atomic_write_bytes(out / f"maps/{name}.mask.png", to_png(mask_image(p.pred_mask)))
     bar.close()
     partial.replace(out / "scores.csv")
     return DetectSummary(len(paths), failed, skipped, out / "scores.csv")

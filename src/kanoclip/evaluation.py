@@ -57,6 +57,7 @@ class ClassResult:
     metrics: dict[str, float]
     cases: list[Case] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    text: dict[str, Any] = field(default_factory=dict)  # what gave this class its text features
 
 
 def class_metrics(
@@ -82,18 +83,10 @@ def evaluate_dataset(
     name = index.root.name
     bar = tqdm(total=len(index.test), desc=f"evaluate {name}", unit="image")
     for cls, samples in index.by_class().items():
+        detector.set_class(cls)  # training-free: this class's knowledge and prompt ensemble
         pixel_level = any(s.mask is not None for s in samples) and all(s.mask is not None for s in samples if s.label)
-        maps = np.zeros((len(samples), size, size), dtype=np.float16)
-        scores = np.full(len(samples), np.nan)
-        unreadable = []
-        for i, prediction in enumerate(
-            detector.run([(s.image, s.crop) for s in samples], own_size=False, progress=bar)
-        ):
-            if prediction.error is not None:
-                unreadable.append(prediction.error)
-                continue
-            scores[i], maps[i] = prediction.score, prediction.map
-        ok = ~np.isnan(scores)
+        collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
+        scores, maps, ok, unreadable = collected.scores, collected.maps, collected.ok, collected.failed
         labels = np.array([s.label for s in samples])
         masks = np.stack([sample_mask(s, size) for s in samples]) if pixel_level else None
         values = class_metrics(
@@ -103,7 +96,9 @@ def evaluate_dataset(
             maps[ok] if pixel_level else None,
             aupro_method,
         )
-        result = ClassResult(name, cls, int(ok.sum()), int(labels[ok].sum()), values, unreadable=unreadable)
+        result = ClassResult(
+            name, cls, int(ok.sum()), int(labels[ok].sum()), values, unreadable=unreadable, text=detector.text_record
+        )
         result.cases = _cases(samples, labels, scores, maps, out_dir, name, cls, cases)
         results.append(result)
     bar.close()

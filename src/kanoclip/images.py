@@ -55,6 +55,24 @@ def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
     return to_rgb(_open(source, label))
 
 
+Crop = tuple[int, int, int, int]  # (left, top, right, bottom)
+
+
+def crop_array(array: np.ndarray, crop: Crop | None) -> np.ndarray:
+    """Part of an image or mask array, for layouts that cut files (KolektorSDD thirds); None keeps it whole."""
+    if crop is None:
+        return array
+    left, top, right, bottom = crop
+    return array[top:bottom, left:right]
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """A bool mask at size x size as the field's evaluation code does it (SPEC §3.1): bilinear resize of the 0/255
+    image, then > 0.5 of full scale."""
+    image = Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(image) > 127.5
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """A ground-truth mask -> (H, W) bool. Non-zero is defect, except for JPEG masks (lossy): above 127."""
     image = _open(path, str(path))

@@ -55,6 +55,8 @@ class KAnoCLIP(nn.Module):
         config.validate()
         backbone = backbone or load_backbone(config)
         text_layers = len(TextTower(backbone.clip).owner.transformer.resblocks)
+        if backbone.quick_gelu is not None:
+            config = config.replace(quick_gelu=backbone.quick_gelu)  # recorded in every checkpoint (SPEC §3.1)
         self.config = config.resolve(len(backbone.visual.transformer.resblocks), text_layers)
         self.backbone_source = backbone.source
         self.backbone_fingerprint = backbone.fingerprint
@@ -68,6 +70,8 @@ class KAnoCLIP(nn.Module):
             dim, self.config.bi_cmci_heads, len(self.config.tap_layers or ()), self.config.bi_cmci_shared
         )
         self.adapter = build_adapter(self.config.adapter, dim, self.config.adapter_reduction, self.config.adapter_ratio)
+        taps = list(self.config.tap_layers or ())
+        self._free_levels = [taps.index(t) for t in self.config.training_free_taps or ()]
         self._knowledge_text: torch.Tensor | None = None
         self._prompt_cache: torch.Tensor | None = None
 
@@ -78,13 +82,10 @@ class KAnoCLIP(nn.Module):
         tokens = self.tokenizer(sentences).to(self.mean.device)
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
-    def use_knowledge_text(self, normal: torch.Tensor, abnormal: torch.Tensor) -> None:
-        """Training-free mode: [t_n, t_a] = normalised means of knowledge-sentence embeddings (N, D)."""
-        means = torch.stack([F.normalize(normal, dim=-1).mean(0), F.normalize(abnormal, dim=-1).mean(0)])
-        self._knowledge_text = F.normalize(means, dim=-1).to(self.mean.device)
-
-    def use_learned_prompts(self) -> None:
-        self._knowledge_text = None
+    def use_text_features(self, text: torch.Tensor | None) -> None:
+        """Training-free mode: fixed [t_n, t_a] (2, D) from sentences (`knowledge.training_free_text`) replace the
+        learned prompts, and maps fuse `training_free_taps` only. None returns to the learned prompts."""
+        self._knowledge_text = None if text is None else F.normalize(text.float(), dim=-1).to(self.mean.device)
 
     @property
     def training_free(self) -> bool:
@@ -141,7 +142,10 @@ class KAnoCLIP(nn.Module):
         patches, text_fused = self.bi_cmci(F.normalize(feats.taps, dim=-1), text)
         probs = text_probabilities(patches, text_fused, cfg.temperature)  # (B, L, N, 2)
         levels = level_maps(probs if training else probs[..., 1:], feats.grid, size)  # (B, L, C, R, R)
-        maps = gaussian_blur(fuse_levels(levels[:, :, -1].float(), cfg.level_fusion), cfg.map_sigma)
+        abnormal = levels[:, :, -1].float()  # (B, L, S, S)
+        if self.training_free and not training:
+            abnormal = abnormal[:, self._free_levels]
+        maps = gaussian_blur(fuse_levels(abnormal, cfg.level_fusion), cfg.map_sigma)
         scores = image_scores(image_logits.float().softmax(-1), maps, cfg.score_mode)
         if in_size != size:
             maps = F.interpolate(maps[:, None], size=in_size, mode="bilinear", align_corners=False)[:, 0]

@@ -15,9 +15,10 @@ from ._files import atomic_write_bytes
 from .config import KAnoCLIPConfig, TrainConfig
 from .datasets import DatasetIndex, load_dataset
 from .detection import Detector
-from .errors import DatasetError
+from .errors import DatasetError, KnowledgeError
 from .evaluation import ClassResult, evaluate, mean_row
 from .knowledge import load_image_knowledge
+from .knowledge.base import ImageKnowledge
 from .training import train
 
 # dataset key -> the folder names it goes by, normalised (lower case, without - _ and spaces)
@@ -109,6 +110,29 @@ def plan(found: dict[str, Path]) -> list[ProtocolRun]:
     return runs
 
 
+def check_inputs(
+    runs: list[ProtocolRun], config: KAnoCLIPConfig, image_knowledge: dict[str, str]
+) -> dict[str, dict[str, ImageKnowledge]]:
+    """Every training set's VQA file named, readable and valid (or KD on general knowledge only); unknown names
+    are an error. Returns the loaded files by training set."""
+    training_sets = {run.train_on for run in runs}
+    unknown = sorted(set(image_knowledge) - training_sets)
+    if unknown:
+        raise KnowledgeError(
+            f"--image-knowledge names {unknown}, which the protocol does not train on (it trains on "
+            f"{sorted(training_sets)})"
+        )
+    if config.kd_use_vqa:
+        missing = sorted(training_sets - set(image_knowledge))
+        if missing:
+            raise KnowledgeError(
+                f"no per-image (VQA) knowledge for the training set(s) {missing}: pass "
+                + " ".join(f'--image-knowledge "{name}=FILE"' for name in missing)
+                + " (written by `kanoclip knowledge images`), or --general-knowledge-only"
+            )
+    return {name: load_image_knowledge(path) for name, path in image_knowledge.items()}
+
+
 def comparison_table(results: dict[str, list[ClassResult]]) -> str:
     """Markdown: per dataset our (I-AUROC, I-AP, P-AUROC, AUPRO) beside AnomalyCLIP's and KAnoCLIP's."""
 
@@ -141,26 +165,29 @@ def reproduce(
     device: str = "auto",
     batch_size: int = 8,
     workers: int = 2,
+    precision: str = "fp32",
 ) -> str:
-    """Run every training and evaluation the data allows; returns (and writes) the comparison table."""
+    """Run every training and evaluation the data allows; returns (and writes) the comparison table. Every input
+    is checked before the first training starts, not hours later."""
     out = Path(out_dir)
     found = find_datasets(data_root)
     indices: dict[str, DatasetIndex] = {name: load_dataset(path) for name, path in found.items()}
     for name, index in indices.items():
         print(f"[{name}] {index.summary()}")
+    runs = plan(found)
+    vqa = check_inputs(runs, config, image_knowledge or {})
     results: dict[str, list[ClassResult]] = {}
-    for run in plan(found):
+    for run in runs:
         print(f"== train on {run.train_on}, then evaluate {', '.join(run.evaluate)}")
-        vqa_file = (image_knowledge or {}).get(run.train_on)
         final = train(
             config,
             train_config,
             indices[run.train_on],
             out / f"train_{_normalise(run.train_on)}",
-            image_knowledge=load_image_knowledge(vqa_file) if vqa_file else None,
+            image_knowledge=vqa.get(run.train_on),
             device=device,
         )
-        detector = Detector(final, device=device, batch_size=batch_size, workers=workers)
+        detector = Detector(final, device=device, precision=precision, batch_size=batch_size, workers=workers)
         for name in run.evaluate:
             info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.model.backbone_source}
             where = out / f"eval_{_normalise(name)}_from_{_normalise(run.train_on)}"

@@ -28,7 +28,7 @@ from PIL import Image
 
 from . import __version__
 from ._files import npy_bytes
-from .detection import Detector
+from .detection import Detector, Prediction
 from .errors import ImageReadError
 from .images import read_image
 from .visualize import mask_image, overlay, to_png
@@ -63,10 +63,11 @@ class MicroBatcher:
             self.task.cancel()
         self.executor.shutdown(wait=False)
 
-    async def submit(self, rgb: NDArray[np.uint8]) -> tuple[float, NDArray[np.float32], int]:
+    async def submit(self, rgb: NDArray[np.uint8]) -> tuple[Prediction, int]:
+        """The image's prediction and how many images shared its forward pass."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self.queue.put((rgb, future))
-        result: tuple[float, NDArray[np.float32], int] = await future
+        result: tuple[Prediction, int] = await future
         return result
 
     async def _run(self) -> None:
@@ -92,9 +93,9 @@ class MicroBatcher:
                 continue
             self.batches += 1
             self.images += len(batch)
-            for (_, future), (score, amap) in zip(batch, results, strict=True):
+            for (_, future), prediction in zip(batch, results, strict=True):
                 if not future.done():
-                    future.set_result((score, amap, len(batch)))
+                    future.set_result((prediction, len(batch)))
 
 
 def decode_upload(data: bytes, name: str, config: ServeConfig) -> NDArray[np.uint8]:
@@ -173,8 +174,8 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "checkpoint": str(detector.checkpoint_dir) if detector.checkpoint_dir else None,
             "checkpoint_sha256": sha,
             "mode": "checkpoint" if detector.checkpoint_dir else "training-free",
-            "threshold": detector.threshold,
-            "map_threshold": detector.map_threshold,
+            "threshold": detector.thresholds.image,
+            "map_threshold": detector.thresholds.map,
             "resolution": detector.image_size,
             "device": str(detector.device),
             "max_batch": cfg.max_batch,
@@ -196,42 +197,33 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         outputs = await asyncio.gather(*(batcher.submit(a) for a in arrays))
         inferred = time.perf_counter()
         results = []
-        for upload, rgb, (score, amap, shared) in zip(files, arrays, outputs, strict=True):
+        for upload, rgb, (prediction, shared) in zip(files, arrays, outputs, strict=True):
             results.append(
-                await run_in_threadpool(
-                    _result, upload.filename or "upload", rgb, score, amap, detector, return_map, shared
-                )
+                await run_in_threadpool(_result, upload.filename or "upload", rgb, prediction, return_map, shared)
             )
         timing = {
             "decode_ms": 1000 * (decoded - start),
             "inference_ms": 1000 * (inferred - decoded),
             "total_ms": 1000 * (time.perf_counter() - start),
         }
-        return {"results": results, "threshold": detector.threshold, "timing": timing}
+        return {"results": results, "threshold": detector.thresholds.image, "timing": timing}
 
     return app
 
 
-def _result(
-    name: str,
-    rgb: NDArray[np.uint8],
-    score: float,
-    amap: NDArray[np.float32],
-    detector: Detector,
-    return_map: bool,
-    shared: int,
-) -> dict[str, Any]:
-    mask = amap >= detector.map_threshold if detector.map_threshold is not None else None
+def _result(name: str, rgb: NDArray[np.uint8], p: Prediction, return_map: bool, shared: int) -> dict[str, Any]:
+    assert p.anomaly_map is not None
+    amap, mask = p.anomaly_map, p.pred_mask
     out: dict[str, Any] = {
         "filename": name,
         "width": int(rgb.shape[1]),
         "height": int(rgb.shape[0]),
-        "score": score,
+        "score": p.pred_score,
         "overlay_png": base64.b64encode(to_png(overlay(rgb, amap, mask=mask))).decode(),
         "batched_with": shared,
     }
-    if detector.threshold is not None:
-        out["label"] = int(score >= detector.threshold)
+    if p.pred_label is not None:
+        out["label"] = p.pred_label
     if mask is not None:
         out["mask_png"] = base64.b64encode(to_png(mask_image(mask))).decode()
     if return_map:

@@ -8,6 +8,7 @@ the final weights are bitwise those of an uninterrupted run.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -30,9 +31,11 @@ from ._files import atomic_write_bytes
 from .config import KAnoCLIPConfig, TrainConfig
 from .datasets import DatasetIndex, Sample
 from .datasets.base import sample_image, sample_mask
-from .detection import autocast_dtype, resolve_device, to_tensor
+from .detection import to_tensor
+from .devices import autocast_dtype, die_with_parent, resolve_device
 from .errors import ConfigError, KnowledgeError
 from .knowledge import KnowledgeBase, encode_sentences, knowledge_targets
+from .knowledge.base import ImageKnowledge, image_key
 from .losses import total_loss
 from .model import KAnoCLIP
 
@@ -112,20 +115,34 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def image_knowledge_rows(
-    model: KAnoCLIP, samples: list[Sample], knowledge: dict[str, tuple[int, str]] | None
+    model: KAnoCLIP, root: Path, samples: list[Sample], knowledge: dict[str, ImageKnowledge] | None
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Embeddings of the VQA sentences (K, D) and, per sample, its row (-1: none)."""
+    """Embeddings of the VQA sentences (K, D) and, per sample, its row (-1: none). Images match by their path below
+    the dataset root; an entry whose sha256 differs from the file describes another image and is not used. Says
+    how many matched."""
     rows = torch.full((len(samples),), -1, dtype=torch.long)
     if not knowledge:
         return None, rows
     sentences: list[str] = []
+    changed = 0
     for i, s in enumerate(samples):
-        entry = knowledge.get(str(s.image))
-        if entry is not None:
-            rows[i] = len(sentences)
-            sentences.append(entry[1])
+        entry = knowledge.get(image_key(root, s.image))
+        if entry is None:
+            continue
+        if entry.sha256 is not None and hashlib.sha256(s.image.read_bytes()).hexdigest() != entry.sha256:
+            changed += 1
+            continue
+        rows[i] = len(sentences)
+        sentences.append(entry.text)
+    print(
+        f"image knowledge: {len(sentences)} of {len(samples)} images matched"
+        + (f"; {changed} skipped: the file's sha256 differs from the one described" if changed else "")
+    )
     if not sentences:
-        raise KnowledgeError("the image-knowledge file describes none of this dataset's images (paths must match)")
+        raise KnowledgeError(
+            f"the image-knowledge file describes none of the {len(samples)} images below {root} (keys are paths "
+            "below the dataset root, as `kanoclip knowledge images` writes them)"
+        )
     return encode_sentences(model, sentences), rows
 
 
@@ -135,7 +152,7 @@ def train(
     data: DatasetIndex,
     out_dir: str | Path,
     knowledge: KnowledgeBase | None = None,
-    image_knowledge: dict[str, tuple[int, str]] | None = None,
+    image_knowledge: dict[str, ImageKnowledge] | None = None,
     device: str = "auto",
 ) -> Path:
     """Train the learnable parts on `data.test`; returns the final checkpoint folder `out_dir/final`."""
@@ -156,7 +173,7 @@ def train(
     model = KAnoCLIP(config).to(run_device)
     model.train()
     targets = knowledge_targets(model, knowledge or KnowledgeBase.load())
-    vqa, vqa_rows = image_knowledge_rows(model, data.test, image_knowledge if config.kd_use_vqa else None)
+    vqa, vqa_rows = image_knowledge_rows(model, data.root, data.test, image_knowledge if config.kd_use_vqa else None)
     labels_all = torch.tensor([s.label for s in data.test])
 
     groups = [
@@ -196,6 +213,7 @@ def train(
             batch_sampler=mine,
             num_workers=train_config.num_workers,
             pin_memory=run_device.type == "cuda",
+            worker_init_fn=die_with_parent,
         )
         for batch in loader:
             terms = _step(

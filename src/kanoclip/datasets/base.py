@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..errors import DatasetError
-from ..images import is_image_file, read_image, read_mask
+from ..images import Crop, crop_array, is_image_file, read_image, read_mask, resize_mask
+from ..inputs import mask_stem
 
 NORMAL_NAMES = ("good", "ok", "normal", "no", "negative")
 
@@ -27,33 +27,24 @@ class Sample:
     cls: str
     mask: Path | None = None
     defect: str = ""
-    crop: tuple[int, int, int, int] | None = None
+    crop: Crop | None = None
 
 
 def sample_image(sample: Sample) -> np.ndarray:
     """The sample's pixels, (H, W, 3) uint8, cropped when the layout cuts the file."""
-    rgb = read_image(sample.image)
-    if sample.crop is not None:
-        left, top, right, bottom = sample.crop
-        rgb = rgb[top:bottom, left:right]
-    return rgb
+    return crop_array(read_image(sample.image), sample.crop)
 
 
 def sample_mask(sample: Sample, size: int | None = None, shape: tuple[int, int] | None = None) -> np.ndarray:
-    """The sample's ground truth as bool, cropped like its image and resized (nearest) to size x size; all-False
-    when it has no mask (then `shape` or `size` gives its extent)."""
+    """The sample's ground truth as bool, cropped like its image and resized to size x size as SPEC §3.1 says
+    (bilinear, then > 0.5); all-False when it has no mask (then `shape` or `size` gives its extent)."""
     if sample.mask is None:
         extent = (size, size) if size is not None else shape
         if extent is None:
             raise ValueError("a sample without a mask needs a size or a shape")
         return np.zeros(extent, dtype=bool)
-    mask = read_mask(sample.mask)
-    if sample.crop is not None:
-        left, top, right, bottom = sample.crop
-        mask = mask[top:bottom, left:right]
-    if size is not None:
-        mask = np.asarray(Image.fromarray(mask).resize((size, size), Image.Resampling.NEAREST))
-    return mask
+    mask = crop_array(read_mask(sample.mask), sample.crop)
+    return resize_mask(mask, size) if size is not None else mask
 
 
 @dataclass
@@ -106,10 +97,7 @@ def match_masks(images: list[Path], mask_dir: Path, where: str) -> list[Path]:
     masks = images_in(mask_dir)
     by_stem: dict[str, Path] = {}
     for m in masks:
-        stem = m.stem
-        for suffix in ("_mask", "_label", "_Segmentation", "_segmentation", "_gt"):
-            stem = stem.removesuffix(suffix)
-        by_stem[stem] = m
+        by_stem[mask_stem(m.stem)] = m
     if all(i.stem in by_stem for i in images):
         return [by_stem[i.stem] for i in images]
     if len(masks) == len(images):
@@ -119,12 +107,6 @@ def match_masks(images: list[Path], mask_dir: Path, where: str) -> list[Path]:
         f"{where}: no mask for {missing.name} in {mask_dir} ({len(masks)} masks for {len(images)} "
         "images); masks must share the image's name (optionally with _mask)"
     )
-
-
-def require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DatasetError(f"{what}: expected a folder at {path}")
-    return path
 
 
 def single_child_with(root: Path, names: tuple[str, ...]) -> Path:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import DatasetError
 from ..images import read_mask
+from ..inputs import mask_stem
 from .base import NORMAL_NAMES, DatasetIndex, Sample, images_in, match_masks, single_child_with
 
 # -- HeadCT raw: labels.csv (id, hemorrhage) + head_ct/NNN.png --------------------------------------------------------
@@ -113,7 +114,7 @@ def load_folder(root: Path) -> DatasetIndex:
     found = _pair_dirs(root)
     assert found is not None
     image_dir, mask_dir = found
-    masks = {m.stem.removesuffix("_mask"): m for m in images_in(mask_dir, recursive=True)}
+    masks = {mask_stem(m.stem): m for m in images_in(mask_dir, recursive=True)}
     cls = root.name.lower().replace("-", "_").replace(" ", "_")
     test = []
     for image in images_in(image_dir, recursive=True):

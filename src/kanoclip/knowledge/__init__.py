@@ -1,7 +1,7 @@
 """KnPL knowledge (SPEC §3.2.1): the knowledge base, the chat client that writes it, and its CLIP encoding."""
 
 from .base import AGNOSTIC, ClassKnowledge, KnowledgeBase, load_image_knowledge
-from .encode import encode_sentences, knowledge_targets, use_training_free
+from .encode import encode_sentences, knowledge_targets, training_free_text
 
 __all__ = [
     "AGNOSTIC",
@@ -10,5 +10,5 @@ __all__ = [
     "encode_sentences",
     "knowledge_targets",
     "load_image_knowledge",
-    "use_training_free",
+    "training_free_text",
 ]

@@ -80,8 +80,27 @@ class KnowledgeBase:
         atomic_write_json(Path(path), document)
 
 
-def load_image_knowledge(path: str | Path) -> dict[str, tuple[int, str]]:
-    """{image path: (label, sentence)} from a file written by `kanoclip knowledge images`."""
+@dataclass(frozen=True)
+class ImageKnowledge:
+    """One auxiliary image's VQA sentence; `sha256` (of the file's bytes) checks that it describes this file."""
+
+    label: int
+    text: str
+    sha256: str | None = None
+
+
+def image_key(root: Path, image: Path) -> str:
+    """How image knowledge names an image: its path below the dataset root, '/'-separated, so that a file written
+    on one machine matches the same dataset anywhere."""
+    try:
+        return Path(image).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return Path(image).as_posix()
+
+
+def load_image_knowledge(path: str | Path) -> dict[str, ImageKnowledge]:
+    """{path below the dataset root: knowledge} from a file written by `kanoclip knowledge images`. Files of older
+    versions keyed by absolute path are re-keyed below the header's dataset root."""
     try:
         document = _parse(Path(path).expanduser().read_text(), str(path))
     except OSError as e:
@@ -89,7 +108,13 @@ def load_image_knowledge(path: str | Path) -> dict[str, tuple[int, str]]:
     images = document.get("images")
     if not isinstance(images, dict):
         raise KnowledgeError(f"{path}: expected an 'images' mapping (written by `kanoclip knowledge images`)")
-    return {p: (int(v["label"]), str(v["text"])) for p, v in images.items()}
+    root = Path(document.get("header", {}).get("dataset", "/"))
+    return {
+        image_key(root, Path(p)) if Path(p).is_absolute() else p: ImageKnowledge(
+            int(v["label"]), str(v["text"]), v.get("sha256")
+        )
+        for p, v in images.items()
+    }
 
 
 def _parse(text: str, where: str) -> dict[str, Any]:

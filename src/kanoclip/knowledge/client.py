@@ -1,15 +1,14 @@
 """A chat-completions client for any OpenAI-compatible server (OpenAI, vLLM, Ollama), with bounded retries.
 
-HTTP 429, 5xx, timeouts, dropped connections and unreadable answers are retried with exponential backoff and
-jitter; other 4xx (a wrong key, an unknown model) fail at once with the server's message.
+Transport faults (HTTP 429, 5xx, timeouts, dropped connections) are retried by the `openai` SDK itself, with its
+exponential backoff and jitter, honouring the server's Retry-After; other 4xx (a wrong key, an unknown model) fail at
+once with the server's message. Our own loop only asks again when an answer arrives but is unusable.
 """
 
 from __future__ import annotations
 
 import base64
 import os
-import random
-import time
 from dataclasses import dataclass
 
 import openai
@@ -17,6 +16,7 @@ import openai
 from ..errors import KnowledgeError
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
+MALFORMED = (openai.APIResponseValidationError, ValueError, AttributeError, TypeError)
 
 
 @dataclass
@@ -29,7 +29,6 @@ class ServerConfig:
     api_key: str | None = None
     timeout: float = 60.0
     retries: int = 4
-    backoff: float = 1.0
 
     def resolved(self) -> ServerConfig:
         env = os.environ.get
@@ -41,7 +40,7 @@ class ServerConfig:
             )
         # local servers (vLLM, Ollama) accept any key; the openai client insists on one
         api_key = self.api_key or env("KANOCLIP_LLM_API_KEY") or env("OPENAI_API_KEY") or "none"
-        return ServerConfig(base_url, model, api_key, self.timeout, self.retries, self.backoff)
+        return ServerConfig(base_url, model, api_key, self.timeout, self.retries)
 
 
 class ChatClient:
@@ -49,7 +48,10 @@ class ChatClient:
         self.server = server.resolved()
         self.model: str = self.server.model or ""
         self._client = openai.OpenAI(
-            base_url=self.server.base_url, api_key=self.server.api_key, timeout=self.server.timeout, max_retries=0
+            base_url=self.server.base_url,
+            api_key=self.server.api_key,
+            timeout=self.server.timeout,
+            max_retries=self.server.retries,
         )
 
     def ask(self, prompt: str, image: bytes | None = None, mime: str = "image/png") -> str:
@@ -59,28 +61,28 @@ class ChatClient:
             url = f"data:{mime};base64,{base64.b64encode(image).decode()}"
             content = [{"type": "text", "text": prompt}, {"type": "image_url", "image_url": {"url": url}}]
         last = "no attempt made"
-        for attempt in range(self.server.retries + 1):
-            if attempt:
-                time.sleep(self.server.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
+        for _ in range(self.server.retries + 1):
             try:
                 response = self._client.chat.completions.create(
                     model=self.model,
                     messages=[{"role": "user", "content": content}],  # type: ignore[misc,list-item]
                 )
                 text = response.choices[0].message.content if response.choices else None
+            except openai.APITimeoutError as e:  # the SDK has retried it already
+                raise AnswerFailed(f"{_describe(e)}, after {self.server.retries + 1} attempts") from e
+            except openai.APIConnectionError as e:
+                where = self.server.base_url or "api.openai.com"
+                raise ServerUnreachable(f"{_describe(e)} (base URL {where}); check --base-url") from e
             except RETRYABLE as e:
-                last = _describe(e)
-                continue
+                raise AnswerFailed(f"{_describe(e)}, after {self.server.retries + 1} attempts") from e
             except openai.APIStatusError as e:
                 raise KnowledgeError(f"the chat server refused the request: {_describe(e)}") from e
-            except (openai.APIResponseValidationError, ValueError, AttributeError, TypeError) as e:
+            except MALFORMED as e:
                 last = f"malformed answer ({e})"
                 continue
             if text and text.strip():
                 return text.strip()
             last = "empty answer"
-        if last.startswith("cannot connect"):
-            raise ServerUnreachable(f"{last} (base URL {self.server.base_url or 'api.openai.com'}); check --base-url")
         raise AnswerFailed(f"{last}, after {self.server.retries + 1} attempts")
 
 

@@ -10,14 +10,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from .._files import atomic_write_bytes
 from ..losses import KnowledgeTargets
 from ..model import KAnoCLIP
-from .base import KnowledgeBase
+from .base import AGNOSTIC, KnowledgeBase
+from .ensemble import ensemble_sentences
 
 
 def cache_dir() -> Path:
@@ -38,10 +42,7 @@ def encode_sentences(model: KAnoCLIP, sentences: list[str], batch_size: int = 25
     chunks = [model.encode_text(sentences[i : i + batch_size]) for i in range(0, len(sentences), batch_size)]
     embeddings = torch.cat(chunks).float()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file({"embeddings": embeddings.cpu().contiguous()}, str(tmp))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, save({"embeddings": embeddings.cpu().contiguous()}))
     return embeddings
 
 
@@ -52,7 +53,30 @@ def knowledge_targets(model: KAnoCLIP, knowledge: KnowledgeBase, cls: str = "obj
     return KnowledgeTargets(embeddings[: len(entry.normal)], embeddings[len(entry.normal) :])
 
 
-def use_training_free(model: KAnoCLIP, knowledge: KnowledgeBase | None = None, cls: str = "object") -> None:
-    """Training-free mode: the model's text features become the knowledge means of `cls`."""
-    targets = knowledge_targets(model, knowledge or KnowledgeBase.load(), cls)
-    model.use_knowledge_text(targets.normal, targets.abnormal)
+def training_free_text(
+    model: KAnoCLIP, cls: str = AGNOSTIC, knowledge: KnowledgeBase | None = None
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """[t_n, t_a] (2, D) for a class in training-free mode, and a record of what made them.
+
+    `config.training_free_text`: "knowledge" = the mean of the class's knowledge sentences (the shipped base looks the
+    class up by name and alias, else "object"); "ensemble" = the mean of the WinCLIP-style prompt ensemble for the
+    class name; "knowledge+ensemble" = the normalised mean of the two unit means.
+    """
+    source = model.config.training_free_text
+    knowledge = knowledge or KnowledgeBase.load()
+    key, _ = knowledge.lookup(cls)
+    parts: list[torch.Tensor] = []
+    if "knowledge" in source:
+        targets = knowledge_targets(model, knowledge, key)
+        parts.append(torch.stack([_unit_mean(targets.normal), _unit_mean(targets.abnormal)]))
+    if "ensemble" in source:
+        normal, abnormal = ensemble_sentences(cls)
+        embeddings = encode_sentences(model, normal + abnormal)
+        parts.append(torch.stack([_unit_mean(embeddings[: len(normal)]), _unit_mean(embeddings[len(normal) :])]))
+    text = F.normalize(torch.stack(parts).mean(0), dim=-1)
+    record = {"class": cls, "source": source, "knowledge_entry": key if "knowledge" in source else None}
+    return text, record
+
+
+def _unit_mean(embeddings: torch.Tensor) -> torch.Tensor:
+    return F.normalize(F.normalize(embeddings, dim=-1).mean(0), dim=-1)

@@ -8,6 +8,7 @@ asked again and, if it stays unusable, recorded under "failures" with the reason
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,11 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
 from tqdm import tqdm
 
 from ..datasets import DatasetIndex
 from ..errors import KnowledgeError
-from .base import ClassKnowledge, KnowledgeBase
+from ..images import read_image
+from ..visualize import to_png
+from .base import ClassKnowledge, KnowledgeBase, image_key
 from .cache import AnswerCache, answer_key
 from .client import AnswerFailed, ChatClient
 
@@ -121,12 +125,16 @@ def generate_images(
         template = templates["image_anomalous" if sample.label else "image_normal"]
         prompt = template.format(name=sample.cls.replace("_", " "))
         try:
-            data = sample.image.read_bytes()
+            raw = sample.image.read_bytes()
         except OSError as e:
             raise KnowledgeError(f"cannot read {sample.image}: {e.strerror}") from e
         try:
-            sentence = _answer(client, cache, prompt, 1, data)[0]
-            images[str(sample.image)] = {"label": sample.label, "text": sentence}
+            sentence = _answer(client, cache, prompt, 1, sendable(raw, str(sample.image)))[0]
+            images[image_key(index.root, sample.image)] = {
+                "label": sample.label,
+                "text": sentence,
+                "sha256": hashlib.sha256(raw).hexdigest(),
+            }
             progress.done += 1
         except AnswerFailed as e:
             progress.failed += 1
@@ -136,13 +144,21 @@ def generate_images(
     return {"header": header, "images": images, "failures": progress.failures}, progress
 
 
+def sendable(data: bytes, name: str) -> bytes:
+    """Bytes every vision API takes: JPEG and 8-bit RGB/grey PNG as they are; anything else (BMP from BTAD, WebP,
+    TIFF, 16-bit PNG) decoded by kanoclip's reader and sent as an 8-bit PNG."""
+    if _mime(data) == "image/jpeg":
+        return data
+    if _mime(data) == "image/png":
+        with Image.open(io.BytesIO(data)) as probe:
+            if probe.mode in ("RGB", "L"):
+                return data
+    return to_png(read_image(data, name))
+
+
 def _mime(data: bytes) -> str:
     if data.startswith(b"\x89PNG"):
         return "image/png"
     if data.startswith(b"\xff\xd8"):
         return "image/jpeg"
-    if data.startswith(b"BM"):
-        return "image/bmp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "image/tiff"
     return "application/octet-stream"
