@@ -14,7 +14,8 @@ from typing import Any
 class ChatServer:
     """Answers each POST /v1/chat/completions with the next scripted behaviour, then with `default`.
 
-    Behaviours: "ok", "429", "500", "hang" (sleeps `hang_s` before answering), "malformed" (200, not JSON),
+    Behaviours: "ok", "400", "401", "429", "500" (429 and 500 ask for a 10 ms Retry-After),
+    "hang" (sleeps `hang_s` before answering), "malformed" (200, not JSON),
     "empty" (200, empty content). `answer(request)` makes the text of an "ok" answer; `delay_s` slows every answer.
     """
 
@@ -38,7 +39,7 @@ class ChatServer:
                 time.sleep(server.delay_s)
                 if behaviour == "hang":
                     time.sleep(server.hang_s)
-                if behaviour in ("429", "500"):
+                if behaviour in ("400", "401", "429", "500"):
                     self._send(int(behaviour), json.dumps({"error": {"message": f"scripted {behaviour}"}}).encode())
                 elif behaviour == "malformed":
                     self._send(200, b'{"id": "x", "choices": [ this is not json')
@@ -50,6 +51,8 @@ class ChatServer:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
+                    if status in (429, 500):
+                        self.send_header("retry-after-ms", "10")  # the SDK's retries honour it: tests stay fast
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)

@@ -101,13 +101,14 @@ def aupro_exact_loop(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) ->
 
 
 def aupro_200_loop(masks: np.ndarray, maps: np.ndarray, limit: float = 0.3) -> float:
-    """AnomalyCLIP's variant: 200 linear thresholds, map > t, keep FPR < limit, min-max rescaled FPR, trapezoid."""
+    """AnomalyCLIP's variant: 200 linear thresholds, map > t, keep FPR < limit, min-max rescaled FPR, then
+    `sklearn.metrics.auc` on the points in threshold order, exactly as AnomalyCLIP's `cal_pro_score` calls it."""
+    from sklearn.metrics import auc
+
     lo, hi = maps.min(), maps.max()
     thresholds = list(np.arange(lo, hi, (hi - lo) / 200))
     points = [(f, p) for f, p in pro_curve(masks, maps, thresholds, strict=True) if f < limit]
     xs = np.array([f for f, _ in points])
     ys = np.array([p for _, p in points])
     xs = (xs - xs.min()) / (xs.max() - xs.min())
-    order = np.argsort(xs, kind="stable")
-    xs, ys = xs[order], ys[order]
-    return float(sum((xs[i + 1] - xs[i]) * (ys[i + 1] + ys[i]) / 2 for i in range(len(xs) - 1)))
+    return float(auc(xs, ys))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import csv
+import subprocess
+import sys
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +17,10 @@ from PIL import Image
 
 import kanoclip
 from kanoclip.cli import main
-from kanoclip.detection import Detector, expand_inputs
+from kanoclip.detection import Detector
 from kanoclip.errors import ImageReadError
 from kanoclip.images import read_image
+from kanoclip.inputs import expand_inputs
 
 from .conftest import TINY, randomize_learnable
 
@@ -42,11 +47,11 @@ def test_the_fast_path_equals_the_plain_model_forward(detector: Detector, shared
         images = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():
             plain = detector.model(images)
-        assert prediction.map is not None and prediction.map.shape == rgb.shape[:2]
-        assert prediction.score == pytest.approx(float(plain.scores[0]), abs=1e-4)
-        assert np.abs(prediction.map - plain.maps[0].numpy()).max() < 1e-4
+        assert prediction.anomaly_map is not None and prediction.anomaly_map.shape == rgb.shape[:2]
+        assert prediction.pred_score == pytest.approx(float(plain.scores[0]), abs=1e-4)
+        assert np.abs(prediction.anomaly_map - plain.maps[0].numpy()).max() < 1e-4
     score, amap = detector.predict(files[0])
-    assert score == pytest.approx(fast[0].score, abs=1e-6) and np.allclose(amap, fast[0].map, atol=1e-6)
+    assert score == pytest.approx(fast[0].pred_score, abs=1e-6) and np.allclose(amap, fast[0].anomaly_map, atol=1e-6)
 
 
 def test_predict_takes_arrays_pil_images_paths_and_bytes(detector: Detector, tmp_path: Path) -> None:
@@ -73,13 +78,16 @@ def test_detect_writes_a_score_and_a_map_of_its_own_size_for_every_shared_image(
     images, _ = expand_inputs(inputs)
     assert len(rows) == len(images) == 30 + 147  # every image, no ground-truth mask taken for an image
     assert {Path(r["path"]).resolve() for r in rows} == {p.resolve() for p in images}
+    assert len({r["map"] for r in rows}) == len(rows)  # every image its own map file
     for row in rows[:: max(1, len(rows) // 12)]:
         assert 0.0 <= float(row["score"]) <= 1.0
-        name = "__".join(Path(row["path"]).resolve().relative_to(shared_data.resolve()).with_suffix("").parts)
-        amap = np.load(tmp_path / "maps" / f"{name}.npy")
+        assert (
+            row["map"] == "maps/" + Path(row["path"]).resolve().relative_to(shared_data.resolve()).as_posix() + ".npy"
+        )
+        amap = np.load(tmp_path / row["map"])
         width, height = size_of(row["path"])
         assert amap.shape == (height, width)
-        assert size_of(tmp_path / "maps" / f"{name}.png") == (width, height)
+        assert size_of(tmp_path / row["map"].replace(".npy", ".overlay.png")) == (width, height)
     assert not (tmp_path / "scores.csv.partial").exists()
 
 
@@ -106,8 +114,8 @@ def test_detect_reads_every_image_kind_and_reports_bad_files_without_stopping(
     rows = {Path(r["path"]).name: r for r in csv.DictReader((out / "scores.csv").read_text().splitlines())}
     assert set(rows) == {"rgb.png", "gray.png", "deep16.png", "alpha.png"}
     assert all(r["label"] == str(int(float(r["score"]) >= 0.5)) for r in rows.values())
-    for name in rows:
-        assert np.load(out / "maps" / f"{Path(name).stem}.npy").shape == (40, 50)
+    for name, row in rows.items():
+        assert row["map"] == f"maps/{name}.npy" and np.load(out / row["map"]).shape == (40, 50)
     err = capsys.readouterr().err
     assert "corrupt.png" in err and "notes.jpg" in err
 
@@ -119,3 +127,98 @@ def test_missing_inputs_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureF
         expand_inputs([str(tmp_path / "*.png")])
     assert main(["detect", str(tmp_path / "missing.png"), *TINY_FLAGS]) == 2
     assert "missing.png: no such file" in capsys.readouterr().err
+
+
+def test_images_that_share_a_stem_or_a_flattened_name_each_keep_their_own_map(tmp_path: Path) -> None:
+    """x.jpg / x.png and a/y.png / a__y.png once overwrote each other's maps."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "in"
+    (folder / "a").mkdir(parents=True)
+    pictures = {
+        "x.jpg": rng.integers(0, 255, (30, 40, 3), dtype=np.uint8),
+        "x.png": rng.integers(0, 255, (34, 44, 3), dtype=np.uint8),
+        "a/y.png": rng.integers(0, 255, (36, 46, 3), dtype=np.uint8),
+        "a__y.png": rng.integers(0, 255, (38, 48, 3), dtype=np.uint8),
+    }
+    for name, rgb in pictures.items():
+        Image.fromarray(rgb).save(folder / name, quality=95)
+    out = tmp_path / "out"
+    assert main(["detect", str(folder), "--out", str(out), *TINY_FLAGS]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").read_text().splitlines()))
+    assert len(rows) == 4 and len({r["map"] for r in rows}) == 4
+    for row in rows:
+        name = Path(row["path"]).relative_to(folder).as_posix()
+        height, width = pictures[name].shape[:2]
+        assert np.load(out / row["map"]).shape == (height, width)  # the map is this image's, not a namesake's
+    assert len(list((out / "maps").rglob("*.npy"))) == 4
+
+
+def test_bf16_autocast_on_the_cpu_agrees_with_fp32(shared_data: Path) -> None:
+    files = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("*.jpg"))[:4]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = Detector(config=TINY, device="cpu", workers=0, precision="fp32")
+        bf16 = Detector(config=TINY, device="cpu", workers=0, precision="bf16")
+    assert fp32.dtype is None and bf16.dtype == torch.bfloat16
+    a, b = list(fp32.run(files)), list(bf16.run(files))
+    for p, q in zip(a, b, strict=True):
+        assert p.pred_score is not None and q.pred_score is not None
+        assert p.anomaly_map is not None and q.anomaly_map is not None
+        assert abs(p.pred_score - q.pred_score) < 0.02
+        assert np.abs(p.anomaly_map - q.anomaly_map).max() < 0.05
+        assert not np.array_equal(p.anomaly_map, q.anomaly_map)  # bf16 really ran
+
+
+def test_decoding_workers_die_with_a_detect_killed_by_sigkill(tmp_path: Path) -> None:
+    """A SIGKILLed `detect` once left its DataLoader workers running (1.2 GB each): a worker blocked on sending a
+    large decoded image to a parent that no longer reads never returns to torch's own parent check."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    ramp = np.broadcast_to(np.arange(1600, dtype=np.uint16)[None, :, None] % 256, (1600, 1600, 3)).astype(np.uint8)
+    for i in range(40):
+        Image.fromarray(np.roll(ramp, i, axis=1)).save(folder / f"{i:03d}.png", compress_level=1)
+    flags = [f for f in TINY_FLAGS if f not in ("--workers", "0")]
+    out = tmp_path / "out"
+    script = "import sys; from kanoclip.cli import main; sys.exit(main(sys.argv[1:]))"
+    command = [sys.executable, "-c", script, "detect", str(folder), "--out", str(out), *flags, "--workers", "2"]
+    command += ["--batch-size", "1"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        partial = out / "scores.csv.partial"
+        wait_until(lambda: partial.is_file() and partial.read_text().count("\n") > 3, 120, "detect to score images")
+        workers = children_of(proc.pid)
+        assert len(workers) == 2, workers
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_until(lambda: not any(alive(pid) for pid in workers), 30, "the workers to exit")
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Running, and not a zombie waiting for its (dead) parent to be reaped by init."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Event-based wait: poll the condition, fail with a message if it does not come within the bound."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)

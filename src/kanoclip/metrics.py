@@ -219,7 +219,8 @@ def _aupro_stepped(m: NDArray[np.bool_], a: NDArray[np.floating], fpr_limit: flo
             return float("nan")
         x, y = fpr[keep], pro[keep]
         x = (x - x.min()) / (x.max() - x.min()) if x.max() > x.min() else np.zeros_like(x)
-        order = np.argsort(x, kind="stable")
-        return float(np.trapezoid(y[order], x[order]))
+        # In threshold order, as `sklearn.metrics.auc` integrates there: FPR falls as thresholds rise, so the
+        # trapezoid is negative; points of tied FPR keep their threshold order (re-sorting them changes the area).
+        return float(-np.trapezoid(y, x))
     order = np.argsort(fpr, kind="stable")
     return _integrate(np.concatenate([[0.0], fpr[order]]), np.concatenate([[0.0], pro[order]]), fpr_limit)
