@@ -9,9 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from torchvision import transforms
 
 from kanoclip.cli import main
 from kanoclip.datasets import load_dataset
+from kanoclip.datasets.base import sample_mask
 from kanoclip.datasets.synthetic import generate
 from kanoclip.detection import Detector
 from kanoclip.evaluation import evaluate
@@ -38,14 +41,16 @@ def test_per_class_metrics_equal_references_on_the_detectors_outputs(synthetic: 
     by_class = {r.cls: r for r in results}
     size = detector.image_size
     for cls, samples in index.by_class().items():
+        detector.set_class(cls)  # evaluate gives each class its own training-free text
+        assert by_class[cls].text["class"] == cls
         predictions = list(detector.run([s.image for s in samples], own_size=False))
         labels = [s.label for s in samples]
-        scores = [p.score for p in predictions]
+        scores = [p.pred_score for p in predictions]
         assert by_class[cls].metrics["image_auroc"] == pytest.approx(
             auroc_pairwise(np.array(labels), np.array(scores)), abs=1e-6
         )
         masks = np.stack([_mask(s.mask, size) for s in samples])
-        maps = np.stack([p.map for p in predictions]).astype(np.float16)  # the report stores maps in float16
+        maps = np.stack([p.anomaly_map for p in predictions]).astype(np.float16)  # the report stores maps in float16
         want = auroc_by_thresholds(masks.ravel(), maps.astype(np.float64).ravel())
         assert by_class[cls].metrics["pixel_auroc"] == pytest.approx(want, abs=1e-6)
     document = json.loads((tmp_path / "results.json").read_text())
@@ -61,11 +66,25 @@ def test_per_class_metrics_equal_references_on_the_detectors_outputs(synthetic: 
 
 
 def _mask(path: Path | None, size: int) -> np.ndarray:
-    from PIL import Image
-
+    """AnomalyCLIP's mask pipeline itself (SPEC §3.1): torchvision Resize (bilinear) on the PIL mask, ToTensor,
+    then > 0.5."""
     if path is None:
         return np.zeros((size, size), dtype=bool)
-    return np.asarray(Image.fromarray(read_mask(path)).resize((size, size), Image.Resampling.NEAREST))
+    pil = Image.fromarray(read_mask(path).astype(np.uint8) * 255)
+    tensor = transforms.ToTensor()(transforms.Resize((size, size))(pil))
+    return (tensor[0] > 0.5).numpy()
+
+
+@pytest.mark.parametrize("size", [112, 518])
+def test_masks_are_resized_as_the_reference_pipeline_does_on_real_masks(shared_data: Path, size: int) -> None:
+    index = load_dataset(shared_data / "MVTec_derived_hazelnut_toy")
+    masked = [s for s in index.test if s.mask is not None]
+    assert len(masked) == 17
+    for sample in masked:
+        ours = sample_mask(sample, size)
+        assert np.array_equal(ours, _mask(sample.mask, size)), sample.mask
+    nearest = np.asarray(Image.fromarray(read_mask(masked[0].mask)).resize((size, size), Image.Resampling.NEAREST))
+    assert any(not np.array_equal(sample_mask(s, size), nearest) for s in masked[:1])  # not the old nearest resize
 
 
 def test_evaluate_cli_on_shared_data_says_what_it_found_and_marks_undefined_metrics(
@@ -82,3 +101,17 @@ def test_evaluate_cli_on_shared_data_says_what_it_found_and_marks_undefined_metr
     assert rows["Kvasir-SEG"]["image_auroc"] is None and rows["Kvasir-SEG"]["aupro"] is not None  # all anomalous
     assert rows["MVTec_AD"]["pixel_auroc"] is None and not math.isnan(rows["MVTec_AD"]["image_auroc"])  # no masks
     assert "| MVTec_AD | bottle | 20 |" in (tmp_path / "results.md").read_text()
+
+
+def test_evaluate_lists_unreadable_images_and_exits_1_with_results_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    generate(root, size=64, train=0, good=3, per_defect=2, seed=4)
+    victim = sorted(root.rglob("test/good/*.png"))[0]
+    victim.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    flags = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+    assert main(["evaluate", str(root), "--out", str(tmp_path / "ev"), *flags]) == 1
+    assert victim.name in capsys.readouterr().err
+    document = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert any(victim.name in " ".join(c["unreadable"]) for c in document["classes"])

@@ -58,11 +58,14 @@ def false_alarm_threshold(normal_scores: ArrayLike, rate: float, unit: str = "im
     if not 0 < rate < 1:
         raise ConfigError(f"the false-alarm rate must be in (0, 1), got {rate}")
     s = np.asarray(normal_scores).ravel()
+    if not np.issubdtype(s.dtype, np.floating):
+        s = s.astype(np.float64)
     if s.size == 0:
         raise ConfigError("calibration needs at least one normal image")
     allowed = math.floor(rate * s.size)  # false alarms permitted among these normals
     k = s.size - 1 - allowed  # ascending index of the (allowed + 1)-th largest
-    value = float(np.nextafter(np.float64(np.partition(s, k)[k]), np.inf))
+    cut = np.partition(s, k)[k]
+    value = float(np.nextafter(cut, cut.dtype.type(np.inf)))  # the next value of the scores' own dtype
     warning = None
     if rate * s.size < MIN_EXPECTED_ALARMS:
         need = math.ceil(MIN_EXPECTED_ALARMS / rate)

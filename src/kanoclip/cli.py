@@ -128,13 +128,9 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
                 "--set/--config change a training-free model; a checkpoint keeps its own config "
                 "(only --backbone, --pretrained and --image-size may point elsewhere)"
             )
-    config = None if args.checkpoint else model_config(args)
-    thresholds = (
-        read_standalone(args.calibration, config.to_dict() if config else None)[0] if args.calibration else None
-    )
     det = Detector(
         args.checkpoint,
-        config,
+        None if args.checkpoint else model_config(args),
         overrides,
         device=args.device,
         precision=args.precision,
@@ -142,8 +138,9 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
         workers=args.workers,
         class_name=args.class_name,
         compile=args.compile,
-        thresholds=thresholds,
     )
+    if args.calibration:
+        det.thresholds = read_standalone(args.calibration, det.model.config.to_dict())[0]
     if threshold is not None:
         det.thresholds = Thresholds(threshold, det.thresholds.map)
     return det
