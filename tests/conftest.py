@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -12,7 +13,19 @@ from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.backbone import from_model
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SHARED_DATA = Path(
+    os.environ.get("KANOCLIP_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+).expanduser()
+DATA_SOURCES = """the real test data is expected at {where} (set KANOCLIP_TEST_DATA to another folder).
+It holds small subsets of public datasets in their original layouts; each comes from:
+  KolektorSDD/       KolektorSDD v1 (ViCoS, Univ. of Ljubljana), e.g. via github.com/seanXYZ/SegDecNet Data/
+  BrainMRI/          Kaggle "Brain MRI Images for Brain Tumor Detection" (navoneel), brain_tumor_dataset/
+  HeadCT/            Kaggle "Head CT - hemorrhage" (felipekitamura): labels.csv + head_ct/head_ct/*.png
+  Kvasir-SEG/        Kvasir-SEG (Simula): Kvasir-SEG/images + masks
+  MVTec_AD/          MVTec AD (mvtec.com), the bottle class
+  MVTec_derived_hazelnut_toy/  the hazelnut test asset of OpenVINO's anomalib/OTX, built from MVTec AD hazelnut
+  VisA/              VisA's official split_csv/1cls.csv (github.com/amazon-science/spot-diff)
+The project's shared/data/MANIFEST.md and PROVENANCE.csv list every file, its source and commit."""
 TINY = KAnoCLIPConfig(backbone="kanoclip-tiny", pretrained="none", image_size=112)
 
 
@@ -62,5 +75,6 @@ def model24(clip24: CLIP) -> KAnoCLIP:
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    assert SHARED_DATA.is_dir(), f"the shared test data is expected at {SHARED_DATA}"
+    if not SHARED_DATA.is_dir():
+        pytest.fail(DATA_SOURCES.format(where=SHARED_DATA), pytrace=False)
     return SHARED_DATA

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -11,9 +12,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+import kanoclip
+import kanoclip.checkpoint
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.backbone import from_model, load_backbone, resize_positional_embedding
-from kanoclip.errors import BackboneError
+from kanoclip.errors import BackboneError, CheckpointError
 
 from .conftest import randomize_learnable, tiny_clip
 
@@ -140,3 +143,85 @@ def test_backbone_is_frozen_and_stays_in_eval_mode(model: KAnoCLIP) -> None:
     assert not model.clip.training
     assert all(not p.requires_grad for p in model.clip.parameters())
     assert F.normalize(model.encode_text(["a photo"]), dim=-1).shape == (1, 64)
+
+
+def gelu_default_config(tmp_path: Path) -> Path:
+    """An architecture whose open_clip config says nothing of QuickGELU, like ViT-L-14-336's own config."""
+    path = tmp_path / "tiny-gelu-default.json"
+    vision = {"image_size": 56, "layers": 8, "width": 64, "patch_size": 14}
+    text = {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 1, "layers": 12}
+    path.write_text(json.dumps({"embed_dim": 64, "vision_cfg": vision, "text_cfg": text}))
+    return path
+
+
+def write_quick_gelu_weights(clip: torch.nn.Module, fmt: str, tmp_path: Path) -> Path:
+    """The same QuickGELU weights in every file format OpenAI's CLIP is distributed in."""
+    state = {k: v.contiguous() for k, v in clip.state_dict().items()}
+    if fmt == "openai-torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            inputs = {"encode_image": (torch.rand(1, 3, 56, 56),), "encode_text": (open_clip.tokenize(["a"]),)}
+            traced = torch.jit.trace_module(clip, inputs, check_trace=False)
+        path = tmp_path / "ViT-tiny.pt"
+        traced.save(str(path))
+    elif fmt == "openai-state-dict":
+        path = tmp_path / "ViT-tiny-sd.pt"
+        meta = {"input_resolution": torch.tensor(56), "context_length": torch.tensor(77)}
+        torch.save({**{k: v.half() for k, v in state.items()}, **meta, "vocab_size": torch.tensor(49408)}, path)
+    elif fmt == "hf-safetensors-with-config":  # a Hugging Face repo such as timm/vit_large_patch14_clip_336.openai
+        folder = tmp_path / "repo"
+        folder.mkdir()
+        path = folder / "open_clip_model.safetensors"
+        save_file(state, str(path))
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"quick_gelu": True}}))
+    else:  # the HF cache's layout, the tag in the folder name, no config beside the file
+        folder = tmp_path / "models--timm--vit_tiny_clip.openai" / "snapshots" / "0123abc"
+        folder.mkdir(parents=True)
+        path = folder / "open_clip_pytorch_model.bin"
+        torch.save(state, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "fmt", ["openai-torchscript", "openai-state-dict", "hf-safetensors-with-config", "hf-cache-bin-openai-path"]
+)
+def test_quick_gelu_weights_load_as_trained_from_every_file_format(tmp_path: Path, fmt: str) -> None:
+    """OpenAI weights from an open_clip .safetensors/.bin once ran with nn.GELU (outputs drifted by 0.015)."""
+    clip = tiny_clip(layers=8).half().float()  # fp16-exact, so the fp16 state dict holds the same weights
+    path = write_quick_gelu_weights(clip, fmt, tmp_path)
+    reference, loaded = pair(clip, path, str(gelu_default_config(tmp_path)))
+    assert_same_outputs(reference, loaded)
+    assert loaded.config.quick_gelu is True  # resolved and recorded, so checkpoints rebuild it
+    kanoclip.save(loaded, tmp_path / "ckpt")
+    assert kanoclip.checkpoint.read_document(tmp_path / "ckpt")["model"]["quick_gelu"] is True
+
+
+def test_a_file_without_any_hint_follows_its_architecture_and_quick_gelu_overrides(tmp_path: Path) -> None:
+    clip = tiny_clip(layers=8)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(path))
+    arch = str(gelu_default_config(tmp_path))
+    assert KAnoCLIP(KAnoCLIPConfig(backbone=arch, pretrained=str(path), image_size=98)).config.quick_gelu is False
+    config = KAnoCLIPConfig(backbone=arch, pretrained=str(path), image_size=98, quick_gelu=True)
+    torch.manual_seed(0)
+    reference = KAnoCLIP(config, from_model(clip, config)).eval()
+    loaded = KAnoCLIP(config).eval()
+    loaded.load_learnable_state_dict(reference.learnable_state_dict())
+    assert_same_outputs(reference, loaded)
+
+
+def test_a_checkpoint_refuses_other_backbone_weights_but_takes_the_same_weights_in_another_format(
+    tmp_path: Path,
+) -> None:
+    arch = str(gelu_default_config(tmp_path))
+    clip = tiny_clip(layers=8).half().float()
+    first = write_quick_gelu_weights(clip, "hf-safetensors-with-config", tmp_path)
+    same = write_quick_gelu_weights(clip, "openai-state-dict", tmp_path)
+    other = write_quick_gelu_weights(tiny_clip(layers=8, seed=1), "hf-cache-bin-openai-path", tmp_path)
+    model = KAnoCLIP(KAnoCLIPConfig(backbone=arch, pretrained=str(first), image_size=98))
+    kanoclip.save(model, tmp_path / "ckpt")
+    assert kanoclip.load(tmp_path / "ckpt", pretrained=str(same)).backbone_fingerprint == model.backbone_fingerprint
+    with pytest.raises(CheckpointError, match="fingerprint"):
+        kanoclip.load(tmp_path / "ckpt", pretrained=str(other))
+    with pytest.raises(CheckpointError, match="quick_gelu=True"):
+        kanoclip.load(tmp_path / "ckpt", quick_gelu=False)

@@ -17,6 +17,7 @@ from PIL import Image
 
 from kanoclip.detection import Detector
 from kanoclip.serve import ServeConfig
+from kanoclip.thresholds import Thresholds
 
 from .conftest import TINY, randomize_learnable
 from .serving import running_server
@@ -41,14 +42,14 @@ def png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
 
 def test_detect_returns_every_field_for_real_images(detector: Detector, shared_data: Path) -> None:
     paths = [shared_data / "MVTec_AD/bottle/test/good/000.png", shared_data / "KolektorSDD/kos01/Part0.jpg"]
-    detector.calibration = {"image_threshold": 0.5, "map_threshold": 0.6}
+    detector.thresholds = Thresholds(0.5, 0.6)
     try:
         with running_server(detector, ServeConfig()) as url:
             files = [("files", (p.name, p.read_bytes())) for p in paths]
             response = httpx.post(f"{url}/v1/detect", files=files, params={"return_map": "true"}, timeout=60)
             info = httpx.get(f"{url}/v1/info").json()
     finally:
-        detector.calibration = {}
+        detector.thresholds = Thresholds()
     assert response.status_code == 200, response.text
     body = response.json()
     assert set(body["timing"]) == {"decode_ms", "inference_ms", "total_ms"} and body["threshold"] == 0.5
@@ -189,3 +190,41 @@ def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detect
         finally:
             browser.quit()
     assert os.path.getsize(ARTIFACTS / "serve_page.png") > 10_000
+
+
+def test_request_size_and_file_count_limits_answer_413_and_the_server_keeps_serving(
+    detector: Detector, shared_data: Path
+) -> None:
+    data = (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()
+    config = ServeConfig(max_upload_bytes=len(data) + 10, max_files=3)
+    with running_server(detector, config) as url:
+        too_many = [("files", (f"{i}.png", data)) for i in range(4)]
+        response = httpx.post(f"{url}/v1/detect", files=too_many, timeout=60)
+        assert response.status_code == 413 and "limit is 3" in response.json()["detail"]
+        body = b"x" * (config.max_upload_bytes * config.max_files + 2 * 1024 * 1024)  # over the whole-body limit
+        headers = {"content-type": "multipart/form-data; boundary=b"}
+        response = httpx.post(f"{url}/v1/detect", content=body, headers=headers, timeout=60)
+        assert response.status_code == 413 and "over the limit" in response.json()["detail"]
+        ok = httpx.post(f"{url}/v1/detect", files=too_many[:3], timeout=60)
+        assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+
+
+def test_a_forward_that_raises_fails_its_batch_with_500_and_the_server_keeps_serving(
+    detector: Detector, shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = ("files", ("a.png", (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()))
+    real = detector.predict_many
+    calls = {"n": 0}
+
+    def fails_once(images: list[np.ndarray]) -> list[object]:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA error: an illegal memory access (simulated)")
+        return list(real(images))
+
+    monkeypatch.setattr(detector, "predict_many", fails_once)
+    with running_server(detector, ServeConfig()) as url:
+        failed = httpx.post(f"{url}/v1/detect", files=[image], timeout=60)
+        assert failed.status_code == 500
+        after = httpx.post(f"{url}/v1/detect", files=[image], timeout=60)
+    assert after.status_code == 200 and calls["n"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,9 +21,12 @@ from kanoclip import TrainConfig, checkpoint
 from kanoclip.datasets import load_dataset
 from kanoclip.datasets.synthetic import generate
 from kanoclip.errors import ConfigError, KnowledgeError
-from kanoclip.training import epoch_order, train
+from kanoclip.knowledge import load_image_knowledge
+from kanoclip.knowledge.base import ImageKnowledge
+from kanoclip.reproduce import reproduce
+from kanoclip.training import epoch_order, image_knowledge_rows, train
 
-from .conftest import TINY
+from .conftest import TINY, tiny_model
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112"]
 
@@ -112,7 +116,12 @@ def test_training_without_vqa_knowledge_names_the_general_only_option(synthetic:
 
 def test_per_image_knowledge_enters_the_kd_loss(synthetic: Path, tmp_path: Path) -> None:
     data = load_dataset(synthetic)
-    vqa = {str(s.image): (s.label, "a part with a scratch." if s.label else "a clean part.") for s in data.test}
+    vqa = {
+        s.image.relative_to(data.root).as_posix(): ImageKnowledge(
+            s.label, "a part with a scratch." if s.label else "a clean part."
+        )
+        for s in data.test
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         train(
@@ -183,3 +192,40 @@ def test_reproduce_trains_on_mvtec_and_evaluates_the_other_datasets(shared_data:
     row = next(line for line in table.splitlines() if line.startswith("| Kvasir |"))
     assert "| MVTec AD |" in row and "78.9 | 45.6" in row  # AnomalyCLIP's published Kvasir pixel AUROC, PRO
     assert (out / "train_mvtecad" / "final" / "model.safetensors").is_file()
+
+
+def test_image_knowledge_written_on_another_machine_matches_by_relative_path_and_sha256(
+    synthetic: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Per-image knowledge was keyed by absolute path: a file made elsewhere matched nothing."""
+    data = load_dataset(synthetic)
+    elsewhere = "/mnt/other-machine/datasets/syn"
+    images = {
+        f"{elsewhere}/{s.image.relative_to(data.root).as_posix()}": {
+            "label": s.label,
+            "text": f"description {i}.",
+            "sha256": hashlib.sha256(s.image.read_bytes()).hexdigest() if i else "0" * 64,  # the first: stale
+        }
+        for i, s in enumerate(data.test)
+    }
+    path = tmp_path / "vqa.json"
+    path.write_text(json.dumps({"header": {"dataset": elsewhere}, "images": images, "failures": []}))
+    knowledge = load_image_knowledge(path)
+    assert set(knowledge) == {s.image.relative_to(data.root).as_posix() for s in data.test}
+    model = tiny_model()
+    embeddings, rows = image_knowledge_rows(model, data.root, data.test, knowledge)
+    assert embeddings is not None and rows[0] == -1 and (rows[1:] >= 0).all()
+    assert f"{len(data.test) - 1} of {len(data.test)} images matched; 1 skipped" in capsys.readouterr().out
+
+
+def test_reproduce_checks_every_input_before_the_first_training(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    generate(root / "mvtec_anomaly_detection", size=48, train=0, good=2, per_defect=1, seed=1)
+    generate(root / "visa", size=48, train=0, good=2, per_defect=1, seed=2)
+    out = tmp_path / "out"
+    with pytest.raises(KnowledgeError, match="VisA"):  # kd_use_vqa on, a VQA file for MVTec AD only
+        reproduce(root, out, TINY, TrainConfig(max_steps=1), {"MVTec AD": str(tmp_path / "mvtec.json")}, "cpu")
+    with pytest.raises(KnowledgeError, match="cannot read"):  # both named, one missing: before any training too
+        vqa = {"MVTec AD": str(tmp_path / "missing.json"), "VisA": str(tmp_path / "missing.json")}
+        reproduce(root, out, TINY, TrainConfig(max_steps=1), vqa, "cpu")
+    assert not out.exists() or not any(out.rglob("training_state.pt"))  # nothing was trained
