@@ -9,7 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 import kanoclip
-from kanoclip.cli import main
+from kanoclip.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,3 +70,11 @@ def test_missing_test_data_is_one_message_with_the_sources(tmp_path: Path) -> No
     assert result.returncode == 1
     assert "KANOCLIP_TEST_DATA" in result.stdout and "KolektorSDD v1" in result.stdout
     assert "Traceback" not in result.stdout
+
+
+def test_commands_that_reproduce_published_tables_default_to_fp32() -> None:
+    parser = build_parser()
+    for argv in (["evaluate", "d"], ["train", "d"], ["reproduce", "--data-root", "d"]):
+        assert parser.parse_args(argv).precision == "fp32", argv
+    for argv in (["detect", "x"], ["serve"], ["calibrate", "x"]):
+        assert parser.parse_args(argv).precision == "auto", argv

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import KAnoCLIPConfig, TrainConfig
+from .config import PRECISIONS, KAnoCLIPConfig, TrainConfig
 from .errors import ConfigError, KanoclipError
 
 EPILOG = """examples:
@@ -92,7 +92,7 @@ def add_run_options(parser: argparse.ArgumentParser, precision: str = "auto") ->
     group.add_argument(
         "--precision",
         default=precision,
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help=f"auto: bf16 autocast on GPU, fp32 on CPU (default {precision})",
     )
     group.add_argument("--batch-size", type=int, default=8)
@@ -300,7 +300,7 @@ def add_train_options(parser: argparse.ArgumentParser, data: bool = True) -> Non
     group.add_argument(
         "--precision",
         default=defaults.precision,
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         help=f"fp32 as the reference implementations; auto: bf16 autocast on GPU (default {defaults.precision})",
     )
     group.add_argument("--workers", type=int, default=defaults.num_workers)

@@ -16,6 +16,8 @@ from .errors import ConfigError
 
 T = TypeVar("T", bound="_JsonConfig")
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 (fp16 on older GPUs) autocast on a GPU, fp32 on a CPU
+
 
 class _JsonConfig:
     """JSON round-trip shared by the config dataclasses; unknown keys are an error, not silently dropped."""
@@ -198,6 +200,6 @@ class TrainConfig(_JsonConfig):
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        _one_of("precision", self.precision, ("auto", "fp32", "bf16", "fp16"))
+        _one_of("precision", self.precision, PRECISIONS)
         if self.max_steps is not None:
             _positive("max_steps", self.max_steps)

@@ -9,9 +9,8 @@ import sys
 
 import torch
 
+from .config import PRECISIONS
 from .errors import ConfigError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(device: str) -> torch.device:
