@@ -67,16 +67,11 @@ def training_free_text(
     key, _ = knowledge.lookup(cls)
     parts: list[torch.Tensor] = []
     if "knowledge" in source:
-        targets = knowledge_targets(model, knowledge, key)
-        parts.append(torch.stack([_unit_mean(targets.normal), _unit_mean(targets.abnormal)]))
+        parts.append(knowledge_targets(model, knowledge, key).means())
     if "ensemble" in source:
         normal, abnormal = ensemble_sentences(cls)
         embeddings = encode_sentences(model, normal + abnormal)
-        parts.append(torch.stack([_unit_mean(embeddings[: len(normal)]), _unit_mean(embeddings[len(normal) :])]))
+        parts.append(KnowledgeTargets(embeddings[: len(normal)], embeddings[len(normal) :]).means())
     text = F.normalize(torch.stack(parts).mean(0), dim=-1)
     record = {"class": cls, "source": source, "knowledge_entry": key if "knowledge" in source else None}
     return text, record
-
-
-def _unit_mean(embeddings: torch.Tensor) -> torch.Tensor:
-    return F.normalize(F.normalize(embeddings, dim=-1).mean(0), dim=-1)
