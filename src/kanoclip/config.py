@@ -104,6 +104,14 @@ class KAnoCLIPConfig(_JsonConfig):
     training_free_taps: tuple[int, ...] | None = None
     training_free_text: str = "knowledge+ensemble"  # or "knowledge" (class sentences), "ensemble" (WinCLIP-style)
 
+    # Few-shot normal references (SPEC §9, I20; README "Few-shot references"). Final map =
+    # (zero-shot + weight * reference) / (1 + weight): the spec's sum, scaled to stay in [0, 1] (no metric changes).
+    reference_weight: float = 1.0
+    reference_score: str = "mean"  # "mean": (zero-shot score + max of the reference map) / 2; "zero-shot": unchanged
+    reference_augment: str = "none"  # "rot90": the references also at 90/180/270 degrees; "rot90+flip": x8
+    reference_max_patches: int = 20_000  # per level; past it, PatchCore's greedy coreset (0: no limit)
+    reference_chunk: int = 2048  # rows per block of the nearest-neighbour search (memory: chunk^2 similarities)
+
     # Scoring (I10-I12).
     temperature: float = 0.07
     map_sigma: float = 4.0
@@ -128,6 +136,10 @@ class KAnoCLIPConfig(_JsonConfig):
         _one_of("score_mode", self.score_mode, ("global", "global+map"))
         _one_of("kd_mode", self.kd_mode, ("cos", "l2", "contrastive", "cos+contrastive"))
         _one_of("training_free_text", self.training_free_text, ("knowledge+ensemble", "knowledge", "ensemble"))
+        _one_of("reference_score", self.reference_score, ("mean", "zero-shot"))
+        _one_of("reference_augment", self.reference_augment, ("none", "rot90", "rot90+flip"))
+        if self.reference_max_patches < 0:
+            raise ConfigError(f"reference_max_patches must be >= 0, got {self.reference_max_patches}")
         for name in (
             "n_ctx",
             "prompt_depth",
@@ -136,9 +148,10 @@ class KAnoCLIPConfig(_JsonConfig):
             "adapter_reduction",
             "temperature",
             "kd_temperature",
+            "reference_chunk",
         ):
             _positive(name, getattr(self, name))
-        for name in ("adapter_ratio", "map_sigma", "alpha", "beta", "gamma", "focal_gamma"):
+        for name in ("adapter_ratio", "map_sigma", "alpha", "beta", "gamma", "focal_gamma", "reference_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tap_layers is not None:

@@ -9,6 +9,7 @@ cannot be read becomes a failed `Prediction` with the reason, and the batch goes
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .errors import ConfigError, KanoclipError
 from .images import Crop, crop_array, read_image, to_rgb
 from .inputs import expand_inputs, output_names
 from .model import KAnoCLIP
+from .references import ReferenceBank
 from .thresholds import Thresholds
 from .visualize import mask_image, overlay, to_png
 
@@ -107,6 +109,8 @@ class Detector:
             prompt ensemble (`set_class` changes it, e.g. per class of a dataset).
         compile: wrap the forward in `torch.compile` (GPU; the first batch is slow).
         thresholds: decision thresholds; default: the checkpoint's calibration, if any.
+        references: good parts (SPEC §9): a bank file from `kanoclip reference build`, a `ReferenceBank`, or
+            images (paths, bytes, arrays, PIL); `add_references` adds more, `clear_references` returns to zero-shot.
     """
 
     def __init__(
@@ -121,6 +125,7 @@ class Detector:
         class_name: str = "object",
         compile: bool = False,
         thresholds: Thresholds | None = None,
+        references: str | Path | ReferenceBank | Sequence[ImageLike] | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
@@ -141,6 +146,16 @@ class Detector:
         self.text_record: dict[str, Any] = {"source": "learned prompts (checkpoint)"}
         if checkpoint_dir is None:
             self.set_class(class_name)
+        self._checkpoint_sha = checkpoint.weights_sha256(checkpoint_dir) if checkpoint_dir is not None else None
+        self.references: ReferenceBank | None = None
+        if isinstance(references, ReferenceBank) or (
+            isinstance(references, str | Path) and Path(references).is_file() and Path(references).suffix == ".kref"
+        ):
+            self.use_references(references if isinstance(references, ReferenceBank) else ReferenceBank.load(references))
+        elif references is not None:
+            items = [references] if isinstance(references, str | Path) else list(references)
+            paths = [r for r in items if isinstance(r, str | Path)]
+            self.add_references(expand_inputs(paths)[0] if len(paths) == len(items) else items)
         self._forward = torch.compile(self.model) if compile else self.model
 
     @property
@@ -163,6 +178,51 @@ class Detector:
         text, self.text_record = self._class_text[name]
         self.model.use_text_features(text)
 
+    def reference_identity(self) -> dict[str, Any]:
+        """What a reference bank must have been built with to be used here."""
+        cfg = self.model.config
+        return {
+            "backbone_fingerprint": self.model.backbone_fingerprint,
+            "image_size": cfg.image_size,
+            "vv_start_layer": cfg.vv_start_layer,
+            "tap_layers": list(cfg.tap_layers or ()),
+            "tap_mode": cfg.tap_mode,
+            "checkpoint_sha256": self._checkpoint_sha,
+        }
+
+    def use_references(self, bank: ReferenceBank | None) -> None:
+        """Score against this bank from now on (None: zero-shot); a bank made for another model is refused. The
+        model's bank is swapped in one assignment, so a forward sees the old bank or the new one, never a mix."""
+        if bank is None:
+            self.references, self.model.reference_levels = None, None
+            return
+        bank.check(self.reference_identity())
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32  # fp16 banks on GPU (SPEC §9)
+        levels = [t.to(self.device, dtype) for t in bank.levels]
+        self.references, self.model.reference_levels = bank, levels
+
+    def clear_references(self) -> None:
+        self.use_references(None)
+
+    def add_references(self, images: Sequence[ImageLike]) -> ReferenceBank:
+        """Good parts into the bank (decoded here; an unreadable one is an error: a reference must be trusted).
+        Augmented as `reference_augment` says; reduced by coreset past `reference_max_patches` per level."""
+        cfg = self.model.config
+        arrays = [_as_rgb(image) for image in images]
+        sources = [{"path": _source(i), "sha256": _sha256(i, a)} for i, a in zip(images, arrays, strict=True)]
+        chunks: list[list[torch.Tensor]] = []
+        for start in range(0, len(arrays), self.batch_size):
+            pixels = torch.stack([to_tensor(a, self.image_size) for a in arrays[start : start + self.batch_size]])
+            pixels = _augmented(pixels, cfg.reference_augment).to(self.device)
+            with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+                chunks.append(self.model.reference_features(pixels))
+        new = [torch.cat([c[i] for c in chunks]).float().cpu() for i in range(len(chunks[0]))] if chunks else []
+        bank = self.references or ReferenceBank([torch.empty(0, 0) for _ in new], self.reference_identity())
+        if new:
+            bank = bank.extended(new, sources, cfg.reference_max_patches)
+        self.use_references(bank)
+        return bank
+
     def describe(self) -> dict[str, Any]:
         """What produced the outputs, written beside them: model, resolved config, text, thresholds, precision."""
         return {
@@ -175,6 +235,7 @@ class Detector:
             "device": str(self.device),
             "precision": self.precision,
             "random_weights": self.model.config.pretrained == "none",
+            "references": None if self.references is None else self.references.describe(),
         }
 
     @torch.inference_mode()
@@ -251,6 +312,23 @@ class Detector:
                 continue
             out.scores[i], out.maps[i] = p.pred_score, p.anomaly_map
         return out
+
+
+def _augmented(pixels: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, 3, S, S) references and their rotations (and flips), as AnomalyDINO augments small banks."""
+    if mode == "none":
+        return pixels
+    views = [torch.rot90(pixels, k, dims=(2, 3)) for k in range(4)]
+    if mode == "rot90+flip":
+        views += [v.flip(3) for v in views]
+    return torch.cat(views)
+
+
+def _sha256(image: ImageLike, rgb: NDArray[np.uint8]) -> str:
+    """The file's bytes for paths and encoded bytes, else the decoded pixels."""
+    if isinstance(image, str | Path):
+        return hashlib.sha256(Path(image).read_bytes()).hexdigest()
+    return hashlib.sha256(image if isinstance(image, bytes) else rgb.tobytes()).hexdigest()
 
 
 def _source(image: ImageLike) -> str:

@@ -20,6 +20,7 @@ from .clip_vv import VisualFeatures, encode_image
 from .config import KAnoCLIPConfig
 from .fusion import BiCMCI
 from .prompts import PromptLearner, TextTower
+from .references import reference_map
 from .scoring import fuse_levels, gaussian_blur, image_scores, level_maps, text_probabilities
 
 LEARNABLE_PREFIXES = ("prompts.", "bi_cmci.", "adapter.")
@@ -74,6 +75,7 @@ class KAnoCLIP(nn.Module):
         self._free_levels = [taps.index(t) for t in self.config.training_free_taps or ()]
         self._knowledge_text: torch.Tensor | None = None
         self._prompt_cache: torch.Tensor | None = None
+        self.reference_levels: list[torch.Tensor] | None = None  # few-shot bank per tap level (SPEC §9)
 
     # -- text side -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -124,6 +126,13 @@ class KAnoCLIP(nn.Module):
             x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
         return self.head(self.encode_image(x), in_size, training)
 
+    @torch.no_grad()
+    def reference_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Good parts' unit CLIP-VV tap features for a few-shot bank: RGB in [0, 1] at the run resolution
+        (B, 3, S, S) -> per tap level (B * N, D)."""
+        taps = F.normalize(self.encode_image((images - self.mean) / self.std).taps.float(), dim=-1)  # (B, L, N, D)
+        return [taps[:, i].reshape(-1, taps.shape[-1]) for i in range(taps.shape[1])]
+
     def encode_image(self, x: torch.Tensor) -> VisualFeatures:
         """The frozen CLIP-VV forward on normalised images at the run resolution: the method's cost floor."""
         cfg = self.config
@@ -143,13 +152,26 @@ class KAnoCLIP(nn.Module):
         probs = text_probabilities(patches, text_fused, cfg.temperature)  # (B, L, N, 2)
         levels = level_maps(probs if training else probs[..., 1:], feats.grid, size)  # (B, L, C, R, R)
         abnormal = levels[:, :, -1].float()  # (B, L, S, S)
-        if self.training_free and not training:
-            abnormal = abnormal[:, self._free_levels]
-        maps = gaussian_blur(fuse_levels(abnormal, cfg.level_fusion), cfg.map_sigma)
+        used = self.map_levels(training)
+        maps = gaussian_blur(fuse_levels(abnormal[:, used], cfg.level_fusion), cfg.map_sigma)
         scores = image_scores(image_logits.float().softmax(-1), maps, cfg.score_mode)
+        references = self.reference_levels  # read once: a concurrent swap never mixes two banks in one forward
+        if references is not None and not training:
+            taps = F.normalize(feats.taps[:, used], dim=-1)
+            bank = [references[i] for i in used]
+            ref = reference_map(taps, bank, feats.grid, size, cfg.level_fusion, cfg.map_sigma, cfg.reference_chunk)
+            maps = (maps + cfg.reference_weight * ref) / (1 + cfg.reference_weight)
+            if cfg.reference_score == "mean":
+                scores = 0.5 * (scores + ref.flatten(1).amax(dim=1))
         if in_size != size:
             maps = F.interpolate(maps[:, None], size=in_size, mode="bilinear", align_corners=False)[:, 0]
         return TrainingOutput(scores, maps, image_logits, levels, text)
+
+    def map_levels(self, training: bool = False) -> list[int]:
+        """Indices of the tap levels whose maps are fused: the deep taps in training-free mode, else all."""
+        if self.training_free and not training:
+            return self._free_levels
+        return list(range(len(self.config.tap_layers or ())))
 
     # -- parameters ------------------------------------------------------------------------------------------------
     def learnable_state_dict(self) -> dict[str, torch.Tensor]:

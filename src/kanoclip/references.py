@@ -1,0 +1,157 @@
+"""Few-shot normal references (SPEC §9, I20): a bank of good parts' patch features, and the map they give.
+
+A query patch's reference score is 1 − its maximum cosine similarity to the bank of its tap level (exact nearest
+neighbour, as WinCLIP+ and AnomalyDINO do). The search runs in chunks, so no full query × bank matrix is ever held;
+a bank larger than a limit is reduced by PatchCore's greedy coreset. The bank's features are the L2-normalised
+CLIP-VV taps, the features the zero-shot maps start from, so k = 0 leaves the zero-shot path untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from ._files import atomic_write_bytes
+from .errors import ConfigError
+from .scoring import fuse_levels, gaussian_blur
+
+BANK_FORMAT = "kanoclip-reference-bank/1"
+
+
+def nearest_cosine_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
+    """1 − max_j cos(query_i, bank_j) for unit rows: query (N, D), bank (M, D) -> (N,). Blocks of `chunk` rows on
+    both sides keep memory at chunk² similarities."""
+    best = torch.full((query.shape[0],), -torch.inf, dtype=torch.float32, device=query.device)
+    for i in range(0, query.shape[0], chunk):
+        q = query[i : i + chunk].to(bank.dtype)
+        for j in range(0, bank.shape[0], chunk):
+            similarity = (q @ bank[j : j + chunk].t()).amax(dim=1).float()
+            best[i : i + chunk] = torch.maximum(best[i : i + chunk], similarity)
+    return 1 - best
+
+
+def greedy_coreset(features: torch.Tensor, size: int, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """PatchCore's greedy coreset: start from a seeded random point, then repeatedly add the point farthest (in
+    Euclidean distance) from everything chosen so far. Distances on a seeded random projection to
+    `projection_dim` when the features are wider (0: none). Returns the chosen row indices, in order."""
+    m = features.shape[0]
+    if size >= m:
+        return torch.arange(m)
+    g = torch.Generator().manual_seed(seed)
+    x = features.float()
+    if projection_dim and x.shape[1] > projection_dim:
+        projection = torch.randn(x.shape[1], projection_dim, generator=g) / math.sqrt(projection_dim)
+        x = x @ projection.to(x.device)
+    chosen = [int(torch.randint(m, (1,), generator=g))]
+    nearest = torch.linalg.vector_norm(x - x[chosen[0]], dim=1)
+    for _ in range(size - 1):
+        farthest = int(nearest.argmax())
+        chosen.append(farthest)
+        nearest = torch.minimum(nearest, torch.linalg.vector_norm(x - x[farthest], dim=1))
+    return torch.tensor(chosen)
+
+
+@dataclass
+class ReferenceBank:
+    """Per tap level, unit patch features (M, D) of the reference images, and what they were made with.
+
+    `identity` holds what must match for the bank to be used: the backbone fingerprint, the run resolution, the
+    tap settings and the checkpoint's weights hash (None: training-free)."""
+
+    levels: list[torch.Tensor]
+    identity: dict[str, Any]
+    sources: list[dict[str, str]] = field(default_factory=list)  # {"path", "sha256"} per reference image
+    reduced_from: int = 0  # patches per level before the coreset (0: not reduced)
+
+    @property
+    def images(self) -> int:
+        return len(self.sources)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.levels)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "patches_per_level": int(self.levels[0].shape[0]) if self.levels else 0,
+            "reduced_from": self.reduced_from,
+            "bytes": self.nbytes(),
+            "sha256": [s["sha256"] for s in self.sources],
+        }
+
+    def extended(self, levels: list[torch.Tensor], sources: list[dict[str, str]], limit: int) -> ReferenceBank:
+        """This bank plus new features; past `limit` patches per level (0: none) a coreset picks which stay (the
+        same rows at every level, so that a patch keeps its meaning across levels)."""
+        merged = [torch.cat([a, b.to(a.dtype)]) if a.numel() else b for a, b in zip(self.levels, levels, strict=True)]
+        reduced_from = self.reduced_from
+        if limit and merged[0].shape[0] > limit:
+            reduced_from = max(reduced_from, merged[0].shape[0])
+            keep = greedy_coreset(merged[-1], limit).to(merged[-1].device)
+            merged = [level[keep] for level in merged]
+        return ReferenceBank(merged, self.identity, self.sources + sources, reduced_from)
+
+    def check(self, identity: dict[str, Any], where: str = "the reference bank") -> None:
+        """Refuse a bank made for another backbone, resolution, tap setting or checkpoint."""
+        wrong = {k: (self.identity.get(k), v) for k, v in identity.items() if self.identity.get(k) != v}
+        if wrong:
+            details = "; ".join(f"{k}: bank {a!r}, this model {b!r}" for k, (a, b) in wrong.items())
+            raise ConfigError(
+                f"{where} was built for another model ({details}); rebuild it with `kanoclip reference build` and "
+                "the same --checkpoint / model options"
+            )
+
+    def save(self, path: str | Path) -> Path:
+        """One safetensors file: a tensor per level, and the identity and sources as JSON in its metadata."""
+        tensors = {f"level_{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.levels)}
+        header = {
+            "format": BANK_FORMAT,
+            "identity": self.identity,
+            "sources": self.sources,
+            "reduced_from": self.reduced_from,
+        }
+        path = Path(path)
+        atomic_write_bytes(path, save(tensors, metadata={"kanoclip": json.dumps(header)}))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReferenceBank:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = json.loads((f.metadata() or {}).get("kanoclip", "{}"))
+                names = sorted(f.keys(), key=lambda k: int(k.split("_")[1]))
+                levels = [f.get_tensor(k) for k in names]
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ConfigError(
+                f"{path} is not a readable reference bank ({e}); build one with `kanoclip reference build`"
+            ) from e
+        if header.get("format") != BANK_FORMAT:
+            raise ConfigError(f"{path} is not a kanoclip reference bank (written by `kanoclip reference build`)")
+        return cls(levels, header["identity"], header["sources"], int(header.get("reduced_from", 0)))
+
+
+def reference_map(
+    taps: torch.Tensor,
+    bank: list[torch.Tensor],
+    grid: tuple[int, int],
+    size: tuple[int, int],
+    fusion: str,
+    sigma: float,
+    chunk: int,
+) -> torch.Tensor:
+    """Unit taps (B, L, N, D) of the levels in use and their banks -> the fused, blurred reference map (B, S, S),
+    upsampled, fused and blurred exactly as the zero-shot maps are."""
+    b, levels, n, _ = taps.shape
+    distances = torch.stack(
+        [nearest_cosine_distance(taps[:, i].reshape(b * n, -1), bank[i], chunk).view(b, n) for i in range(levels)],
+        dim=1,
+    )  # (B, L, N)
+    maps = F.interpolate(distances.view(b * levels, 1, *grid), size=size, mode="bilinear", align_corners=False)
+    return gaussian_blur(fuse_levels(maps.view(b, levels, *size), fusion), sigma)
