@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import os
 import shutil
@@ -185,10 +186,25 @@ def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detect
             assert label.text == "normal"  # the slider re-labels live
             rows = browser.find_elements(By.CSS_SELECTOR, "#table tbody tr")
             assert len(rows) == 1 and path.name in rows[0].text
+            assert browser.find_element(By.ID, "bank").text == "bank: 0 good parts"
+            good = sorted(image.rglob("train/good/*"))[0]
+            browser.find_element(By.ID, "good-files").send_keys(str(good))  # a good part into the bank
+            WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.ID, "bank").text.startswith("bank: 1 good part")
+            )
+            rescored = lambda b: b.find_element(By.CSS_SELECTOR, ".card .score").text  # noqa: E731
+            WebDriverWait(browser, 60).until(lambda b: rescored(b) not in ("", f"{score:.4f}"))
+            browser.find_element(By.CSS_SELECTOR, ".card .mark-good").click()  # a false alarm corrected once
+            WebDriverWait(browser, 60).until(
+                lambda b: b.find_element(By.ID, "bank").text.startswith("bank: 2 good parts")
+            )
+            WebDriverWait(browser, 60).until(lambda b: float(rescored(b) or 1) < 0.5 * (1 + 1e-9) * 2)
+            assert len(detector.references.sources if detector.references else []) == 2
             ARTIFACTS.mkdir(exist_ok=True)
             assert browser.save_screenshot(str(ARTIFACTS / "serve_page.png"))
         finally:
             browser.quit()
+            detector.clear_references()
     assert os.path.getsize(ARTIFACTS / "serve_page.png") > 10_000
 
 
@@ -228,3 +244,51 @@ def test_a_forward_that_raises_fails_its_batch_with_500_and_the_server_keeps_ser
         assert failed.status_code == 500
         after = httpx.post(f"{url}/v1/detect", files=[image], timeout=60)
     assert after.status_code == 200 and calls["n"] == 2
+
+
+def test_references_over_http_change_scores_and_survive_concurrent_detects(shared_data: Path) -> None:
+    """POST/GET/DELETE /v1/references; detections racing bank updates always see a whole bank (bounded, loopback)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        det = Detector(config=TINY, device="cpu", workers=0)
+    goods = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("train/good/*"))[:4]
+    query = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("test/*/*.jpg"))[0]
+    image = [("files", (query.name, query.read_bytes()))]
+    with running_server(det, ServeConfig(api_key="k", max_files=2)) as url:
+        key = {"X-API-Key": "k"}
+        assert httpx.get(f"{url}/v1/references", timeout=30).status_code == 401
+        zero = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=60).json()["results"][0]["score"]
+        added = httpx.post(
+            f"{url}/v1/references",
+            files=[("files", (g.name, g.read_bytes())) for g in goods[:2]],
+            headers=key,
+            timeout=60,
+        )
+        assert added.status_code == 200 and added.json()["images"] == 2
+        listed = httpx.get(f"{url}/v1/references", headers=key, timeout=30).json()
+        assert listed["sha256"] == [hashlib.sha256(g.read_bytes()).hexdigest() for g in goods[:2]]
+        few = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=60).json()["results"][0]["score"]
+        assert few != pytest.approx(zero, abs=1e-6)
+        assert httpx.post(f"{url}/v1/references", files=image * 3, headers=key, timeout=60).status_code == 413
+        corrupt = [("files", ("bad.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 20))]
+        assert httpx.post(f"{url}/v1/references", files=corrupt, headers=key, timeout=60).status_code == 400
+
+        def detect(_: int) -> float:
+            r = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=120)
+            assert r.status_code == 200, r.text
+            return float(r.json()["results"][0]["score"])
+
+        def update(i: int) -> int:
+            if i % 2:
+                return httpx.delete(f"{url}/v1/references", headers=key, timeout=120).status_code
+            files = [("files", (g.name, g.read_bytes())) for g in goods[i % 4 : i % 4 + 1]]
+            return httpx.post(f"{url}/v1/references", files=files, headers=key, timeout=120).status_code
+
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            scores = list(pool.map(detect, range(12)))
+            statuses = list(pool.map(update, range(6)))
+        assert statuses == [200] * 6 and all(0.0 <= s <= 1.0 for s in scores)
+        cleared = httpx.delete(f"{url}/v1/references", headers=key, timeout=30).json()
+        assert cleared["images"] == 0
+        again = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=60).json()["results"][0]["score"]
+        assert again == pytest.approx(zero, abs=1e-6)  # an empty bank is zero-shot again

@@ -111,6 +111,14 @@ def add_run_options(parser: argparse.ArgumentParser, precision: str = "auto") ->
         help="training-free mode: what the images show (e.g. bottle, screw, pcb, 'brain mri'); its text comes from "
         "the shipped knowledge base and a prompt ensemble (default: object)",
     )
+    group.add_argument(
+        "--reference",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="good parts as few-shot references: images, folders, quoted globs, or a bank file from "
+        "`kanoclip reference build` (.kref); repeat the flag for more",
+    )
 
 
 def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
@@ -128,6 +136,9 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
                 "--set/--config change a training-free model; a checkpoint keeps its own config "
                 "(only --backbone, --pretrained and --image-size may point elsewhere)"
             )
+    banks = [r for r in args.reference if r.endswith(".kref")]
+    if banks and (len(banks) > 1 or len(args.reference) > 1):
+        raise ConfigError("--reference takes one bank file (.kref), or images/folders/globs, not both")
     det = Detector(
         args.checkpoint,
         None if args.checkpoint else model_config(args),
@@ -138,7 +149,13 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
         workers=args.workers,
         class_name=args.class_name,
         compile=args.compile,
+        references=(banks[0] if banks else args.reference) or None,
     )
+    if det.references is not None:
+        print(
+            f"references: {det.references.images} good part(s), {det.references.describe()['patches_per_level']} "
+            "patches per level"
+        )
     if args.calibration:
         det.thresholds = read_standalone(args.calibration, det.model.config.to_dict())[0]
     if threshold is not None:
@@ -185,6 +202,19 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
         default="exact",
         help="exact over all thresholds, or the 200-threshold variant of published tables",
     )
+    parser.add_argument(
+        "--shots",
+        type=int,
+        default=0,
+        metavar="K",
+        help="few-shot: K normal train images of each class as references (default 0: zero-shot)",
+    )
+    parser.add_argument(
+        "--shot-seeds",
+        default="0,1,2",
+        metavar="S,S,...",
+        help="few-shot: one draw of references per seed; tables report mean ± std (default 0,1,2)",
+    )
     add_run_options(parser, precision="fp32")
 
 
@@ -196,9 +226,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for index in indices:
         print(index.summary())
     det = detector(args)
+    seeds = [int(x) for x in args.shot_seeds.split(",") if x.strip()]
+    if args.shots < 0 or (args.shots and not seeds):
+        raise ConfigError("--shots must be >= 0, with at least one --shot-seeds value")
     info = {**det.describe(), "aupro": args.aupro, "datasets": [str(i.root) for i in indices]}
     info.pop("text")  # per class in results.json: training-free text follows each class
-    results = evaluate(det, indices, args.out, args.cases, args.aupro, info)
+    if args.shots:
+        info["few_shot"] = {"shots": args.shots, "seeds": seeds}
+    results = evaluate(det, indices, args.out, args.cases, args.aupro, info, args.shots, seeds)
     print(markdown_table(results))
     if info["random_weights"]:
         print("note: random CLIP weights: these numbers measure the pipeline, not the method")
@@ -451,6 +486,31 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return _report_unreadable(result["unreadable"])
 
 
+def add_reference_options(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="what", required=True, metavar="WHAT")
+    build = sub.add_parser("build", help="encode good parts into a bank file for --reference")
+    build.add_argument("images", nargs="+", metavar="PATH", help="good parts: files, folders, globs")
+    build.add_argument("--out", required=True, metavar="FILE", help="the bank file to write (.kref)")
+    add_run_options(build)
+
+
+def cmd_reference(args: argparse.Namespace) -> int:
+    from .inputs import expand_inputs
+
+    if not args.out.endswith(".kref"):
+        raise ConfigError(f"--out {args.out}: name the bank file *.kref, so that --reference recognises it")
+    paths, _ = expand_inputs(args.images)
+    det = detector(args)
+    bank = det.add_references(paths)
+    bank.save(args.out)
+    info = bank.describe()
+    print(
+        f"{bank.images} good part(s) -> {args.out}: {info['patches_per_level']} patches per level, "
+        f"{info['bytes'] / 2**20:.1f} MiB" + (f" (coreset of {bank.reduced_from})" if bank.reduced_from else "")
+    )
+    return 0
+
+
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -521,6 +581,7 @@ DETECT_EPILOG = """examples:
   kanoclip detect photos/ --out results                       training-free, default backbone (downloads once)
   kanoclip detect 'line3/*.png' --checkpoint runs/mvtec/final --threshold 0.6
   kanoclip detect part.tif --pretrained /models/ViT-L-14-336px.pt
+  kanoclip detect line3/ --reference good_parts/ --class-name screw   few-shot: a few good parts as references
   kanoclip detect examples --backbone kanoclip-tiny --pretrained none --image-size 112   offline smoke run
 
 writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.png (heatmap overlay) and DIR/maps/<name>.npy (the map
@@ -530,9 +591,20 @@ at the image's own size). A file that cannot be read is reported and skipped; ex
 EVALUATE_EPILOG = """examples:
   kanoclip evaluate /data/visa /data/mpdd --checkpoint runs/mvtec/final --out eval/
   kanoclip evaluate /data/KolektorSDD --layout kolektor-thirds --aupro anomalyclip
+  kanoclip evaluate /data/mvtec --shots 4 --shot-seeds 0,1,2        few-shot: 4 train images per class as references
 
 writes results.md, results.csv, results.json (per class and mean: image AUROC/AP/F1-max, pixel AUROC/AP/F1-max,
 AUPRO) and report.html with the best and worst images of each class.
+"""
+
+REFERENCE_EPILOG = """examples:
+  kanoclip reference build good_parts/ --out line3.kref --checkpoint runs/mvtec/final
+  kanoclip detect line3/ --reference line3.kref --checkpoint runs/mvtec/final
+  kanoclip detect line3/ --reference good_parts/ --class-name screw          training-free, references inline
+
+a bank holds the good parts' patch features and what they were made with (backbone fingerprint, resolution, taps,
+checkpoint); a bank made for another model is refused. Few-shot maps: 1 - max cosine to the bank, blended with the
+zero-shot map (reference_weight, reference_score, reference_augment, reference_max_patches in `kanoclip info`).
 """
 
 KNOWLEDGE_EPILOG = """examples:
@@ -568,6 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("train", "train prompts, Bi-CMCI and adapter on auxiliary data", add_train_options, cmd_train, TRAIN_EPILOG),
         ("serve", "an HTTP inspection service with a web page", add_serve_options, cmd_serve, SERVE_EPILOG),
         ("calibrate", "choose image and map thresholds", add_calibrate_options, cmd_calibrate, CALIBRATE_EPILOG),
+        ("reference", "few-shot: build a bank of good parts", add_reference_options, cmd_reference, REFERENCE_EPILOG),
         ("reproduce", "the zero-shot protocol end to end", add_reproduce_options, cmd_reproduce, REPRODUCE_EPILOG),
         (
             "knowledge",

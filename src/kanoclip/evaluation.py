@@ -10,6 +10,7 @@ import csv
 import html
 import io
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from ._files import atomic_write_bytes, atomic_write_json
 from .datasets import DatasetIndex, Sample
 from .datasets.base import sample_image, sample_mask
 from .detection import Detector
+from .errors import DatasetError
 from .visualize import overlay, to_png
 
 COLUMNS = [
@@ -58,6 +60,8 @@ class ClassResult:
     cases: list[Case] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
     text: dict[str, Any] = field(default_factory=dict)  # what gave this class its text features
+    per_seed: list[dict[str, float]] = field(default_factory=list)  # few-shot: the metrics of each seed
+    references: dict[str, list[str]] = field(default_factory=dict)  # few-shot: seed -> reference files
 
 
 def class_metrics(
@@ -75,34 +79,74 @@ def class_metrics(
 
 
 def evaluate_dataset(
-    detector: Detector, index: DatasetIndex, out_dir: Path, cases: int = 3, aupro_method: str = "exact"
+    detector: Detector,
+    index: DatasetIndex,
+    out_dir: Path,
+    cases: int = 3,
+    aupro_method: str = "exact",
+    shots: int = 0,
+    seeds: Sequence[int] = (0,),
 ) -> list[ClassResult]:
-    """Run the detector over every class of one dataset; write case pictures under `out_dir/assets`."""
+    """Run the detector over every class of one dataset; write case pictures under `out_dir/assets`.
+
+    With `shots` > 0 (SPEC §9, I21): per class and seed, `shots` normal images drawn from the class's train split
+    are the references; metrics are the mean over seeds (`per_seed` keeps each), and the files used are listed."""
     size = detector.image_size
     results = []
     name = index.root.name
-    bar = tqdm(total=len(index.test), desc=f"evaluate {name}", unit="image")
+    runs = list(seeds) if shots else [None]
+    bar = tqdm(total=len(index.test) * len(runs), desc=f"evaluate {name}", unit="image")
     for cls, samples in index.by_class().items():
         detector.set_class(cls)  # training-free: this class's knowledge and prompt ensemble
+        pool = [s for s in index.train if s.cls == cls]
+        if shots and len(pool) < shots:
+            raise DatasetError(
+                f"{name}/{cls}: --shots {shots} needs {shots} normal train images, the layout has {len(pool)} "
+                "(few-shot references come from the train split: MVTec AD, VisA, MPDD, BTAD, KolektorSDD thirds ...)"
+            )
         pixel_level = any(s.mask is not None for s in samples) and all(s.mask is not None for s in samples if s.label)
-        collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
-        scores, maps, ok, unreadable = collected.scores, collected.maps, collected.ok, collected.failed
         labels = np.array([s.label for s in samples])
         masks = np.stack([sample_mask(s, size) for s in samples]) if pixel_level else None
-        values = class_metrics(
-            labels[ok],
-            scores[ok],
-            None if masks is None else masks[ok],
-            maps[ok] if pixel_level else None,
-            aupro_method,
-        )
+        per_seed, references = [], {}
+        for seed in runs:
+            if seed is not None:
+                picks = [pool[i] for i in sorted(np.random.default_rng(seed).choice(len(pool), shots, replace=False))]
+                detector.clear_references()
+                detector.add_references([sample_image(p) for p in picks])
+                references[str(seed)] = [_describe_sample(p) for p in picks]
+            collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
+            ok = collected.ok
+            per_seed.append(
+                class_metrics(
+                    labels[ok],
+                    collected.scores[ok],
+                    None if masks is None else masks[ok],
+                    collected.maps[ok] if pixel_level else None,
+                    aupro_method,
+                )
+            )
+        if shots:
+            detector.clear_references()
+        values = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
         result = ClassResult(
-            name, cls, int(ok.sum()), int(labels[ok].sum()), values, unreadable=unreadable, text=detector.text_record
+            name,
+            cls,
+            int(ok.sum()),
+            int(labels[ok].sum()),
+            values,
+            unreadable=collected.failed,
+            text=detector.text_record,
+            per_seed=per_seed if shots else [],
+            references=references,
         )
-        result.cases = _cases(samples, labels, scores, maps, out_dir, name, cls, cases)
+        result.cases = _cases(samples, labels, collected.scores, collected.maps, out_dir, name, cls, cases)
         results.append(result)
     bar.close()
     return results
+
+
+def _describe_sample(sample: Sample) -> str:
+    return str(sample.image) + ("" if sample.crop is None else f" crop {list(sample.crop)}")
 
 
 def _cases(
@@ -151,26 +195,44 @@ def mean_row(results: list[ClassResult]) -> dict[str, float]:
     return out
 
 
+def std_row(results: list[ClassResult]) -> dict[str, float]:
+    """Few-shot: the standard deviation over seeds of the class mean (NaN without seeds)."""
+    seeds = min((len(r.per_seed) for r in results), default=0)
+    out = {}
+    for key, _ in COLUMNS:
+        means = []
+        for i in range(seeds):
+            values = [r.per_seed[i][key] for r in results if not math.isnan(r.per_seed[i][key])]
+            means.append(float(np.mean(values)) if values else float("nan"))
+        out[key] = float(np.std(means)) if len(means) > 1 else float("nan")
+    return out
+
+
 def _fmt(value: float) -> str:
     return "—" if math.isnan(value) else f"{100 * value:.1f}"
 
 
-def table_rows(results: list[ClassResult]) -> list[tuple[str, str, str, dict[str, float]]]:
-    """(dataset, class, images, metrics) rows: each dataset's classes, then its mean."""
+def table_rows(results: list[ClassResult]) -> list[tuple[str, str, str, dict[str, float], dict[str, float]]]:
+    """(dataset, class, images, metrics, std over seeds) rows: each dataset's classes, then its mean."""
     rows = []
     for dataset in dict.fromkeys(r.dataset for r in results):
         group = [r for r in results if r.dataset == dataset]
-        rows += [(dataset, r.cls, str(r.images), r.metrics) for r in group]
-        rows.append((dataset, "mean", str(sum(r.images for r in group)), mean_row(group)))
+        rows += [(dataset, r.cls, str(r.images), r.metrics, std_row([r])) for r in group]
+        rows.append((dataset, "mean", str(sum(r.images for r in group)), mean_row(group), std_row(group)))
     return rows
 
 
 def markdown_table(results: list[ClassResult]) -> str:
     head = "| dataset | class | images | " + " | ".join(label for _, label in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
-    for dataset, cls, n, values in table_rows(results):
+    for dataset, cls, n, values, std in table_rows(results):
         bold = "**" if cls == "mean" else ""
-        cells = " | ".join(bold + _fmt(values[k]) + bold if not math.isnan(values[k]) else "—" for k, _ in COLUMNS)
+        cells = " | ".join(
+            bold + _fmt(values[k]) + ("" if math.isnan(std[k]) else f" ± {_fmt(std[k])}") + bold
+            if not math.isnan(values[k])
+            else "—"
+            for k, _ in COLUMNS
+        )
         lines.append(f"| {dataset} | {bold}{cls}{bold} | {n} | {cells} |")
     return "\n".join(lines) + "\n"
 
@@ -183,7 +245,7 @@ def write_reports(results: list[ClassResult], out_dir: Path, info: dict[str, Any
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["dataset", "class", "images", *[k for k, _ in COLUMNS]])
-    for dataset, cls, n, values in table_rows(results):
+    for dataset, cls, n, values, _ in table_rows(results):
         writer.writerow([dataset, cls, n, *["" if math.isnan(values[k]) else f"{values[k]:.6f}" for k, _ in COLUMNS]])
     atomic_write_bytes(out_dir / "results.csv", buffer.getvalue().encode())
     document = {
@@ -211,7 +273,7 @@ def _html(results: list[ClassResult], info: dict[str, Any]) -> str:
     esc = html.escape
     head = "".join(f"<th>{esc(label)}</th>" for _, label in COLUMNS)
     rows = []
-    for dataset, cls, n, values in table_rows(results):
+    for dataset, cls, n, values, _ in table_rows(results):
         style = ' class="mean"' if cls == "mean" else ""
         cells = "".join(f"<td>{_fmt(values[k])}</td>" for k, _ in COLUMNS)
         rows.append(f"<tr{style}><td>{esc(dataset)}</td><td>{esc(cls)}</td><td>{n}</td>{cells}</tr>")
@@ -245,11 +307,13 @@ def evaluate(
     cases: int = 3,
     aupro_method: str = "exact",
     info: dict[str, Any] | None = None,
+    shots: int = 0,
+    seeds: Sequence[int] = (0, 1, 2),
 ) -> list[ClassResult]:
     """Evaluate every dataset, then write the tables and the HTML report into `out_dir`."""
     out = Path(out_dir)
     results = []
     for index in indices:
-        results += evaluate_dataset(detector, index, out, cases, aupro_method)
+        results += evaluate_dataset(detector, index, out, cases, aupro_method, shots, seeds)
     write_reports(results, out, info or {})
     return results

@@ -63,6 +63,10 @@ class MicroBatcher:
             self.task.cancel()
         self.executor.shutdown(wait=False)
 
+    async def exclusive(self, work: Any, *args: Any) -> Any:
+        """Run `work` on the forward thread, between batches: a reference update never meets a forward halfway."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
+
     async def submit(self, rgb: NDArray[np.uint8]) -> tuple[Prediction, int]:
         """The image's prediction and how many images shared its forward pass."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -181,18 +185,46 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "max_batch": cfg.max_batch,
             "max_wait_ms": cfg.max_wait_ms,
             "max_upload_bytes": cfg.max_upload_bytes,
+            "references": bank_info(),
         }
+
+    def bank_info() -> dict[str, Any]:
+        bank = detector.references
+        return {"images": 0, "patches_per_level": 0, "bytes": 0, "sha256": []} if bank is None else bank.describe()
+
+    async def decode_all(files: list[UploadFile]) -> list[tuple[bytes, NDArray[np.uint8]]]:
+        """Each upload's bytes and pixels, under the same limits and errors for detections and references."""
+        if len(files) > cfg.max_files:
+            raise HTTPException(413, f"{len(files)} files in one request; the limit is {cfg.max_files}")
+        decoded = []
+        for upload in files:
+            data = await upload.read(cfg.max_upload_bytes + 1)
+            decoded.append((data, await run_in_threadpool(decode_upload, data, upload.filename or "upload", cfg)))
+        return decoded
+
+    @app.get("/v1/references", dependencies=[Depends(authorize)])
+    async def list_references() -> dict[str, Any]:
+        """The few-shot bank: how many good parts, their sha256, patches per level and memory."""
+        return bank_info()
+
+    @app.post("/v1/references", dependencies=[Depends(authorize)])
+    async def add_references(files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
+        """Add good parts to the bank (SPEC §9); later detections are scored against it."""
+        uploads = await decode_all(files)
+        await batcher.exclusive(detector.add_references, [data for data, _ in uploads])  # sha256 of the files
+        return bank_info()
+
+    @app.delete("/v1/references", dependencies=[Depends(authorize)])
+    async def clear_references() -> dict[str, Any]:
+        """Empty the bank: back to zero-shot."""
+        await batcher.exclusive(detector.clear_references)
+        return bank_info()
 
     @app.post("/v1/detect", dependencies=[Depends(authorize)])
     async def detect(files: Annotated[list[UploadFile], File()], return_map: bool = False) -> dict[str, Any]:
         """Score each uploaded image; heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map."""
         start = time.perf_counter()
-        if len(files) > cfg.max_files:
-            raise HTTPException(413, f"{len(files)} files in one request; the limit is {cfg.max_files}")
-        arrays = []
-        for upload in files:
-            data = await upload.read(cfg.max_upload_bytes + 1)
-            arrays.append(await run_in_threadpool(decode_upload, data, upload.filename or "upload", cfg))
+        arrays = [rgb for _, rgb in await decode_all(files)]
         decoded = time.perf_counter()
         outputs = await asyncio.gather(*(batcher.submit(a) for a in arrays))
         inferred = time.perf_counter()
