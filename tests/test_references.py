@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -11,6 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from kanoclip import checkpoint
+from kanoclip.cli import main
+from kanoclip.datasets import load_dataset
 from kanoclip.detection import Detector
 from kanoclip.errors import ConfigError
 from kanoclip.images import read_image
@@ -148,3 +151,49 @@ def test_a_bank_past_its_limit_is_reduced_by_coreset(shared_data: Path) -> None:
     bank = det.references
     assert bank is not None and bank.images == 3
     assert all(level.shape[0] == 100 for level in bank.levels) and bank.reduced_from == 3 * 64
+
+
+TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+
+
+def test_reference_build_writes_a_bank_that_detect_uses_like_inline_references(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    goods = hazelnut(shared_data, 3)
+    bank = tmp_path / "line3.kref"
+    assert main(["reference", "build", *map(str, goods), "--out", str(bank), *TINY_FLAGS]) == 0
+    sources = ReferenceBank.load(bank).sources
+    assert [s["path"] for s in sources] == [str(g) for g in goods]
+    query = str(shared_data / "MVTec_derived_hazelnut_toy" / "hazelnut" / "test")
+    for name, ref in (("bank", [str(bank)]), ("inline", [str(g) for g in goods])):
+        flags = [x for r in ref for x in ("--reference", r)]
+        assert main(["detect", query, "--out", str(tmp_path / name), *flags, *TINY_FLAGS]) == 0
+    by_bank = (tmp_path / "bank" / "scores.csv").read_text()
+    assert by_bank == (tmp_path / "inline" / "scores.csv").read_text()
+    run = json.loads((tmp_path / "bank" / "run.json").read_text())
+    assert run["references"]["images"] == 3
+    assert main(["reference", "build", str(goods[0]), "--out", str(tmp_path / "x.bin"), *TINY_FLAGS]) == 2
+
+
+def test_evaluate_few_shot_draws_train_references_per_seed_and_reports_mean_and_std(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    root = shared_data / "MVTec_derived_hazelnut_toy"
+    args = ["evaluate", str(root), "--out", str(tmp_path), "--shots", "2", "--shot-seeds", "0,1", *TINY_FLAGS]
+    assert main(args) == 0
+    document = json.loads((tmp_path / "results.json").read_text())
+    (cls,) = document["classes"]
+    assert set(cls["references"]) == {"0", "1"} and all(len(v) == 2 for v in cls["references"].values())
+    assert cls["references"]["0"] != cls["references"]["1"]
+    train = {str(s.image) for s in load_dataset(root).train}
+    assert all(path in train for files in cls["references"].values() for path in files)
+    assert len(cls["per_seed"]) == 2
+    for key, value in cls["metrics"].items():
+        if value is not None:
+            assert value == pytest.approx(np.mean([m[key] for m in cls["per_seed"]]), abs=1e-12)
+    assert " ± " in (tmp_path / "results.md").read_text()
+    assert document["info"]["few_shot"] == {"shots": 2, "seeds": [0, 1]}
+    assert (
+        main(["evaluate", str(shared_data / "Kvasir-SEG"), "--out", str(tmp_path / "k"), "--shots", "1", *TINY_FLAGS])
+        == 2
+    )
