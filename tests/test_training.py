@@ -171,6 +171,7 @@ def test_reproduce_trains_on_mvtec_and_evaluates_the_other_datasets(shared_data:
     root.mkdir()
     (root / "MVTec_AD").symlink_to(shared_data / "MVTec_AD")
     (root / "Kvasir-SEG").symlink_to(shared_data / "Kvasir-SEG")
+    (root / "VisA").symlink_to(shared_data / "MVTec_derived_hazelnut_toy")  # found by name, read by its layout
     out = tmp_path / "out"
     flags = [*TINY_FLAGS, "--workers", "0", "--device", "cpu"]
     code = main(
@@ -183,11 +184,19 @@ def test_reproduce_trains_on_mvtec_and_evaluates_the_other_datasets(shared_data:
             "--general-knowledge-only",
             "--max-steps",
             "2",
+            "--shots",
+            "1",
+            "--shot-seeds",
+            "0,1",
             *flags,
         ]
     )
     assert code == 0
     table = (out / "reproduce.md").read_text()
+    few = [line for line in table.splitlines() if line.startswith("| MVTec AD | VisA | 1 |")]
+    assert len(few) == 1 and " ± " in few[0] and "WinCLIP+: 93.1 / 95.2" in few[0]  # beside the published k=1
+    assert any(line.startswith("| VisA | MVTec AD | 1 |") for line in table.splitlines())
+    assert not any(line.startswith("| Kvasir | MVTec AD | 1 |") for line in table.splitlines())  # no train split
     assert "RANDOM CLIP weights" in table
     row = next(line for line in table.splitlines() if line.startswith("| Kvasir |"))
     assert "| MVTec AD |" in row and "78.9 | 45.6" in row  # AnomalyCLIP's published Kvasir pixel AUROC, PRO

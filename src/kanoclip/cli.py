@@ -394,6 +394,13 @@ def add_reproduce_options(parser: argparse.ArgumentParser) -> None:
         metavar="DATASET=FILE",
         help='per-image VQA knowledge of a training set, e.g. "MVTec AD=mvtec_vqa.json"',
     )
+    parser.add_argument(
+        "--shots",
+        default="",
+        metavar="K,K,...",
+        help="also a few-shot table: K normal train images per class as references, e.g. 1,2,4 (default: none)",
+    )
+    parser.add_argument("--shot-seeds", default="0,1,2", metavar="S,S,...", help="few-shot draws (default 0,1,2)")
     add_train_options(parser, data=False)
 
 
@@ -413,6 +420,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
             args.batch_size,
             args.workers,
             args.precision,
+            tuple(int(k) for k in args.shots.split(",") if k.strip()),
+            tuple(int(k) for k in args.shot_seeds.split(",") if k.strip()),
         )
     )
     return 0
@@ -552,6 +561,7 @@ re-running the same command continues from the last saved state (every --checkpo
 
 REPRODUCE_EPILOG = """examples:
   kanoclip reproduce --data-root /data --general-knowledge-only
+  kanoclip reproduce --data-root /data --general-knowledge-only --shots 1,2,4      plus the few-shot table
   kanoclip reproduce --data-root /data --image-knowledge "MVTec AD=mvtec_vqa.json" --image-knowledge "VisA=visa.json"
 
 looks for folders named like mvtec_anomaly_detection, visa, mpdd, btad, KolektorSDD, dagm, dtd-synthetic, headct,
