@@ -115,6 +115,6 @@ def store(calibration: dict[str, Any], detector: Detector, out: str | Path | Non
         checkpoint.update_document(detector.checkpoint_dir, "calibration", calibration)
         return detector.checkpoint_dir / checkpoint.CONFIG
     path = Path(out or "calibration.json")
-    document = {"model": detector.model.config.to_dict(), "calibration": calibration}
+    document = {"model": detector.config.to_dict(), "calibration": calibration}
     atomic_write_json(path, document)
     return path

@@ -80,7 +80,12 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_run_options(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
+def add_run_options(
+    parser: argparse.ArgumentParser,
+    precision: str = "auto",
+    precisions: tuple[str, ...] = PRECISIONS,
+    precision_help: str = "auto: bf16 autocast on GPU, fp32 on CPU",
+) -> None:
     """A model ready to run: a checkpoint, or training-free mode on the model options. Commands that reproduce
     published tables default to fp32, as the reference implementations ran."""
     add_model_options(parser)
@@ -92,12 +97,19 @@ def add_run_options(parser: argparse.ArgumentParser, precision: str = "auto") ->
     group.add_argument(
         "--precision",
         default=precision,
-        choices=PRECISIONS,
-        help=f"auto: bf16 autocast on GPU, fp32 on CPU (default {precision})",
+        choices=precisions,
+        help=f"{precision_help} (default {precision})",
     )
     group.add_argument("--batch-size", type=int, default=8)
     group.add_argument("--workers", type=int, default=2, help="image-decoding processes (0: in the main process)")
     group.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; slow first batch)")
+    group.add_argument(
+        "--engine",
+        default="torch",
+        choices=("torch", "onnxruntime", "openvino"),
+        help="torch runs the model; onnxruntime / openvino run a folder from `kanoclip export` (--model) on the CPU",
+    )
+    group.add_argument("--model", dest="model_dir", metavar="DIR", help="with --engine: the exported folder")
     group.add_argument(
         "--calibration",
         metavar="FILE",
@@ -125,7 +137,6 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
     """The Detector every command runs: a checkpoint (with its thresholds) or training-free mode; thresholds from
     --calibration, with --threshold replacing the image threshold."""
     from .detection import Detector
-    from .thresholds import Thresholds, read_standalone
 
     overrides = {}
     if args.checkpoint:
@@ -136,6 +147,17 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
                 "--set/--config change a training-free model; a checkpoint keeps its own config "
                 "(only --backbone, --pretrained and --image-size may point elsewhere)"
             )
+    if args.engine != "torch":
+        det = Detector(
+            overrides={"image_size": args.image_size} if args.image_size else None,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            engine=args.engine,
+            model_dir=args.model_dir,
+            references=args.reference or None,
+            checkpoint_dir=args.checkpoint,
+        )
+        return _with_thresholds(det, args, threshold)
     banks = [r for r in args.reference if r.endswith(".kref")]
     if banks and (len(banks) > 1 or len(args.reference) > 1):
         raise ConfigError("--reference takes one bank file (.kref), or images/folders/globs, not both")
@@ -156,8 +178,15 @@ def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
             f"references: {det.references.images} good part(s), {det.references.describe()['patches_per_level']} "
             "patches per level"
         )
+    return _with_thresholds(det, args, threshold)
+
+
+def _with_thresholds(det: Any, args: argparse.Namespace, threshold: float | None) -> Any:
+    """Thresholds from --calibration, then --threshold replacing the image threshold."""
+    from .thresholds import Thresholds, read_standalone
+
     if args.calibration:
-        det.thresholds = read_standalone(args.calibration, det.model.config.to_dict())[0]
+        det.thresholds = read_standalone(args.calibration, det.config.to_dict())[0]
     if threshold is not None:
         det.thresholds = Thresholds(threshold, det.thresholds.map)
     return det
@@ -520,6 +549,36 @@ def cmd_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", default="onnx", choices=("onnx", "openvino"), help="default onnx")
+    parser.add_argument(
+        "--calibration-images", nargs="+", default=[], metavar="PATH", help="int8: images to quantise on (your own)"
+    )
+    parser.add_argument("--out", required=True, metavar="DIR", help="the folder to write (model + manifest.json)")
+    add_run_options(
+        parser,
+        "fp32",
+        ("fp32", "fp16", "bf16", "int8"),
+        "the exported model's: onnx fp32; openvino fp32, fp16 (weights), bf16 (compute), int8 (NNCF, needs "
+        "--calibration-images)",
+    )
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+    from .inputs import expand_inputs
+
+    calibration = expand_inputs(args.calibration_images)[0] if args.calibration_images else []
+    precision, args.precision = args.precision, "fp32"  # the graph is traced in fp32, then converted
+    folder = export(detector(args), args.out, args.format, precision, calibration)
+    print(f"exported -> {folder} (manifest.json says what it holds)")
+    print(
+        f"run it: kanoclip detect IMAGES --engine {'openvino' if args.format == 'openvino' else 'onnxruntime'} "
+        f"--model {folder}"
+    )
+    return 0
+
+
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
@@ -607,6 +666,17 @@ writes results.md, results.csv, results.json (per class and mean: image AUROC/AP
 AUPRO) and report.html with the best and worst images of each class.
 """
 
+EXPORT_EPILOG = """examples:
+  kanoclip export --checkpoint runs/mvtec/final --out model-onnx                     ONNX, fp32
+  kanoclip export --checkpoint runs/mvtec/final --format openvino --precision bf16 --out model-ov
+  kanoclip export --class-name screw --reference good/ --format openvino --precision int8 \\
+      --calibration-images 'line3/*.png' --out screw-int8
+  kanoclip detect line3/ --engine openvino --model model-ov                        then run it
+
+one graph from RGB in [0, 1] at the run resolution to scores and maps: text features, references and thresholds are
+baked in, the batch is dynamic. Needs the export extra: pip install 'kanoclip[export]'.
+"""
+
 REFERENCE_EPILOG = """examples:
   kanoclip reference build good_parts/ --out line3.kref --checkpoint runs/mvtec/final
   kanoclip detect line3/ --reference line3.kref --checkpoint runs/mvtec/final
@@ -651,6 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("serve", "an HTTP inspection service with a web page", add_serve_options, cmd_serve, SERVE_EPILOG),
         ("calibrate", "choose image and map thresholds", add_calibrate_options, cmd_calibrate, CALIBRATE_EPILOG),
         ("reference", "few-shot: build a bank of good parts", add_reference_options, cmd_reference, REFERENCE_EPILOG),
+        ("export", "ONNX / OpenVINO for CPUs and edge boxes", add_export_options, cmd_export, EXPORT_EPILOG),
         ("reproduce", "the zero-shot protocol end to end", add_reproduce_options, cmd_reproduce, REPRODUCE_EPILOG),
         (
             "knowledge",

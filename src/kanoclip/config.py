@@ -110,7 +110,7 @@ class KAnoCLIPConfig(_JsonConfig):
     reference_score: str = "mean"  # "mean": (zero-shot score + max of the reference map) / 2; "zero-shot": unchanged
     reference_augment: str = "none"  # "rot90": the references also at 90/180/270 degrees; "rot90+flip": x8
     reference_max_patches: int = 20_000  # per level; past it, PatchCore's greedy coreset (0: no limit)
-    reference_chunk: int = 2048  # rows per block of the nearest-neighbour search (memory: chunk^2 similarities)
+    reference_chunk: int = 2048  # bank rows per block of the nearest-neighbour search (memory: query x chunk)
 
     # Scoring (I10-I12).
     temperature: float = 0.07

@@ -27,6 +27,7 @@ from . import checkpoint
 from ._files import atomic_write_bytes, atomic_write_json, npy_bytes
 from .config import KAnoCLIPConfig
 from .devices import autocast_dtype, die_with_parent, resolve_device
+from .engines import exported_forward
 from .errors import ConfigError, KanoclipError
 from .images import Crop, crop_array, read_image, to_rgb
 from .inputs import expand_inputs, output_names
@@ -111,6 +112,8 @@ class Detector:
         thresholds: decision thresholds; default: the checkpoint's calibration, if any.
         references: good parts (SPEC §9): a bank file from `kanoclip reference build`, a `ReferenceBank`, or
             images (paths, bytes, arrays, PIL); `add_references` adds more, `clear_references` returns to zero-shot.
+        engine, model_dir: "torch" runs the model; "onnxruntime" / "openvino" run a folder written by
+            `kanoclip export` (its text, references and thresholds were baked in at export) on the CPU.
     """
 
     def __init__(
@@ -126,11 +129,20 @@ class Detector:
         compile: bool = False,
         thresholds: Thresholds | None = None,
         references: str | Path | ReferenceBank | Sequence[ImageLike] | None = None,
+        engine: str = "torch",
+        model_dir: str | Path | None = None,
     ) -> None:
+        self.engine, self.model_dir = engine, model_dir
+        self.batch_size, self.workers = batch_size, workers
+        self.references: ReferenceBank | None = None
+        self.model: KAnoCLIP | None = None
+        self.manifest: dict[str, Any] | None = None
+        if engine != "torch":
+            self._load_exported(engine, model_dir, checkpoint_dir, overrides, thresholds, references)
+            return
         self.device = resolve_device(device)
         self.dtype = autocast_dtype(self.device, precision)
         self.precision = precision
-        self.batch_size, self.workers = batch_size, workers
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         checkpoint_thresholds = Thresholds()
         if checkpoint_dir is not None:
@@ -141,13 +153,13 @@ class Detector:
         else:
             self.model = KAnoCLIP((config or KAnoCLIPConfig()).replace(**(overrides or {})))
         self.thresholds = thresholds if thresholds is not None else checkpoint_thresholds
+        self.config = self.model.config
         self.model.eval().to(self.device)
         self._class_text: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
         self.text_record: dict[str, Any] = {"source": "learned prompts (checkpoint)"}
         if checkpoint_dir is None:
             self.set_class(class_name)
-        self._checkpoint_sha = checkpoint.weights_sha256(checkpoint_dir) if checkpoint_dir is not None else None
-        self.references: ReferenceBank | None = None
+        self.checkpoint_sha256 = checkpoint.weights_sha256(checkpoint_dir) if checkpoint_dir is not None else None
         if isinstance(references, ReferenceBank) or (
             isinstance(references, str | Path) and Path(references).is_file() and Path(references).suffix == ".kref"
         ):
@@ -158,13 +170,43 @@ class Detector:
             self.add_references(expand_inputs(paths)[0] if len(paths) == len(items) else items)
         self._forward = torch.compile(self.model) if compile else self.model
 
+    def _load_exported(
+        self,
+        engine: str,
+        model_dir: str | Path | None,
+        checkpoint_dir: str | Path | None,
+        overrides: dict[str, Any] | None,
+        thresholds: Thresholds | None,
+        references: object,
+    ) -> None:
+        """An exported folder: the manifest gives the config, text, bank and thresholds it was exported with."""
+        if model_dir is None:
+            raise ConfigError(f"--engine {engine} runs an exported folder: pass --model DIR (from `kanoclip export`)")
+        if checkpoint_dir is not None or references is not None:
+            raise ConfigError(
+                "an exported model carries its checkpoint and references: export again with them instead of passing "
+                "--checkpoint/--reference beside --model"
+            )
+        self._graph, self.manifest = exported_forward(engine, model_dir, (overrides or {}).get("image_size"))
+        self.device, self.dtype, self.precision = torch.device("cpu"), None, self.manifest["precision"]
+        self.checkpoint_dir, self.checkpoint_sha256 = None, self.manifest["checkpoint_sha256"]
+        self.config = KAnoCLIPConfig.from_dict(self.manifest["config"])
+        baked = self.manifest["thresholds"]
+        self.thresholds = thresholds if thresholds is not None else Thresholds(baked["image"], baked["map"])
+        self.text_record = {**self.manifest["text"], "baked_at_export": True}
+
     @property
     def training_free(self) -> bool:
-        return self.checkpoint_dir is None
+        return self.checkpoint_dir is None and self.model is not None
 
     @property
     def image_size(self) -> int:
-        return self.model.config.image_size
+        return self.config.image_size
+
+    def _torch_model(self, what: str) -> KAnoCLIP:
+        if self.model is None:
+            raise ConfigError(f"{what} needs the PyTorch engine: an exported model has it baked in; export again")
+        return self.model
 
     def set_class(self, name: str) -> None:
         """Training-free mode: text features for this class (computed once per class); a checkpoint's learned
@@ -173,33 +215,35 @@ class Detector:
             return
         from .knowledge import training_free_text
 
+        model = self._torch_model("set_class")
         if name not in self._class_text:
-            self._class_text[name] = training_free_text(self.model, name)
+            self._class_text[name] = training_free_text(model, name)
         text, self.text_record = self._class_text[name]
-        self.model.use_text_features(text)
+        model.use_text_features(text)
 
     def reference_identity(self) -> dict[str, Any]:
         """What a reference bank must have been built with to be used here."""
-        cfg = self.model.config
+        cfg = self.config
         return {
-            "backbone_fingerprint": self.model.backbone_fingerprint,
+            "backbone_fingerprint": self._torch_model("references").backbone_fingerprint,
             "image_size": cfg.image_size,
             "vv_start_layer": cfg.vv_start_layer,
             "tap_layers": list(cfg.tap_layers or ()),
             "tap_mode": cfg.tap_mode,
-            "checkpoint_sha256": self._checkpoint_sha,
+            "checkpoint_sha256": self.checkpoint_sha256,
         }
 
     def use_references(self, bank: ReferenceBank | None) -> None:
         """Score against this bank from now on (None: zero-shot); a bank made for another model is refused. The
         model's bank is swapped in one assignment, so a forward sees the old bank or the new one, never a mix."""
+        model = self._torch_model("references")
         if bank is None:
-            self.references, self.model.reference_levels = None, None
+            self.references, model.reference_levels = None, None
             return
         bank.check(self.reference_identity())
         dtype = torch.float16 if self.device.type == "cuda" else torch.float32  # fp16 banks on GPU (SPEC §9)
         levels = [t.to(self.device, dtype) for t in bank.levels]
-        self.references, self.model.reference_levels = bank, levels
+        self.references, model.reference_levels = bank, levels
 
     def clear_references(self) -> None:
         self.use_references(None)
@@ -207,7 +251,7 @@ class Detector:
     def add_references(self, images: Sequence[ImageLike]) -> ReferenceBank:
         """Good parts into the bank (decoded here; an unreadable one is an error: a reference must be trusted).
         Augmented as `reference_augment` says; reduced by coreset past `reference_max_patches` per level."""
-        cfg = self.model.config
+        model, cfg = self._torch_model("add_references"), self.config
         arrays = [_as_rgb(image) for image in images]
         sources = [{"path": _source(i), "sha256": _sha256(i, a)} for i, a in zip(images, arrays, strict=True)]
         chunks: list[list[torch.Tensor]] = []
@@ -215,7 +259,7 @@ class Detector:
             pixels = torch.stack([to_tensor(a, self.image_size) for a in arrays[start : start + self.batch_size]])
             pixels = _augmented(pixels, cfg.reference_augment).to(self.device)
             with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
-                chunks.append(self.model.reference_features(pixels))
+                chunks.append(model.reference_features(pixels))
         new = [torch.cat([c[i] for c in chunks]).float().cpu() for i in range(len(chunks[0]))] if chunks else []
         bank = self.references or ReferenceBank([torch.empty(0, 0) for _ in new], self.reference_identity())
         if new:
@@ -225,22 +269,26 @@ class Detector:
 
     def describe(self) -> dict[str, Any]:
         """What produced the outputs, written beside them: model, resolved config, text, thresholds, precision."""
+        exported = self.manifest or {}
         return {
-            "model": self.model.backbone_source,
-            "backbone_fingerprint": self.model.backbone_fingerprint,
-            "checkpoint": str(self.checkpoint_dir) if self.checkpoint_dir else None,
-            "config": self.model.config.to_dict(),
+            "model": self.model.backbone_source if self.model else exported["model"],
+            "backbone_fingerprint": self.model.backbone_fingerprint if self.model else exported["backbone_fingerprint"],
+            "checkpoint": str(self.checkpoint_dir) if self.checkpoint_dir else exported.get("checkpoint"),
+            "config": self.config.to_dict(),
             "text": self.text_record,
             "thresholds": {"image": self.thresholds.image, "map": self.thresholds.map},
+            "engine": self.engine if self.model else f"{self.engine} ({self.model_dir})",
             "device": str(self.device),
             "precision": self.precision,
-            "random_weights": self.model.config.pretrained == "none",
-            "references": None if self.references is None else self.references.describe(),
+            "random_weights": self.config.pretrained == "none",
+            "references": self.references.describe() if self.references else exported.get("references"),
         }
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] at the run size -> scores (B,) and maps (B, S, S), float32 on the CPU."""
+        if self.model is None:
+            return self._graph(pixels.float())
         pixels = pixels.to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             out = self._forward(pixels)

@@ -27,14 +27,13 @@ BANK_FORMAT = "kanoclip-reference-bank/1"
 
 
 def nearest_cosine_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 2048) -> torch.Tensor:
-    """1 − max_j cos(query_i, bank_j) for unit rows: query (N, D), bank (M, D) -> (N,). Blocks of `chunk` rows on
-    both sides keep memory at chunk² similarities."""
-    best = torch.full((query.shape[0],), -torch.inf, dtype=torch.float32, device=query.device)
-    for i in range(0, query.shape[0], chunk):
-        q = query[i : i + chunk].to(bank.dtype)
-        for j in range(0, bank.shape[0], chunk):
-            similarity = (q @ bank[j : j + chunk].t()).amax(dim=1).float()
-            best[i : i + chunk] = torch.maximum(best[i : i + chunk], similarity)
+    """1 − max_j cos(query_i, bank_j) for unit rows: query (N, D), bank (M, D) -> (N,). The bank is searched in
+    blocks of `chunk` rows, so memory holds N x chunk similarities, never N x M. Only the bank (a constant) is cut:
+    a loop over the query's length would fix the batch size of an exported graph."""
+    q = query.to(bank.dtype)
+    best = (q @ bank[:chunk].t()).amax(dim=1).float()
+    for j in range(chunk, bank.shape[0], chunk):
+        best = torch.maximum(best, (q @ bank[j : j + chunk].t()).amax(dim=1).float())
     return 1 - best
 
 

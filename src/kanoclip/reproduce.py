@@ -222,7 +222,7 @@ def reproduce(
         )
         detector = Detector(final, device=device, precision=precision, batch_size=batch_size, workers=workers)
         for name in run.evaluate:
-            info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.model.backbone_source}
+            info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.describe()["model"]}
             where = out / f"eval_{_normalise(name)}_from_{_normalise(run.train_on)}"
             results[f"{name}|{run.train_on}"] = evaluate(
                 detector, [indices[name]], where, aupro_method="anomalyclip", info=info

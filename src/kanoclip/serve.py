@@ -173,8 +173,9 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
     async def info() -> dict[str, Any]:
         return {
             "version": __version__,
-            "backbone": detector.model.backbone_source,
-            "random_weights": detector.model.config.pretrained == "none",
+            "backbone": detector.describe()["model"],
+            "engine": detector.describe()["engine"],
+            "random_weights": detector.config.pretrained == "none",
             "checkpoint": str(detector.checkpoint_dir) if detector.checkpoint_dir else None,
             "checkpoint_sha256": sha,
             "mode": "checkpoint" if detector.checkpoint_dir else "training-free",

@@ -1,0 +1,133 @@
+"""`kanoclip export`: one graph from RGB in [0, 1] at the run resolution to scores and maps (SPEC §10).
+
+Normalisation, CLIP-VV, the head, the map blur and any reference bank are inside the graph; text features (learned
+prompts or training-free knowledge) are baked in as constants; the batch is dynamic and the resolution fixed. ONNX
+through `torch.onnx.export(dynamo=True)`; OpenVINO converted from that ONNX, with fp16-compressed weights, or int8
+by NNCF's post-training quantisation on calibration images the user gives. The folder is written whole or not at
+all, with a manifest that says what it holds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import __version__
+from ._files import atomic_write_json
+from .detection import Detector, to_tensor
+from .engines import MANIFEST, require
+from .errors import ConfigError
+from .images import read_image
+
+FORMATS = {"onnx": ("fp32",), "openvino": ("fp32", "fp16", "bf16", "int8")}
+OPSET = 18
+
+
+class _Graph(nn.Module):
+    """The model as the exported graph sees it: images in, (scores, maps) out at the run resolution."""
+
+    def __init__(self, detector: Detector) -> None:
+        super().__init__()
+        assert detector.model is not None
+        self.model = detector.model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return out.scores, out.maps
+
+
+def export(
+    detector: Detector,
+    out_dir: str | Path,
+    fmt: str = "onnx",
+    precision: str = "fp32",
+    calibration_images: Sequence[str | Path] = (),
+) -> Path:
+    """Write `out_dir` with the model file(s) and manifest.json; returns the folder."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {sorted(FORMATS)}, got {fmt!r}")
+    if precision not in FORMATS[fmt]:
+        raise ConfigError(f"{fmt} exports take --precision {'|'.join(FORMATS[fmt])}, got {precision!r}")
+    if precision == "int8" and not calibration_images:
+        raise ConfigError("int8 needs --calibration-images: a few hundred of your own images (good parts will do)")
+    if detector.model is None:
+        raise ConfigError("export runs on the PyTorch engine: drop --engine/--model")
+    require("onnx"), require("onnxscript")
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        files = _write_graph(detector, staging, fmt, precision, calibration_images)
+        atomic_write_json(staging / MANIFEST, manifest(detector, fmt, precision, files), indent=2)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _write_graph(
+    detector: Detector, folder: Path, fmt: str, precision: str, calibration_images: Sequence[str | Path]
+) -> dict[str, str]:
+    model = detector.model
+    assert model is not None
+    size = detector.image_size
+    example = torch.rand(2, 3, size, size, device=detector.device)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.no_grad():
+        model._prompt_cache = model.text_features()  # learned prompts encoded once: a constant of the graph
+        torch.onnx.export(
+            _Graph(detector).eval(),
+            (example,),
+            str(folder / "model.onnx"),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=["images"],
+            output_names=["scores", "maps"],
+            dynamic_shapes={"images": {0: batch}},
+            verbose=False,
+        )
+    if fmt == "onnx":
+        return {"model": "model.onnx"}
+    ov = require("openvino")
+    ov_model = ov.convert_model(str(folder / "model.onnx"))
+    if precision == "int8":
+        nncf = require("nncf")
+        pixels = [to_tensor(read_image(p), size)[None].numpy() for p in calibration_images]
+        ov_model = nncf.quantize(
+            ov_model, nncf.Dataset(pixels), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels)
+        )
+    ov.save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=precision == "fp16")
+    (folder / "model.onnx").unlink()
+    return {"model": "model.xml", "weights": "model.bin"}
+
+
+def manifest(detector: Detector, fmt: str, precision: str, files: dict[str, str]) -> dict[str, Any]:
+    """Everything needed to run the folder and to know what it is."""
+    size = detector.image_size
+    described = detector.describe()
+    return {
+        "kanoclip_version": __version__,
+        "format": fmt,
+        "precision": precision,
+        "opset": OPSET,
+        "files": files,
+        "image_size": size,
+        "input": {
+            "name": "images",
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "meaning": f"RGB in [0, 1], resized to {size} x {size} (bicubic, antialiased); normalised inside",
+        },
+        "outputs": {"scores": ["batch"], "maps": ["batch", size, size]},
+        **{k: described[k] for k in ("model", "backbone_fingerprint", "checkpoint", "config", "text", "references")},
+        "checkpoint_sha256": detector.checkpoint_sha256,
+        "thresholds": described["thresholds"],
+    }
