@@ -118,3 +118,19 @@ def test_export_errors_say_what_to_do(tmp_path: Path) -> None:
     assert main([*base, "--precision", "int8"]) == 2  # onnx exports are fp32
     assert main([*base, "--format", "openvino", "--precision", "int8"]) == 2  # int8 needs calibration images
     assert not (tmp_path / "x").exists()
+
+
+def test_int8_through_nncf_runs_and_stays_close_to_fp32(shared_data: Path, tmp_path: Path) -> None:
+    calibration = [str(p) for p in sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("train/good/*"))[:8]]
+    out = tmp_path / "int8"
+    args = ["export", "--format", "openvino", "--precision", "int8", "--out", str(out), *TINY_FLAGS]
+    assert main([*args, "--calibration-images", *calibration]) == 0
+    assert read_manifest(out)["precision"] == "int8"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = Detector(config=TINY, device="cpu", workers=0)
+    det = Detector(engine="openvino", model_dir=out, workers=0)
+    files = real_images(shared_data)
+    want = np.stack([p.anomaly_map for p in reference.run(files, own_size=False)])  # type: ignore[misc]
+    got = np.stack([p.anomaly_map for p in det.run(files, own_size=False)])  # type: ignore[misc]
+    assert np.isfinite(got).all() and np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.9

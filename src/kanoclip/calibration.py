@@ -87,6 +87,8 @@ def calibrate(
     pixel_f1 = bool(anomalous) and all(s.mask is not None for s in anomalous)
     with tqdm(total=len(samples), desc="calibrate", unit="image") as bar:
         collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
+    if collected is None:
+        raise ConfigError("calibrate runs in one process: start it without torchrun")
     scores, maps, ok = collected.scores, collected.maps, collected.ok
     labels = np.array([s.label for s in samples])
     if anomalous:

@@ -201,13 +201,27 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
         help="label images with score >= T as anomalous (1); default: the checkpoint's calibration, if any",
     )
     parser.add_argument("--no-maps", action="store_true", help="write scores.csv only")
+    group = parser.add_argument_group("many machines (Ray Data; pip install 'kanoclip[ray]')")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="score on Ray: alone, a local instance on 127.0.0.1 (or the cluster RAY_ADDRESS names); ADDRESS "
+        "(auto, ray://HOST:PORT) joins a cluster. Inputs may also be list files (.txt, .parquet 'path') and URIs",
+    )
+    group.add_argument("--ray-workers", type=int, default=1, help="actors, each holding one model (default 1)")
+    group.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0)")
     add_run_options(parser)
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from .detection import detect_files
 
-    summary = detect_files(detector(args, args.threshold), args.inputs, args.out, save_maps=not args.no_maps)
+    if args.ray is not None:
+        summary = detect_with_ray(args)
+    else:
+        summary = detect_files(detector(args, args.threshold), args.inputs, args.out, save_maps=not args.no_maps)
     done = summary.images - len(summary.failed)
     print(
         f"{done} of {summary.images} images scored -> {summary.scores_csv}"
@@ -218,6 +232,43 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for _, reason in summary.failed:
         print(f"  failed: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def detect_with_ray(args: argparse.Namespace) -> Any:
+    """The same Detector arguments as a local run, handed to every Ray actor."""
+    from .scale_out import detect_on_ray
+    from .thresholds import Thresholds, read_standalone
+
+    thresholds = None
+    if args.calibration or args.threshold is not None:
+        base = read_standalone(args.calibration)[0] if args.calibration else Thresholds()
+        thresholds = Thresholds(args.threshold if args.threshold is not None else base.image, base.map)
+    local = args.engine == "torch"
+    detector_args = {
+        "checkpoint_dir": args.checkpoint,
+        "config": None if args.checkpoint or not local else model_config(args),
+        "device": "cuda" if args.gpus_per_worker > 0 else "cpu",
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+        "workers": 0,  # decoding runs in Ray tasks
+        "class_name": args.class_name,
+        "thresholds": thresholds,
+        "references": args.reference[0]
+        if len(args.reference) == 1 and args.reference[0].endswith(".kref")
+        else (args.reference or None),
+        "engine": args.engine,
+        "model_dir": args.model_dir,
+    }
+    return detect_on_ray(
+        detector_args,
+        args.inputs,
+        args.out,
+        args.ray or None,
+        args.ray_workers,
+        args.gpus_per_worker,
+        args.batch_size,
+        not args.no_maps,
+    )
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
@@ -249,11 +300,19 @@ def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .datasets import load_dataset
+    from .distributed import init_distributed
     from .evaluation import evaluate, markdown_table
 
+    place = init_distributed(args.device)  # under torchrun: images sharded over ranks, metrics on rank 0
+    if place.world > 1 and args.device != "cpu" and args.engine == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            args.device = f"cuda:{place.local_rank}"
     indices = [load_dataset(path, args.layout) for path in args.datasets]
     for index in indices:
-        print(index.summary())
+        if place.main:
+            print(index.summary())
     det = detector(args)
     seeds = [int(x) for x in args.shot_seeds.split(",") if x.strip()]
     if args.shots < 0 or (args.shots and not seeds):
@@ -262,7 +321,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     info.pop("text")  # per class in results.json: training-free text follows each class
     if args.shots:
         info["few_shot"] = {"shots": args.shots, "seeds": seeds}
+    if place.world > 1:
+        info["processes"] = place.world
     results = evaluate(det, indices, args.out, args.cases, args.aupro, info, args.shots, seeds)
+    if not place.main:
+        return 0
     print(markdown_table(results))
     if info["random_weights"]:
         print("note: random CLIP weights: these numbers measure the pipeline, not the method")

@@ -23,7 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import checkpoint
+from . import checkpoint, distributed
 from ._files import atomic_write_bytes, atomic_write_json, npy_bytes
 from .config import KAnoCLIPConfig
 from .devices import autocast_dtype, die_with_parent, resolve_device
@@ -349,17 +349,29 @@ class Detector:
             if progress is not None:
                 progress.update(len(batch))
 
-    def collect(self, items: Sequence[tuple[str | Path, Crop | None]], progress: Any = None) -> Collected:
+    def collect(self, items: Sequence[tuple[str | Path, Crop | None]], progress: Any = None) -> Collected | None:
         """Scores and run-resolution maps (float16) of many images, for metrics and thresholds; memory is one
-        float16 map per image."""
+        float16 map per image. Under `torchrun` each rank runs its whole batches (`shard_batches`) and rank 0 gets
+        everything, in order, exactly as one process would have computed it; other ranks get None."""
+        place = distributed.current()
+        mine = distributed.shard_batches(len(items), self.batch_size, place)
         size = self.image_size
-        out = Collected(np.full(len(items), np.nan), np.zeros((len(items), size, size), dtype=np.float16))
-        for i, p in enumerate(self.run(items, own_size=False, progress=progress)):
+        out = Collected(np.full(len(mine), np.nan), np.zeros((len(mine), size, size), dtype=np.float16))
+        for i, p in enumerate(self.run([items[j] for j in mine], own_size=False, progress=progress)):
             if p.error is not None or p.pred_score is None:
                 out.failed.append(p.error or "unknown error")
                 continue
             out.scores[i], out.maps[i] = p.pred_score, p.anomaly_map
-        return out
+        if place.world == 1:
+            return out
+        parts = distributed.gather_to_main((mine, out), place)
+        if parts is None:
+            return None
+        merged = Collected(np.full(len(items), np.nan), np.zeros((len(items), size, size), dtype=np.float16))
+        for indices, part in parts:
+            merged.scores[indices], merged.maps[indices] = part.scores, part.maps
+            merged.failed += part.failed
+        return merged
 
 
 def _augmented(pixels: torch.Tensor, mode: str) -> torch.Tensor:
@@ -409,6 +421,19 @@ class DetectSummary:
     scores_csv: Path
 
 
+def write_outputs(out: Path, name: str, p: Prediction, save_maps: bool) -> str:
+    """One image's files below `out` (the map, its overlay and, with a map threshold, its mask), each written
+    atomically; returns the map's path relative to `out`, as scores.csv names it."""
+    map_file = f"maps/{name}.npy"
+    if save_maps and p.image is not None and p.anomaly_map is not None:
+        atomic_write_bytes(out / map_file, npy_bytes(p.anomaly_map))
+        picture = overlay(p.image, p.anomaly_map, mask=p.pred_mask)
+        atomic_write_bytes(out / f"maps/{name}.overlay.png", to_png(picture))
+        if p.pred_mask is not None:
+            atomic_write_bytes(out / f"maps/{name}.mask.png", to_png(mask_image(p.pred_mask)))
+    return map_file
+
+
 def detect_files(
     detector: Detector,
     inputs: Sequence[str | Path],
@@ -436,16 +461,10 @@ def detect_files(
             if p.error is not None or p.pred_score is None or p.anomaly_map is None:
                 failed.append((p.source, p.error or "unknown error"))
                 continue
-            map_file = f"maps/{name}.npy"
+            map_file = write_outputs(out, name, p, save_maps)
             label = [p.pred_label] if labelled else []
             writer.writerow([p.source, f"{p.pred_score:.6f}", *label, *([map_file] if save_maps else [])])
             f.flush()
-            if save_maps and p.image is not None:
-                atomic_write_bytes(out / map_file, npy_bytes(p.anomaly_map))
-                picture = overlay(p.image, p.anomaly_map, mask=p.pred_mask)
-                atomic_write_bytes(out / f"maps/{name}.overlay.png", to_png(picture))
-                if p.pred_mask is not None:
-                    atomic_write_bytes(out / f"maps/{name}.mask.png", to_png(mask_image(p.pred_mask)))
     bar.close()
     partial.replace(out / "scores.csv")
     return DetectSummary(len(paths), failed, skipped, out / "scores.csv")

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from . import metrics
+from . import distributed, metrics
 from ._files import atomic_write_bytes, atomic_write_json
 from .datasets import DatasetIndex, Sample
 from .datasets.base import sample_image, sample_mask
@@ -95,7 +95,8 @@ def evaluate_dataset(
     results = []
     name = index.root.name
     runs = list(seeds) if shots else [None]
-    bar = tqdm(total=len(index.test) * len(runs), desc=f"evaluate {name}", unit="image")
+    main = distributed.current().main
+    bar = tqdm(total=len(index.test) * len(runs), desc=f"evaluate {name}", unit="image", disable=not main)
     for cls, samples in index.by_class().items():
         detector.set_class(cls)  # training-free: this class's knowledge and prompt ensemble
         pool = [s for s in index.train if s.cls == cls]
@@ -115,6 +116,8 @@ def evaluate_dataset(
                 detector.add_references([sample_image(p) for p in picks])
                 references[str(seed)] = [_describe_sample(p) for p in picks]
             collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
+            if collected is None:  # another rank under torchrun: rank 0 computes the metrics
+                continue
             ok = collected.ok
             per_seed.append(
                 class_metrics(
@@ -127,6 +130,8 @@ def evaluate_dataset(
             )
         if shots:
             detector.clear_references()
+        if collected is None:
+            continue
         values = {k: float(np.mean([m[k] for m in per_seed])) for k in per_seed[0]}
         result = ClassResult(
             name,
@@ -315,5 +320,6 @@ def evaluate(
     results = []
     for index in indices:
         results += evaluate_dataset(detector, index, out, cases, aupro_method, shots, seeds)
-    write_reports(results, out, info or {})
+    if distributed.current().main:
+        write_reports(results, out, info or {})
     return results

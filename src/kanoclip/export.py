@@ -3,7 +3,8 @@
 Normalisation, CLIP-VV, the head, the map blur and any reference bank are inside the graph; text features (learned
 prompts or training-free knowledge) are baked in as constants; the batch is dynamic and the resolution fixed. ONNX
 through `torch.onnx.export(dynamo=True)`; OpenVINO converted from that ONNX, with fp16-compressed weights, or int8
-by NNCF's post-training quantisation on calibration images the user gives. The folder is written whole or not at
+by NNCF's post-training quantisation (matmuls and convolutions; softmax, norms and the blur stay in floating point)
+on calibration images the user gives. The folder is written whole or not at
 all, with a manifest that says what it holds.
 """
 
@@ -101,8 +102,10 @@ def _write_graph(
     if precision == "int8":
         nncf = require("nncf")
         pixels = [to_tensor(read_image(p), size)[None].numpy() for p in calibration_images]
+        # the MIXED preset (symmetric weights, asymmetric activations) suits transformer activations; NNCF's
+        # TRANSFORMER model type gives, with OpenVINO 2026.4, a graph whose dynamic batch no longer compiles
         ov_model = nncf.quantize(
-            ov_model, nncf.Dataset(pixels), model_type=nncf.ModelType.TRANSFORMER, subset_size=len(pixels)
+            ov_model, nncf.Dataset(pixels), preset=nncf.QuantizationPreset.MIXED, subset_size=len(pixels)
         )
     ov.save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=precision == "fp16")
     (folder / "model.onnx").unlink()

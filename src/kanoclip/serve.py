@@ -29,7 +29,7 @@ from PIL import Image
 from . import __version__
 from ._files import npy_bytes
 from .detection import Detector, Prediction
-from .errors import ImageReadError
+from .errors import ImageReadError, KanoclipError
 from .images import read_image
 from .visualize import mask_image, overlay, to_png
 
@@ -190,8 +190,8 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         }
 
     def bank_info() -> dict[str, Any]:
-        bank = detector.references
-        return {"images": 0, "patches_per_level": 0, "bytes": 0, "sha256": []} if bank is None else bank.describe()
+        bank = detector.describe()["references"]
+        return bank or {"images": 0, "patches_per_level": 0, "reduced_from": 0, "bytes": 0, "sha256": []}
 
     async def decode_all(files: list[UploadFile]) -> list[tuple[bytes, NDArray[np.uint8]]]:
         """Each upload's bytes and pixels, under the same limits and errors for detections and references."""
@@ -212,13 +212,19 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
     async def add_references(files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
         """Add good parts to the bank (SPEC §9); later detections are scored against it."""
         uploads = await decode_all(files)
-        await batcher.exclusive(detector.add_references, [data for data, _ in uploads])  # sha256 of the files
+        try:
+            await batcher.exclusive(detector.add_references, [data for data, _ in uploads])  # sha256 of the files
+        except KanoclipError as e:  # an exported engine's bank is baked in
+            raise HTTPException(409, str(e)) from None
         return bank_info()
 
     @app.delete("/v1/references", dependencies=[Depends(authorize)])
     async def clear_references() -> dict[str, Any]:
         """Empty the bank: back to zero-shot."""
-        await batcher.exclusive(detector.clear_references)
+        try:
+            await batcher.exclusive(detector.clear_references)
+        except KanoclipError as e:
+            raise HTTPException(409, str(e)) from None
         return bank_info()
 
     @app.post("/v1/detect", dependencies=[Depends(authorize)])

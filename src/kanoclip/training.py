@@ -12,9 +12,7 @@ import hashlib
 import io
 import json
 import math
-import os
 import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +31,7 @@ from .datasets import DatasetIndex, Sample
 from .datasets.base import sample_image, sample_mask
 from .detection import to_tensor
 from .devices import autocast_dtype, die_with_parent, resolve_device
+from .distributed import init_distributed
 from .errors import ConfigError, KnowledgeError
 from .knowledge import KnowledgeBase, encode_sentences, knowledge_targets
 from .knowledge.base import ImageKnowledge, image_key
@@ -74,31 +73,6 @@ class _TrainStep(nn.Module):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         out = self.model.forward_train(pixels)
         return out.text, out.image_logits, out.level_probs
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device: str) -> Distributed:
-    """`torchrun` sets WORLD_SIZE/RANK/LOCAL_RANK; a plain run is a world of one."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Distributed()
-    if not dist.is_initialized():
-        use_cuda = torch.cuda.is_available() and device != "cpu"
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available() and device != "cpu":
-        torch.cuda.set_device(local)
-    return Distributed(dist.get_rank(), dist.get_world_size(), local)
 
 
 def _seed_everything(seed: int) -> None:
@@ -163,7 +137,7 @@ def train(
             "`kanoclip knowledge images DATASET`), or train on general knowledge only with --general-knowledge-only"
         )
     out = Path(out_dir)
-    ddp = _init_distributed(device)
+    ddp = init_distributed(device)
     run_device = resolve_device(device)
     if ddp.world > 1 and run_device.type == "cuda":
         run_device = torch.device("cuda", ddp.local_rank)

@@ -1,0 +1,215 @@
+"""`kanoclip detect --ray`: batch detection on Ray Data, for archives bigger than one machine.
+
+The inputs are cut into the same batches a local run makes; Ray tasks read each batch's bytes and decode them with
+kanoclip's own reader (same decoding, same errors), and a pool of actors, each holding one Detector, scores them
+(`map_batches` with stateful actors). Actors write maps and overlays as local detect does, and return rows that land
+as Parquet shards under `<out>/ray/`. The run is resumable and exactly once: a rerun skips every image a shard
+already holds, an actor that dies is restarted by Ray and its batch redone, and the merge keeps one row per image
+in input order before writing `scores.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import pickle
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._files import atomic_write_bytes
+from .detection import DetectSummary, write_outputs
+from .errors import ConfigError, KanoclipError
+from .images import read_image
+from .inputs import expand_inputs, output_names
+
+RAY_EXTRA = "pip install 'kanoclip[ray]'  (ray[data], pyarrow, fsspec)"
+SHARDS = "ray"
+DECODE_CPUS = 0.5  # per decoding task: they overlap with the actors' forward passes
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as e:
+        raise ConfigError(f"ray is not installed: {RAY_EXTRA}") from e
+    return ray
+
+
+def connect(address: str | None) -> None:
+    """Join `address` (or RAY_ADDRESS); with neither, start a local instance bound to 127.0.0.1, dashboard off, so
+    none of its traffic leaves the loopback interface."""
+    ray = _ray()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise ConfigError(f"cannot reach the Ray cluster at {address or 'a new local instance'}: {e}") from e
+
+
+def list_inputs(inputs: Sequence[str]) -> list[str]:
+    """Folders, globs and files as locally, plus list files: `.txt` (one path or URI a line) or `.parquet` (a
+    `path` column). URIs (s3://, gs://, ...) are read by the workers through fsspec."""
+    paths: list[str] = []
+    local: list[str] = []
+    for raw in inputs:
+        if raw.endswith(".txt") and Path(raw).is_file():
+            paths += [line.strip() for line in Path(raw).read_text().splitlines() if line.strip()]
+        elif raw.endswith(".parquet") and Path(raw).is_file():
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(raw)
+            if "path" not in table.column_names:
+                raise ConfigError(f"{raw}: a list file in Parquet needs a 'path' column (has {table.column_names})")
+            paths += [str(p) for p in table.column("path").to_pylist()]
+        elif "://" in raw:
+            paths.append(raw)
+        else:
+            local.append(raw)
+    if local:
+        paths += [str(p) for p in expand_inputs(local)[0]]
+    return list(dict.fromkeys(paths))
+
+
+def _read_bytes(path: str) -> bytes:
+    if "://" in path:
+        import fsspec
+
+        with fsspec.open(path, "rb") as f:
+            data: bytes = f.read()
+            return data
+    return Path(path).read_bytes()
+
+
+def _decode_batch(item: dict[str, Any]) -> dict[str, Any]:
+    """A Ray task: one batch's files read and decoded by kanoclip's reader; errors travel as data."""
+    decoded: list[tuple[str, np.ndarray | None, str | None]] = []
+    for path in item["paths"]:
+        try:
+            try:
+                data = _read_bytes(path)
+            except OSError as e:
+                raise KanoclipError(f"{path}: cannot read ({e.strerror or e})") from e
+            decoded.append((path, read_image(data, path), None))
+        except KanoclipError as e:
+            decoded.append((path, None, str(e)))
+    return {"batch": item["batch"], "payload": pickle.dumps((item["names"], decoded))}
+
+
+class _Scorer:
+    """A Ray actor holding one Detector; writes each image's files and returns its row."""
+
+    def __init__(self, detector_args: dict[str, Any], out: str, save_maps: bool) -> None:
+        from .detection import Detector
+
+        self.detector = Detector(**detector_args)
+        self.out, self.save_maps = out, save_maps
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        rows: dict[str, list[Any]] = {"path": [], "score": [], "label": [], "map": [], "error": []}
+        for payload in batch["payload"]:
+            names, decoded = pickle.loads(payload)
+            good = [(n, p, rgb) for n, (p, rgb, err) in zip(names, decoded, strict=True) if err is None]
+            predictions = self.detector.predict_many([rgb for _, _, rgb in good]) if good else []
+            results = {p: (n, pred, rgb) for (n, p, rgb), pred in zip(good, predictions, strict=True)}
+            for name, (path, _, error) in zip(names, decoded, strict=True):
+                row: dict[str, Any] = {"path": path, "score": None, "label": None, "map": None, "error": error}
+                if error is None:
+                    _, prediction, rgb = results[path]
+                    prediction.image = rgb
+                    row["map"] = write_outputs(Path(self.out), name, prediction, self.save_maps)
+                    row["score"], row["label"] = prediction.pred_score, prediction.pred_label
+                for key, value in row.items():
+                    rows[key].append(value)
+        return rows
+
+
+def done_rows(out: Path) -> dict[str, dict[str, Any]]:
+    """Every image a previous run's shards hold, by path (the first row of each, if a batch was redone)."""
+    shards = sorted((out / SHARDS).rglob("*.parquet")) if (out / SHARDS).is_dir() else []
+    if not shards:
+        return {}
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict[str, Any]] = {}
+    for shard in shards:
+        for row in pq.read_table(shard).to_pylist():
+            rows.setdefault(row["path"], row)
+    return rows
+
+
+def detect_on_ray(
+    detector_args: dict[str, Any],
+    inputs: Sequence[str],
+    out_dir: str | Path,
+    address: str | None = None,
+    workers: int = 1,
+    gpus_per_worker: float = 0.0,
+    batch_size: int = 8,
+    save_maps: bool = True,
+) -> DetectSummary:
+    """Score `inputs` on Ray; returns what local detect returns. `detector_args` are the Detector's arguments."""
+    paths = list_inputs(inputs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = done_rows(out)
+    todo = [p for p in paths if p not in previous]
+    names = dict(zip(paths, output_names([Path(p) for p in paths]), strict=True))
+    print(f"{len(paths)} images; {len(paths) - len(todo)} already scored in {out / SHARDS}; {len(todo)} to score")
+    if todo:
+        connect(address)
+        ray = _ray()
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if gpus_per_worker == 0 and workers + DECODE_CPUS > cpus:
+            raise ConfigError(
+                f"{workers} CPU actors need {workers} of the cluster's {cpus:g} CPUs and decoding needs some left: "
+                f"use --ray-workers {max(1, int(cpus - DECODE_CPUS))} or fewer, or --gpus-per-worker"
+            )
+        batches = [
+            {"batch": i, "paths": todo[s : s + batch_size], "names": [names[p] for p in todo[s : s + batch_size]]}
+            for i, s in enumerate(range(0, len(todo), batch_size))
+        ]
+        dataset = ray.data.from_items(batches).map(_decode_batch, num_cpus=DECODE_CPUS)
+        scored = dataset.map_batches(
+            _Scorer,
+            fn_constructor_kwargs={"detector_args": detector_args, "out": str(out), "save_maps": save_maps},
+            batch_size=1,  # one batch of images per call: the same batches, so the same numbers, as a local run
+            concurrency=workers,
+            num_gpus=gpus_per_worker,
+            max_restarts=-1,
+            max_task_retries=-1,
+        )
+        scored.write_parquet(str(out / SHARDS / f"run-{uuid.uuid4().hex[:8]}"))
+    return merge(out, paths, save_maps)
+
+
+def merge(out: Path, paths: list[str], save_maps: bool) -> DetectSummary:
+    """One row per input, in input order, from every shard: scores.csv written atomically."""
+    rows = done_rows(out)
+    missing = [p for p in paths if p not in rows]
+    if missing:
+        raise ConfigError(f"{len(missing)} image(s) have no row after the run (first: {missing[0]}); run it again")
+    labelled = any(rows[p]["label"] is not None for p in paths)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "score", *(["label"] if labelled else []), *(["map"] if save_maps else [])])
+    failed = []
+    for path in paths:
+        row = rows[path]
+        if row["error"] is not None:
+            failed.append((path, row["error"]))
+            continue
+        label = [int(row["label"])] if labelled else []
+        writer.writerow([path, f"{row['score']:.6f}", *label, *([row["map"]] if save_maps else [])])
+    atomic_write_bytes(out / "scores.csv", buffer.getvalue().encode())
+    return DetectSummary(len(paths), failed, 0, out / "scores.csv")

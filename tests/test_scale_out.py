@@ -1,0 +1,137 @@
+"""`detect --ray` on a local Ray cluster the test starts (2 CPUs, node IP 127.0.0.1, dashboard off) and stops."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kanoclip.cli import main
+from kanoclip.detection import Detector, detect_files
+from kanoclip.errors import ConfigError
+from kanoclip.scale_out import detect_on_ray
+
+from .conftest import TINY
+
+TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+ARGS = {"config": TINY, "device": "cpu", "workers": 0, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def images(shared_data: Path, tmp_path: Path) -> Path:
+    """Real images in a folder of their own, plus one corrupt file."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for p in sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("test/*/*.jpg"))[:9]:
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
+    shutil.copy(shared_data / "KolektorSDD" / "kos01" / "Part0.jpg", folder / "kolektor.jpg")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 30)
+    return folder
+
+
+def rows_of(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((out / "scores.csv").read_text().splitlines()))
+
+
+def test_ray_detect_writes_the_same_scores_and_maps_as_local_detect(
+    ray_cluster: None, shared_data: Path, tmp_path: Path
+) -> None:
+    folder = images(shared_data, tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.set_num_threads(1)  # as each Ray actor runs (one CPU): the same kernels, so the same numbers
+        try:
+            local = detect_files(Detector(**ARGS), [folder], tmp_path / "local")
+        finally:
+            torch.set_num_threads(os.cpu_count() or 1)
+    remote = detect_on_ray(ARGS, [str(folder)], tmp_path / "ray", workers=1, batch_size=4)
+    with pytest.raises(ConfigError, match="--ray-workers 1"):  # 2 actors would leave no CPU to decode on
+        detect_on_ray(ARGS, [str(folder)], tmp_path / "ray2", workers=2, batch_size=4)
+    assert rows_of(tmp_path / "local") == rows_of(tmp_path / "ray")  # every score exactly, in input order
+    assert [f for f, _ in local.failed] == [f for f, _ in remote.failed] == [str(folder / "corrupt.png")]
+    assert local.failed[0][1] == remote.failed[0][1]  # the same reader, the same message
+    for row in rows_of(tmp_path / "local"):
+        assert np.array_equal(np.load(tmp_path / "local" / row["map"]), np.load(tmp_path / "ray" / row["map"]))
+
+
+def scorer_processes() -> set[int]:
+    """Ray Data names an actor's worker process after its class (`ray::MapWorker(MapBatches(_Scorer))`)."""
+    found = set()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if b"MapBatches(_Scorer)" in cmdline.read_bytes():
+                found.add(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_an_actor_killed_mid_run_still_gives_every_image_exactly_once_and_a_rerun_computes_nothing(
+    ray_cluster: None, shared_data: Path, tmp_path: Path
+) -> None:
+    folder = images(shared_data, tmp_path)
+    for p in sorted((shared_data / "KolektorSDD").rglob("Part[1-7].jpg"))[:20]:  # more, larger images: a longer run
+        shutil.copy(p, folder / f"{p.parent.name}_{p.name}")
+    out = tmp_path / "out"
+    killed: list[int] = []
+
+    def kill_an_actor_once_it_has_scored() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            actors = scorer_processes()
+            if actors and (out / "maps").is_dir() and any((out / "maps").rglob("*.npy")):
+                pid = min(actors)
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_an_actor_once_it_has_scored)
+    killer.start()
+    args = {**ARGS, "batch_size": 1}
+    summary = detect_on_ray(args, [str(folder)], out, workers=1, batch_size=1)
+    killer.join(timeout=130)
+    assert killed, "no actor was killed"
+    rows = rows_of(out)
+    expected = sorted(str(p) for p in folder.iterdir() if p.name != "corrupt.png")
+    assert sorted(r["path"] for r in rows) == expected  # every readable image exactly once
+    assert [f for f, _ in summary.failed] == [str(folder / "corrupt.png")]
+    before = {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*")}
+    again = detect_on_ray(args, [str(folder)], out, workers=1, batch_size=1)
+    assert rows_of(out) == rows and again.failed == summary.failed
+    assert {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*")} == before  # nothing recomputed
+
+
+def test_ray_cli_reports_missing_inputs_and_list_files_like_local_detect(
+    ray_cluster: None, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = images(shared_data, tmp_path)
+    assert main(["detect", str(tmp_path / "nope"), "--ray", "--out", str(tmp_path / "x"), *TINY_FLAGS]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    listing = tmp_path / "list.txt"
+    files = [*sorted(str(p) for p in folder.iterdir())[:3], str(tmp_path / "gone.png")]
+    listing.write_text("\n".join(files) + "\n")
+    assert main(["detect", str(listing), "--ray", "--out", str(tmp_path / "o"), *TINY_FLAGS]) == 1
+    err = capsys.readouterr().err
+    assert "gone.png" in err and "cannot read" in err
+    assert len(rows_of(tmp_path / "o")) == 3 - ("corrupt.png" in " ".join(files[:3]))
