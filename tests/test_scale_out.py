@@ -64,7 +64,7 @@ def test_ray_detect_writes_the_same_scores_and_maps_as_local_detect(
             local = detect_files(Detector(**ARGS), [folder], tmp_path / "local")
         finally:
             torch.set_num_threads(os.cpu_count() or 1)
-    remote = detect_on_ray(ARGS, [str(folder)], tmp_path / "ray", workers=1, batch_size=4)
+    remote = detect_on_ray(ARGS, [str(folder)], tmp_path / "ray", workers=1, batch_size=4, threads_per_worker=1)
     with pytest.raises(ConfigError, match="--ray-workers 1"):  # 2 actors would leave no CPU to decode on
         detect_on_ray(ARGS, [str(folder)], tmp_path / "ray2", workers=2, batch_size=4)
     assert rows_of(tmp_path / "local") == rows_of(tmp_path / "ray")  # every score exactly, in input order

@@ -109,9 +109,12 @@ def _decode_batch(item: dict[str, Any]) -> dict[str, Any]:
 class _Scorer:
     """A Ray actor holding one Detector; writes each image's files and returns its row."""
 
-    def __init__(self, detector_args: dict[str, Any], out: str, save_maps: bool) -> None:
+    def __init__(self, detector_args: dict[str, Any], out: str, save_maps: bool, threads: int) -> None:
+        import torch
+
         from .detection import Detector
 
+        torch.set_num_threads(threads)  # Ray pins an actor to its CPU count (1): the forward may use its share
         self.detector = Detector(**detector_args)
         self.out, self.save_maps = out, save_maps
 
@@ -157,8 +160,10 @@ def detect_on_ray(
     gpus_per_worker: float = 0.0,
     batch_size: int = 8,
     save_maps: bool = True,
+    threads_per_worker: int | None = None,
 ) -> DetectSummary:
-    """Score `inputs` on Ray; returns what local detect returns. `detector_args` are the Detector's arguments."""
+    """Score `inputs` on Ray; returns what local detect returns. `detector_args` are the Detector's arguments;
+    `threads_per_worker` (default: the cluster's CPUs over the workers) sets each actor's torch threads."""
     paths = list_inputs(inputs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,7 +187,12 @@ def detect_on_ray(
         dataset = ray.data.from_items(batches).map(_decode_batch, num_cpus=DECODE_CPUS)
         scored = dataset.map_batches(
             _Scorer,
-            fn_constructor_kwargs={"detector_args": detector_args, "out": str(out), "save_maps": save_maps},
+            fn_constructor_kwargs={
+                "detector_args": detector_args,
+                "out": str(out),
+                "save_maps": save_maps,
+                "threads": threads_per_worker or max(1, int(cpus // workers)),
+            },
             batch_size=1,  # one batch of images per call: the same batches, so the same numbers, as a local run
             concurrency=workers,
             num_gpus=gpus_per_worker,
