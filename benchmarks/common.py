@@ -6,6 +6,7 @@ import argparse
 import datetime
 import os
 import platform
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,17 @@ def machine_description(device: torch.device) -> str:
         f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
         f"open_clip {open_clip.__version__}, numpy {np.__version__}"
     )
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Seconds for one call, with the GPU's queue drained before and after."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def append_results(title: str, body: str) -> None:

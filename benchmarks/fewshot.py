@@ -10,14 +10,13 @@ on ViT-L@518 (where it runs on a GPU, fp16 banks); ViT-B@224 and ViT-L@518 at ba
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.common import standalone
+from benchmarks.common import standalone, timed
 from kanoclip import KAnoCLIPConfig, metrics
 from kanoclip.datasets import load_dataset
 from kanoclip.datasets.base import sample_image, sample_mask
@@ -33,16 +32,6 @@ def detector(backbone: str, size: int, device: torch.device, batch: int = 8) -> 
         warnings.simplefilter("ignore")
         config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
         return Detector(config=config, device=str(device), workers=2, batch_size=batch, precision="auto")
-
-
-def timed(fn: object, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()  # type: ignore[operator]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def speed(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> list[str]:

@@ -12,25 +12,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 import warnings
-from collections.abc import Callable
 
 import torch
 
-from benchmarks.common import append_results, machine_description
+from benchmarks.common import append_results, machine_description, timed
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.clip_vv import encode_image
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:

@@ -7,13 +7,12 @@ inference forward of the same batch, same run. Random weights and targets: timin
 from __future__ import annotations
 
 import statistics
-import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import standalone
+from benchmarks.common import standalone, timed
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.losses import KnowledgeTargets, total_loss
 
@@ -45,20 +44,11 @@ def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.de
         with torch.inference_mode():
             model(images)
 
-    def timed(fn: object) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()  # type: ignore[operator]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - start
-
     step(), infer()
     steps, infers = [], []
     for _ in range(repeats):
-        steps.append(timed(step))
-        infers.append(timed(infer))
+        steps.append(timed(step, device))
+        infers.append(timed(infer, device))
     s, i = statistics.median(steps), statistics.median(infers)
     return {"step_s": s, "infer_s": i, "ratio": s / i}
 
