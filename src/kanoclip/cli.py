@@ -208,7 +208,8 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
         const="",
         metavar="ADDRESS",
         help="score on Ray: alone, a local instance on 127.0.0.1 (or the cluster RAY_ADDRESS names); ADDRESS "
-        "(auto, ray://HOST:PORT) joins a cluster. Inputs may also be list files (.txt, .parquet 'path') and URIs",
+        "(auto, ray://HOST:PORT) joins a cluster. Put it after the inputs (or write --ray=auto). Inputs may also be "
+        "list files (.txt, .parquet 'path') and URIs",
     )
     group.add_argument("--ray-workers", type=int, default=1, help="actors, each holding one model (default 1)")
     group.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor (default 0)")
