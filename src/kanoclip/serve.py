@@ -139,11 +139,6 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         lifespan=lifespan,
     )
     app.state.batcher = batcher
-    sha = None
-    if detector.checkpoint_dir is not None:
-        from .checkpoint import weights_sha256
-
-        sha = weights_sha256(detector.checkpoint_dir)
 
     def authorize(request: Request) -> None:
         if cfg.api_key is None:
@@ -177,7 +172,7 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "engine": detector.describe()["engine"],
             "random_weights": detector.config.pretrained == "none",
             "checkpoint": str(detector.checkpoint_dir) if detector.checkpoint_dir else None,
-            "checkpoint_sha256": sha,
+            "checkpoint_sha256": detector.checkpoint_sha256,
             "mode": "checkpoint" if detector.checkpoint_dir else "training-free",
             "threshold": detector.thresholds.image,
             "map_threshold": detector.thresholds.map,
