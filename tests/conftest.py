@@ -10,8 +10,9 @@ import pytest
 import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
-from kanoclip import KAnoCLIP, KAnoCLIPConfig
+from kanoclip import Detector, KAnoCLIP, KAnoCLIPConfig
 from kanoclip.backbone import from_model
+from kanoclip.config import RunConfig
 
 SHARED_DATA = Path(
     os.environ.get("KANOCLIP_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
@@ -38,6 +39,14 @@ def tiny_clip(layers: int = 24, seed: int = 0) -> CLIP:
         CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=12),
         quick_gelu=True,
     ).eval()
+
+
+def tiny_detector(config: KAnoCLIPConfig = TINY, **run: object) -> Detector:
+    """A detector on a tiny random model, built by the one factory (CPU, decoding in the main process)."""
+    fields: dict[str, object] = {"device": "cpu", "workers": 0, **run}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Detector.from_config(RunConfig.with_model(config, **fields))
 
 
 def tiny_model(seed: int = 0, **changes: object) -> KAnoCLIP:

@@ -26,7 +26,7 @@ def outputs_of(model: KAnoCLIP, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
     images = torch.rand(2, 3, 98, 98)
     with torch.inference_mode():
         out = model(images)
-    return out.scores, out.maps
+    return out.pred_score, out.anomaly_map
 
 
 def pair(clip: torch.nn.Module, pretrained: Path, backbone: str) -> tuple[KAnoCLIP, KAnoCLIP]:

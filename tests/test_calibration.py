@@ -73,7 +73,7 @@ def test_calibrate_stores_thresholds_in_the_checkpoint_and_detect_then_labels(
     args = ["calibrate", str(bottle / "good"), "--anomalous", str(bottle / "broken_large"), "--checkpoint"]
     assert main([*args, str(tmp_path / "ckpt"), "--workers", "0"]) == 0
     stored = checkpoint.read_document(tmp_path / "ckpt")["calibration"]
-    assert stored["image"]["method"] == "f1_max" and stored["map"]["method"] == "false_alarm_rate"
+    assert stored["image"]["method"] == "f1_max" and stored["pixel"]["method"] == "false_alarm_rate"
     assert (
         main(
             [

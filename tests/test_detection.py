@@ -6,7 +6,6 @@ import csv
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,18 +21,16 @@ from kanoclip.errors import ImageReadError
 from kanoclip.images import read_image
 from kanoclip.inputs import expand_inputs
 
-from .conftest import TINY, randomize_learnable
+from .conftest import randomize_learnable, tiny_detector
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
 
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        d = Detector(config=TINY, device="cpu", workers=0, batch_size=3)
+    d = tiny_detector(batch_size=3)
     randomize_learnable(d.model)
-    d.model._knowledge_text = None  # exercise Bi-CMCI and the adapter with learned prompts, not only knowledge text
+    d.model.setup(text=None)  # exercise Bi-CMCI and the adapter with learned prompts, not only knowledge text
     return d
 
 
@@ -48,8 +45,8 @@ def test_the_fast_path_equals_the_plain_model_forward(detector: Detector, shared
         with torch.no_grad():
             plain = detector.model(images)
         assert prediction.anomaly_map is not None and prediction.anomaly_map.shape == rgb.shape[:2]
-        assert prediction.pred_score == pytest.approx(float(plain.scores[0]), abs=1e-4)
-        assert np.abs(prediction.anomaly_map - plain.maps[0].numpy()).max() < 1e-4
+        assert prediction.pred_score == pytest.approx(float(plain.pred_score[0]), abs=1e-4)
+        assert np.abs(prediction.anomaly_map - plain.anomaly_map[0].numpy()).max() < 1e-4
     score, amap = detector.predict(files[0])
     assert score == pytest.approx(fast[0].pred_score, abs=1e-6) and np.allclose(amap, fast[0].anomaly_map, atol=1e-6)
 
@@ -155,11 +152,8 @@ def test_images_that_share_a_stem_or_a_flattened_name_each_keep_their_own_map(tm
 
 def test_bf16_autocast_on_the_cpu_agrees_with_fp32(shared_data: Path) -> None:
     files = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("*.jpg"))[:4]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fp32 = Detector(config=TINY, device="cpu", workers=0, precision="fp32")
-        bf16 = Detector(config=TINY, device="cpu", workers=0, precision="bf16")
-    assert fp32.dtype is None and bf16.dtype == torch.bfloat16
+    fp32, bf16 = tiny_detector(precision="fp32"), tiny_detector(precision="bf16")
+    assert fp32.backend.dtype is None and bf16.backend.dtype == torch.bfloat16  # type: ignore[attr-defined]
     a, b = list(fp32.run(files)), list(bf16.run(files))
     for p, q in zip(a, b, strict=True):
         assert p.pred_score is not None and q.pred_score is not None

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,10 @@ from kanoclip.cli import main
 from kanoclip.datasets import load_dataset
 from kanoclip.datasets.base import sample_mask
 from kanoclip.datasets.synthetic import generate
-from kanoclip.detection import Detector
 from kanoclip.evaluation import evaluate
 from kanoclip.images import read_mask
 
-from .conftest import TINY, randomize_learnable
+from .conftest import randomize_learnable, tiny_detector
 from .reference_metrics import auroc_by_thresholds, auroc_pairwise
 
 
@@ -36,9 +34,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_per_class_metrics_equal_references_on_the_detectors_outputs(synthetic: Path, tmp_path: Path) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        detector = Detector(config=TINY, device="cpu", workers=0)
+    detector = tiny_detector()
     randomize_learnable(detector.model)
     index = load_dataset(synthetic)
     results = evaluate(detector, [index], tmp_path, cases=2)

@@ -5,19 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from kanoclip import __version__
+from kanoclip.backends import MANIFEST, read_manifest, require
 from kanoclip.cli import main
+from kanoclip.config import RunConfig
 from kanoclip.detection import Detector
-from kanoclip.engines import MANIFEST, read_manifest, require
 from kanoclip.errors import ConfigError
 
-from .conftest import TINY
+from .conftest import tiny_detector
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
 
@@ -36,6 +36,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> dic
     return folders
 
 
+def exported_detector(engine: str, folder: Path, **run: object) -> Detector:
+    return Detector.from_config(RunConfig(engine=engine, exported=str(folder), workers=0, **run))  # type: ignore[arg-type]
+
+
 def real_images(shared_data: Path) -> list[Path]:
     files = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("test/*/*.jpg"))[:6]
     return files + sorted((shared_data / "KolektorSDD" / "kos01").glob("Part*.jpg"))[:2]  # grey, another shape
@@ -47,14 +51,12 @@ def real_images(shared_data: Path) -> list[Path]:
 def test_exported_engines_give_pytorchs_outputs_on_real_images(
     exported: dict[str, Path], shared_data: Path, engine: str, fmt: str
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reference = Detector(config=TINY, device="cpu", workers=0, class_name="hazelnut", references=[exported["good"]])
+    reference = tiny_detector(class_name="hazelnut", references=(str(exported["good"]),))
     if fmt == "openvino" and engine == "onnxruntime":
         with pytest.raises(ConfigError, match="--engine openvino"):
-            Detector(engine=engine, model_dir=exported[fmt], workers=0)
+            exported_detector(engine, exported[fmt])
         return
-    det = Detector(engine=engine, model_dir=exported[fmt], workers=0)
+    det = exported_detector(engine, exported[fmt])
     files = real_images(shared_data)
     for want, got in zip(reference.run(files), det.run(files), strict=True):
         assert want.pred_score is not None and got.pred_score is not None
@@ -70,7 +72,7 @@ def test_detect_through_an_engine_writes_the_same_files_as_pytorch(
     inputs = [str(p) for p in real_images(shared_data)]
     torch_args = ["--reference", str(exported["good"]), "--class-name", "hazelnut", *TINY_FLAGS]
     assert main(["detect", *inputs, "--out", str(tmp_path / "torch"), "--threshold", "0.5", *torch_args]) == 0
-    engine_args = ["--engine", engine, "--model", str(exported[fmt]), "--workers", "0"]
+    engine_args = ["--engine", engine, "--exported", str(exported[fmt]), "--workers", "0"]
     assert main(["detect", *inputs, "--out", str(tmp_path / engine), "--threshold", "0.5", *engine_args]) == 0
     want = list(csv.DictReader((tmp_path / "torch" / "scores.csv").read_text().splitlines()))
     got = list(csv.DictReader((tmp_path / engine / "scores.csv").read_text().splitlines()))
@@ -98,17 +100,17 @@ def test_the_manifest_round_trips_and_says_what_the_folder_holds(exported: dict[
 
 def test_a_folder_from_another_version_or_resolution_is_refused(exported: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exported for 112 px"):
-        Detector(engine="onnxruntime", model_dir=exported["onnx"], overrides={"image_size": 224})
+        exported_detector("onnxruntime", exported["onnx"], model_changes=(("image_size", 224),))
     old = tmp_path / "old"
     shutil.copytree(exported["onnx"], old)
     manifest = json.loads((old / MANIFEST).read_text())
     (old / MANIFEST).write_text(json.dumps({**manifest, "kanoclip_version": "0.0.1"}))
     with pytest.raises(ConfigError, match=r"exported by kanoclip 0\.0\.1"):
-        Detector(engine="onnxruntime", model_dir=old)
+        exported_detector("onnxruntime", old)
     with pytest.raises(ConfigError, match=r"manifest\.json is missing"):
-        Detector(engine="onnxruntime", model_dir=tmp_path)
-    with pytest.raises(ConfigError, match="--model"):
-        Detector(engine="openvino")
+        exported_detector("onnxruntime", tmp_path)
+    with pytest.raises(ConfigError, match="--exported"):
+        RunConfig(engine="openvino")
 
 
 def test_export_errors_say_what_to_do(tmp_path: Path) -> None:
@@ -126,10 +128,8 @@ def test_int8_through_nncf_runs_and_stays_close_to_fp32(shared_data: Path, tmp_p
     args = ["export", "--format", "openvino", "--precision", "int8", "--out", str(out), *TINY_FLAGS]
     assert main([*args, "--calibration-images", *calibration]) == 0
     assert read_manifest(out)["precision"] == "int8"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        reference = Detector(config=TINY, device="cpu", workers=0)
-    det = Detector(engine="openvino", model_dir=out, workers=0)
+    reference = tiny_detector()
+    det = exported_detector("openvino", out)
     files = real_images(shared_data)
     want = np.stack([p.anomaly_map for p in reference.run(files, own_size=False)])  # type: ignore[misc]
     got = np.stack([p.anomaly_map for p in det.run(files, own_size=False)])  # type: ignore[misc]

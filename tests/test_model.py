@@ -42,9 +42,9 @@ def test_non_square_images_get_a_score_each_and_a_map_of_their_own_size(model: K
     with torch.inference_mode():
         for h, w in ((70, 130), (150, 60), (112, 112)):
             out = model(torch.rand(3, 3, h, w))
-            assert out.scores.shape == (3,) and out.maps.shape == (3, h, w)
-            assert ((out.scores >= 0) & (out.scores <= 1)).all()
-            assert ((out.maps >= 0) & (out.maps <= 1)).all()
+            assert out.pred_score.shape == (3,) and out.anomaly_map.shape == (3, h, w)
+            assert ((out.pred_score >= 0) & (out.pred_score <= 1)).all()
+            assert ((out.anomaly_map >= 0) & (out.anomaly_map <= 1)).all()
 
 
 def test_untrained_fusion_and_adapter_are_the_identity(model: KAnoCLIP) -> None:
@@ -122,7 +122,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(model: KAnoCLIP, tmp_path
     images = torch.rand(2, 3, 112, 112)
     with torch.inference_mode():
         a, b = model(images), loaded(images)
-    assert torch.equal(a.scores, b.scores) and torch.equal(a.maps, b.maps)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
     assert loaded.config == model.config
 
 
@@ -191,25 +191,25 @@ def test_the_models_wiring_equals_a_from_scratch_rebuild(changes: dict[str, obje
     with torch.inference_mode():
         out = model(images)
     scores, maps = rebuild(model, images, list(range(len(model.config.tap_layers or ()))))
-    assert np.allclose(out.scores.numpy(), scores, atol=1e-5)
-    assert np.abs(out.maps.numpy() - maps).max() < 1e-4
+    assert np.allclose(out.pred_score.numpy(), scores, atol=1e-5)
+    assert np.abs(out.anomaly_map.numpy() - maps).max() < 1e-4
 
 
 def test_training_free_maps_fuse_only_the_deep_taps_and_the_field_changes_them() -> None:
     model = tiny_model()
     assert model.config.tap_layers == (2, 4, 6, 8) and model.config.training_free_taps == (6, 8)  # >= 3/4 depth
     text = F.normalize(torch.randn(2, 64, generator=torch.Generator().manual_seed(5)), dim=-1)
-    model.use_text_features(text)
+    model.setup(text=text)
     images = torch.rand(1, 3, 112, 112)
     with torch.inference_mode():
         deep = model(images)
-    assert np.abs(deep.maps.numpy() - rebuild(model, images, [2, 3])[1]).max() < 1e-4
+    assert np.abs(deep.anomaly_map.numpy() - rebuild(model, images, [2, 3])[1]).max() < 1e-4
     last_only = tiny_model(training_free_taps=(8,))
-    last_only.use_text_features(text)
+    last_only.setup(text=text)
     with torch.inference_mode():
         last = last_only(images)
-    assert np.abs(last.maps.numpy() - rebuild(last_only, images, [3])[1]).max() < 1e-4
-    assert not torch.allclose(last.maps, deep.maps)
+    assert np.abs(last.anomaly_map.numpy() - rebuild(last_only, images, [3])[1]).max() < 1e-4
+    assert not torch.allclose(last.anomaly_map, deep.anomaly_map)
     with pytest.raises(ConfigError, match="training_free_taps"):
         tiny_model(training_free_taps=(5,))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 
 from kanoclip import KAnoCLIPConfig, checkpoint, metrics
 from kanoclip.cli import main
+from kanoclip.config import RunConfig
 from kanoclip.datasets import Sample, load_dataset
 from kanoclip.datasets.base import sample_image, sample_mask
 from kanoclip.detection import Detector
@@ -20,15 +22,20 @@ from kanoclip.errors import ConfigError
 from kanoclip.images import read_image
 from kanoclip.references import ReferenceBank, greedy_coreset, nearest_cosine_distance
 
-from .conftest import TINY, tiny_model
+from .conftest import TINY, tiny_detector, tiny_model
 
 REFERENCE_ONLY = TINY.replace(reference_weight=1e9)  # the final map is then the reference map (to 1e-8)
 
 
-def detector(config: object = TINY, **kwargs: object) -> Detector:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return Detector(config=config, device="cpu", workers=0, **kwargs)  # type: ignore[arg-type]
+def detector(config: KAnoCLIPConfig = TINY, references: Path | list[Any] | None = None) -> Detector:
+    """A tiny detector; a bank file goes through the run config (as `--reference x.kref`), images through
+    `add_references` (the Python API's way)."""
+    if isinstance(references, Path):
+        return tiny_detector(config, references=(str(references),))
+    det = tiny_detector(config)
+    if references is not None:
+        det.add_references(references)
+    return det
 
 
 def hazelnut(shared_data: Path, n: int = 1) -> list[Path]:
@@ -100,11 +107,16 @@ def test_no_references_is_the_zero_shot_path_bit_for_bit(shared_data: Path) -> N
         assert not np.array_equal(a.anomaly_map, b.anomaly_map)
     model = tiny_model()
     images = torch.rand(2, 3, 112, 112)
+    levels = len(model.config.tap_layers or ())
+    bank = [F.normalize(torch.randn(50, 64, generator=torch.Generator().manual_seed(i)), dim=-1) for i in range(levels)]
     with torch.inference_mode():
         plain = model(images)
-        model.reference_levels = None
+        model.setup(bank=bank)
+        banked = model(images)
+        model.setup(bank=None)
         again = model(images)
-    assert torch.equal(plain.maps, again.maps) and torch.equal(plain.scores, again.scores)
+    assert torch.equal(plain.anomaly_map, again.anomaly_map) and torch.equal(plain.pred_score, again.pred_score)
+    assert not torch.equal(plain.anomaly_map, banked.anomaly_map)  # the bank really was in use between
 
 
 def test_references_blend_maps_and_scores_as_configured(shared_data: Path) -> None:
@@ -141,7 +153,9 @@ def test_the_bank_file_round_trips_bitwise_and_a_mismatched_bank_is_refused(shar
         warnings.simplefilter("ignore")
         checkpoint.save(tiny_model(), tmp_path / "ckpt")
         with pytest.raises(ConfigError, match="checkpoint_sha256"):
-            Detector(tmp_path / "ckpt", device="cpu", workers=0, references=path)
+            Detector.from_config(
+                RunConfig(checkpoint=str(tmp_path / "ckpt"), device="cpu", workers=0, references=(str(path),))
+            )
     (tmp_path / "junk.kref").write_bytes(b"not a bank")
     with pytest.raises(ConfigError, match="reference build"):
         ReferenceBank.load(tmp_path / "junk.kref")
@@ -206,7 +220,7 @@ def pixel_auroc_with(det: Detector, test: list[Sample], references: list[np.ndar
     if references:
         det.add_references(references)
     collected = det.collect([(s.image, s.crop) for s in test])
-    return metrics.curve_metrics(masks, collected.maps)[0]
+    return metrics.curve_metrics(masks, collected.anomaly_maps)[0]
 
 
 def test_one_good_part_localises_real_defects_even_on_random_vit_b_16(
@@ -215,9 +229,7 @@ def test_one_good_part_localises_real_defects_even_on_random_vit_b_16(
     """A pipeline check, not the method's quality: random ViT-B-16 weights at 224. Nearest-neighbour maps need no
     alignment to text, so they find real defects even on random features; zero-shot maps on them cannot."""
     config = KAnoCLIPConfig(backbone="ViT-B-16", pretrained="none", image_size=224)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det = Detector(config=config, device="cpu", workers=2)
+    det = tiny_detector(config, workers=2)
     found = {}
     hazel = load_dataset(shared_data / "MVTec_derived_hazelnut_toy")
     assert len(hazel.train) == 28 and sum(s.mask is not None for s in hazel.test) == 17

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -17,14 +18,16 @@ import pytest
 import torch
 
 from kanoclip.cli import main
-from kanoclip.detection import Detector, detect_files
+from kanoclip.config import RunConfig
+from kanoclip.detection import Detector
 from kanoclip.errors import ConfigError
+from kanoclip.outputs import detect_files
 from kanoclip.scale_out import detect_on_ray
 
 from .conftest import TINY
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
-ARGS = {"config": TINY, "device": "cpu", "workers": 0, "batch_size": 4}
+RUN = RunConfig.with_model(TINY, device="cpu", workers=0, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +64,21 @@ def test_ray_detect_writes_the_same_scores_and_maps_as_local_detect(
         warnings.simplefilter("ignore")
         torch.set_num_threads(1)  # as each Ray actor runs (one CPU): the same kernels, so the same numbers
         try:
-            local = detect_files(Detector(**ARGS), [folder], tmp_path / "local")
+            local = detect_files(Detector.from_config(RUN), [str(folder)], tmp_path / "local")
         finally:
             torch.set_num_threads(os.cpu_count() or 1)
-    remote = detect_on_ray(ARGS, [str(folder)], tmp_path / "ray", workers=1, batch_size=4, threads_per_worker=1)
+    remote = detect_on_ray(RUN, [str(folder)], tmp_path / "ray", workers=1, threads_per_worker=1)
     with pytest.raises(ConfigError, match="--ray-workers 1"):  # 2 actors would leave no CPU to decode on
-        detect_on_ray(ARGS, [str(folder)], tmp_path / "ray2", workers=2, batch_size=4)
+        detect_on_ray(RUN, [str(folder)], tmp_path / "ray2", workers=2)
     assert rows_of(tmp_path / "local") == rows_of(tmp_path / "ray")  # every score exactly, in input order
+    files = {
+        name: sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*") if p.is_file())
+        for name in ("local", "ray")
+    }
+    assert files["local"] == [p for p in files["ray"] if p.parts[0] != "ray"]  # the same files, apart from shards
+    runs = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("local", "ray")}
+    assert runs["ray"].pop("engine") == "torch on Ray" and runs["local"].pop("engine") == "torch"
+    assert runs["local"] == runs["ray"]  # every other field, and its value
     assert [f for f, _ in local.failed] == [f for f, _ in remote.failed] == [str(folder / "corrupt.png")]
     assert local.failed[0][1] == remote.failed[0][1]  # the same reader, the same message
     for row in rows_of(tmp_path / "local"):
@@ -108,8 +119,8 @@ def test_an_actor_killed_mid_run_still_gives_every_image_exactly_once_and_a_reru
 
     killer = threading.Thread(target=kill_an_actor_once_it_has_scored)
     killer.start()
-    args = {**ARGS, "batch_size": 1}
-    summary = detect_on_ray(args, [str(folder)], out, workers=1, batch_size=1)
+    run = RUN.replace(batch_size=1)
+    summary = detect_on_ray(run, [str(folder)], out, workers=1)
     killer.join(timeout=130)
     assert killed, "no actor was killed"
     rows = rows_of(out)
@@ -117,7 +128,7 @@ def test_an_actor_killed_mid_run_still_gives_every_image_exactly_once_and_a_reru
     assert sorted(r["path"] for r in rows) == expected  # every readable image exactly once
     assert [f for f, _ in summary.failed] == [str(folder / "corrupt.png")]
     before = {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*")}
-    again = detect_on_ray(args, [str(folder)], out, workers=1, batch_size=1)
+    again = detect_on_ray(run, [str(folder)], out, workers=1)
     assert rows_of(out) == rows and again.failed == summary.failed
     assert {p: p.stat().st_mtime_ns for p in (out / "maps").rglob("*")} == before  # nothing recomputed
 

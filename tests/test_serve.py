@@ -7,7 +7,6 @@ import hashlib
 import io
 import os
 import shutil
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from kanoclip.detection import Detector
 from kanoclip.serve import ServeConfig
 from kanoclip.thresholds import Thresholds
 
-from .conftest import TINY, randomize_learnable
+from .conftest import randomize_learnable, tiny_detector
 from .serving import running_server
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -28,9 +27,7 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def detector() -> Detector:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        d = Detector(config=TINY, device="cpu", workers=0)
+    d = tiny_detector()
     randomize_learnable(d.model)
     return d
 
@@ -73,10 +70,11 @@ def test_detect_returns_every_field_for_real_images(detector: Detector, shared_d
     assert info["threshold"] == 0.5 and info["map_threshold"] == 0.6
 
 
-def test_bad_uploads_get_the_right_status_and_the_server_keeps_serving(detector: Detector, shared_data: Path) -> None:
+def test_bad_uploads_get_the_right_status_and_the_server_keeps_serving(shared_data: Path) -> None:
     good = ("files", ("good.png", (shared_data / "MVTec_AD/bottle/test/good/001.png").read_bytes()))
     rng = np.random.default_rng(0)
-    config = ServeConfig(max_upload_bytes=300_000, max_pixels=1_000_000)
+    detector = tiny_detector(max_pixels=1_000_000)
+    config = ServeConfig(max_upload_bytes=300_000)
     cases = [
         ("corrupt.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 100, 400),
         ("notes.txt", b"these are not pixels", 400),
@@ -248,9 +246,7 @@ def test_a_forward_that_raises_fails_its_batch_with_500_and_the_server_keeps_ser
 
 def test_references_over_http_change_scores_and_survive_concurrent_detects(shared_data: Path) -> None:
     """POST/GET/DELETE /v1/references; detections racing bank updates always see a whole bank (bounded, loopback)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        det = Detector(config=TINY, device="cpu", workers=0)
+    det = tiny_detector()
     goods = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("train/good/*"))[:4]
     query = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("test/*/*.jpg"))[0]
     image = [("files", (query.name, query.read_bytes()))]

@@ -75,7 +75,7 @@ def test_a_few_steps_on_the_synthetic_set_lower_the_loss(synthetic: Path, tmp_pa
     images = torch.rand(2, 3, 112, 112)
     with torch.no_grad():
         a, b = model.eval()(images), again.eval()(images)
-    assert torch.equal(a.scores, b.scores) and torch.equal(a.maps, b.maps)
+    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
     state = torch.load(tmp_path / "training_state.pt", weights_only=False)
     saved = load_file(str(final / "model.safetensors"))
     assert all(torch.equal(saved[k], v) for k, v in state["weights"].items())

@@ -89,7 +89,7 @@ def calibrate(
         collected = detector.collect([(s.image, s.crop) for s in samples], progress=bar)
     if collected is None:
         raise ConfigError("calibrate runs in one process: start it without torchrun")
-    scores, maps, ok = collected.scores, collected.maps, collected.ok
+    scores, maps, ok = collected.pred_scores, collected.anomaly_maps, collected.ok
     labels = np.array([s.label for s in samples])
     if anomalous:
         image = f1_max_threshold(labels[ok], scores[ok])
@@ -104,18 +104,18 @@ def calibrate(
         pixel.images = int((ok & (labels == 0)).sum())
     return {
         "image_threshold": image.value,
-        "map_threshold": pixel.value,
+        "pixel_threshold": pixel.value,
         "image": asdict(image),
-        "map": asdict(pixel),
+        "pixel": asdict(pixel),
         "unreadable": collected.failed,
     }
 
 
 def store(calibration: dict[str, Any], detector: Detector, out: str | Path | None = None) -> Path:
     """Into the checkpoint's config.json, or (training-free) a standalone JSON with the model config beside it."""
-    if detector.checkpoint_dir is not None and out is None:
-        checkpoint.update_document(detector.checkpoint_dir, "calibration", calibration)
-        return detector.checkpoint_dir / checkpoint.CONFIG
+    if detector.checkpoint is not None and out is None:
+        checkpoint.update_document(detector.checkpoint, "calibration", calibration)
+        return detector.checkpoint / checkpoint.CONFIG
     path = Path(out or "calibration.json")
     document = {"model": detector.config.to_dict(), "calibration": calibration}
     atomic_write_json(path, document)

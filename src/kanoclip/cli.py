@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import PRECISIONS, KAnoCLIPConfig, TrainConfig
+from .config import ENGINES, PRECISIONS, KAnoCLIPConfig, RunConfig, TrainConfig
 from .errors import ConfigError, KanoclipError
 
 EPILOG = """examples:
@@ -41,13 +41,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def model_config(args: argparse.Namespace) -> KAnoCLIPConfig:
-    """The config named by the model options: file, then the named flags, then --set overrides."""
-    config = KAnoCLIPConfig.from_json(args.config) if args.config else KAnoCLIPConfig()
-    changes: dict[str, Any] = {}
+def model_changes(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
+    """The config fields the model options set, in order: the named flags, then --set (values as JSON)."""
+    changes: list[tuple[str, Any]] = []
     for flag, field in (("backbone", "backbone"), ("pretrained", "pretrained"), ("image_size", "image_size")):
         if getattr(args, flag) is not None:
-            changes[field] = getattr(args, flag)
+            changes.append((field, getattr(args, flag)))
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -56,11 +55,13 @@ def model_config(args: argparse.Namespace) -> KAnoCLIPConfig:
             value = json.loads(raw)
         except json.JSONDecodeError:
             value = raw  # bare strings need no quotes
-        changes[key.strip().replace("-", "_")] = tuple(value) if isinstance(value, list) else value
-    unknown = sorted(set(changes) - set(KAnoCLIPConfig.__dataclass_fields__))
-    if unknown:
-        raise ConfigError(f"unknown config field(s) {unknown}; see `kanoclip info` for all fields")
-    return config.replace(**changes)
+        changes.append((key.strip().replace("-", "_"), tuple(value) if isinstance(value, list) else value))
+    return tuple(changes)
+
+
+def model_config(args: argparse.Namespace) -> KAnoCLIPConfig:
+    """The config named by the model options: file, then the named flags, then --set overrides."""
+    return RunConfig(model_file=args.config, model_changes=model_changes(args)).model_config()
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -106,10 +107,17 @@ def add_run_options(
     group.add_argument(
         "--engine",
         default="torch",
-        choices=("torch", "onnxruntime", "openvino"),
-        help="torch runs the model; onnxruntime / openvino run a folder from `kanoclip export` (--model) on the CPU",
+        choices=ENGINES,
+        help="torch runs the model; onnxruntime / openvino run a folder from `kanoclip export` (--exported) on the "
+        "CPU, with its model, text, references and precision baked in",
     )
-    group.add_argument("--model", dest="model_dir", metavar="DIR", help="with --engine: the exported folder")
+    group.add_argument(
+        "--exported",
+        "--model",
+        dest="exported",
+        metavar="DIR",
+        help="with --engine onnxruntime|openvino: the folder `kanoclip export` wrote (--model is its old name)",
+    )
     group.add_argument(
         "--calibration",
         metavar="FILE",
@@ -119,7 +127,6 @@ def add_run_options(
         "--class-name",
         "--knowledge-class",
         dest="class_name",
-        default="object",
         help="training-free mode: what the images show (e.g. bottle, screw, pcb, 'brain mri'); its text comes from "
         "the shipped knowledge base and a prompt ensemble (default: object)",
     )
@@ -131,64 +138,46 @@ def add_run_options(
         help="good parts as few-shot references: images, folders, quoted globs, or a bank file from "
         "`kanoclip reference build` (.kref); repeat the flag for more",
     )
+    group.add_argument(
+        "--max-pixels",
+        type=int,
+        default=RunConfig.max_pixels,
+        help=f"refuse images over this many pixels, before decoding them (default {RunConfig.max_pixels:,})",
+    )
 
 
-def detector(args: argparse.Namespace, threshold: float | None = None) -> Any:
-    """The Detector every command runs: a checkpoint (with its thresholds) or training-free mode; thresholds from
-    --calibration, with --threshold replacing the image threshold."""
-    from .detection import Detector
-
-    overrides = {}
-    if args.checkpoint:
-        config_flags = {"backbone": args.backbone, "pretrained": args.pretrained, "image_size": args.image_size}
-        overrides = {k: v for k, v in config_flags.items() if v is not None}
-        if args.set or args.config:
-            raise ConfigError(
-                "--set/--config change a training-free model; a checkpoint keeps its own config "
-                "(only --backbone, --pretrained and --image-size may point elsewhere)"
-            )
-    if args.engine != "torch":
-        det = Detector(
-            overrides={"image_size": args.image_size} if args.image_size else None,
-            batch_size=args.batch_size,
-            workers=args.workers,
-            engine=args.engine,
-            model_dir=args.model_dir,
-            references=args.reference or None,
-            checkpoint_dir=args.checkpoint,
-        )
-        return _with_thresholds(det, args, threshold)
-    banks = [r for r in args.reference if r.endswith(".kref")]
-    if banks and (len(banks) > 1 or len(args.reference) > 1):
-        raise ConfigError("--reference takes one bank file (.kref), or images/folders/globs, not both")
-    det = Detector(
-        args.checkpoint,
-        None if args.checkpoint else model_config(args),
-        overrides,
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run options as a RunConfig: flags in, nothing decided here (RunConfig.validate refuses what cannot
+    apply; Detector.from_config builds it)."""
+    return RunConfig(
+        engine=args.engine,
+        exported=args.exported,
+        checkpoint=args.checkpoint,
+        model_file=args.config,
+        model_changes=model_changes(args),
         device=args.device,
         precision=args.precision,
         batch_size=args.batch_size,
         workers=args.workers,
-        class_name=args.class_name,
         compile=args.compile,
-        references=(banks[0] if banks else args.reference) or None,
+        class_name=args.class_name,
+        references=tuple(args.reference),
+        calibration=args.calibration,
+        image_threshold=getattr(args, "threshold", None),
+        max_pixels=args.max_pixels,
     )
+
+
+def detector(args: argparse.Namespace) -> Any:
+    """The Detector a command runs, built by the one factory."""
+    from .detection import Detector
+
+    det = Detector.from_config(run_config(args))
     if det.references is not None:
         print(
             f"references: {det.references.images} good part(s), {det.references.describe()['patches_per_level']} "
             "patches per level"
         )
-    return _with_thresholds(det, args, threshold)
-
-
-def _with_thresholds(det: Any, args: argparse.Namespace, threshold: float | None) -> Any:
-    """Thresholds from --calibration, then --threshold replacing the image threshold."""
-    from .thresholds import Thresholds, read_standalone
-
-    if args.calibration:
-        det.thresholds = read_standalone(args.calibration, det.config.to_dict())[0]
-    if threshold is not None:
-        det.thresholds = Thresholds(threshold, det.thresholds.map)
     return det
 
 
@@ -217,12 +206,19 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from .detection import detect_files
+    from .inputs import expand_inputs
+    from .outputs import detect_files
 
+    run = run_config(args)
     if args.ray is not None:
-        summary = detect_with_ray(args)
+        from .scale_out import detect_on_ray
+
+        summary = detect_on_ray(
+            run, args.inputs, args.out, args.ray or None, args.ray_workers, args.gpus_per_worker, not args.no_maps
+        )
     else:
-        summary = detect_files(detector(args, args.threshold), args.inputs, args.out, save_maps=not args.no_maps)
+        expand_inputs(args.inputs)  # a missing input fails before the model is built
+        summary = detect_files(detector(args), args.inputs, args.out, save_maps=not args.no_maps)
     done = summary.images - len(summary.failed)
     print(
         f"{done} of {summary.images} images scored -> {summary.scores_csv}"
@@ -233,43 +229,6 @@ def cmd_detect(args: argparse.Namespace) -> int:
     for _, reason in summary.failed:
         print(f"  failed: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
-
-
-def detect_with_ray(args: argparse.Namespace) -> Any:
-    """The same Detector arguments as a local run, handed to every Ray actor."""
-    from .scale_out import detect_on_ray
-    from .thresholds import Thresholds, read_standalone
-
-    thresholds = None
-    if args.calibration or args.threshold is not None:
-        base = read_standalone(args.calibration)[0] if args.calibration else Thresholds()
-        thresholds = Thresholds(args.threshold if args.threshold is not None else base.image, base.map)
-    local = args.engine == "torch"
-    detector_args = {
-        "checkpoint_dir": args.checkpoint,
-        "config": None if args.checkpoint or not local else model_config(args),
-        "device": "cuda" if args.gpus_per_worker > 0 else "cpu",
-        "precision": args.precision,
-        "batch_size": args.batch_size,
-        "workers": 0,  # decoding runs in Ray tasks
-        "class_name": args.class_name,
-        "thresholds": thresholds,
-        "references": args.reference[0]
-        if len(args.reference) == 1 and args.reference[0].endswith(".kref")
-        else (args.reference or None),
-        "engine": args.engine,
-        "model_dir": args.model_dir,
-    }
-    return detect_on_ray(
-        detector_args,
-        args.inputs,
-        args.out,
-        args.ray or None,
-        args.ray_workers,
-        args.gpus_per_worker,
-        args.batch_size,
-        not args.no_maps,
-    )
 
 
 def add_evaluate_options(parser: argparse.ArgumentParser) -> None:
@@ -570,7 +529,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     det = detector(args)
     result = calibrate(det, normal, anomalous, args.false_alarm_rate)
     where = store(result, det, args.out)
-    for level in ("image", "map"):
+    for level in ("image", "pixel"):
         t = result[level]
         if t["method"] == "f1_max":
             print(
@@ -638,7 +597,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"exported -> {folder} (manifest.json says what it holds)")
     print(
         f"run it: kanoclip detect IMAGES --engine {'openvino' if args.format == 'openvino' else 'onnxruntime'} "
-        f"--model {folder}"
+        f"--exported {folder}"
     )
     return 0
 
@@ -650,7 +609,6 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="images of concurrent requests run together")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more images")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="per file (413 above)")
-    parser.add_argument("--max-pixels", type=int, default=50_000_000, help="per image (413 above)")
     add_run_options(parser)
 
 
@@ -664,7 +622,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-        max_pixels=args.max_pixels,
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
@@ -735,7 +692,7 @@ EXPORT_EPILOG = """examples:
   kanoclip export --checkpoint runs/mvtec/final --format openvino --precision bf16 --out model-ov
   kanoclip export --class-name screw --reference good/ --format openvino --precision int8 \\
       --calibration-images 'line3/*.png' --out screw-int8
-  kanoclip detect line3/ --engine openvino --model model-ov                        then run it
+  kanoclip detect line3/ --engine openvino --exported model-ov                        then run it
 
 one graph from RGB in [0, 1] at the run resolution to scores and maps: text features, references and thresholds are
 baked in, the batch is dynamic. Needs the export extra: pip install 'kanoclip[export]'.

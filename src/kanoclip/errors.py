@@ -22,6 +22,10 @@ class ImageReadError(KanoclipError):
     """An image or mask file is missing, corrupt or not an image."""
 
 
+class ImageTooLarge(ImageReadError):
+    """An image is over the pixel, frame or byte limit: refused before its pixels are decoded."""
+
+
 class DatasetError(KanoclipError):
     """A dataset folder has an unknown or inconsistent layout."""
 

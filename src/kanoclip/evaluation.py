@@ -122,9 +122,9 @@ def evaluate_dataset(
             per_seed.append(
                 class_metrics(
                     labels[ok],
-                    collected.scores[ok],
+                    collected.pred_scores[ok],
                     None if masks is None else masks[ok],
-                    collected.maps[ok] if pixel_level else None,
+                    collected.anomaly_maps[ok] if pixel_level else None,
                     aupro_method,
                 )
             )
@@ -144,7 +144,7 @@ def evaluate_dataset(
             per_seed=per_seed if shots else [],
             references=references,
         )
-        result.cases = _cases(samples, labels, collected.scores, collected.maps, out_dir, name, cls, cases)
+        result.cases = _cases(samples, labels, collected.pred_scores, collected.anomaly_maps, out_dir, name, cls, cases)
         results.append(result)
     bar.close()
     return results

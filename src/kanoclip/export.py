@@ -21,10 +21,10 @@ from torch import nn
 
 from . import __version__
 from ._files import atomic_write_json
+from .backends import CLASS_TEXT, MANIFEST, require
 from .detection import Detector, to_tensor
-from .engines import MANIFEST, require
 from .errors import ConfigError
-from .images import read_image
+from .images import decode
 
 FORMATS = {"onnx": ("fp32",), "openvino": ("fp32", "fp16", "bf16", "int8")}
 OPSET = 18
@@ -35,12 +35,11 @@ class _Graph(nn.Module):
 
     def __init__(self, detector: Detector) -> None:
         super().__init__()
-        assert detector.model is not None
         self.model = detector.model
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         out = self.model(images)
-        return out.scores, out.maps
+        return out.pred_score, out.anomaly_map
 
 
 def export(
@@ -57,8 +56,8 @@ def export(
         raise ConfigError(f"{fmt} exports take --precision {'|'.join(FORMATS[fmt])}, got {precision!r}")
     if precision == "int8" and not calibration_images:
         raise ConfigError("int8 needs --calibration-images: a few hundred of your own images (good parts will do)")
-    if detector.model is None:
-        raise ConfigError("export runs on the PyTorch engine: drop --engine/--model")
+    if not detector.supports(CLASS_TEXT):
+        raise ConfigError("export runs on the PyTorch engine: drop --engine/--exported")
     require("onnx"), require("onnxscript")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -78,16 +77,20 @@ def _write_graph(
     detector: Detector, folder: Path, fmt: str, precision: str, calibration_images: Sequence[str | Path]
 ) -> dict[str, str]:
     model = detector.model
-    assert model is not None
     size = detector.image_size
     example = torch.rand(2, 3, size, size, device=detector.device)
     batch = torch.export.Dim("batch", min=1, max=4096)
+    # OpenVINO converts from an ONNX file in a folder of its own, removed whole: a large graph keeps its weights
+    # beside it (model.onnx.data), and none of that belongs in an OpenVINO export
+    onnx_file = folder / "model.onnx" if fmt == "onnx" else folder / ".onnx" / "model.onnx"
+    onnx_file.parent.mkdir(exist_ok=True)
     with torch.no_grad():
-        model._prompt_cache = model.text_features()  # learned prompts encoded once: a constant of the graph
+        if not model.training_free:
+            model.encode_prompts()  # learned prompts encoded once: a constant of the graph
         torch.onnx.export(
             _Graph(detector).eval(),
             (example,),
-            str(folder / "model.onnx"),
+            str(onnx_file),
             dynamo=True,
             opset_version=OPSET,
             input_names=["images"],
@@ -98,17 +101,17 @@ def _write_graph(
     if fmt == "onnx":
         return {"model": "model.onnx"}
     ov = require("openvino")
-    ov_model = ov.convert_model(str(folder / "model.onnx"))
+    ov_model = ov.convert_model(str(onnx_file))
     if precision == "int8":
         nncf = require("nncf")
-        pixels = [to_tensor(read_image(p), size)[None].numpy() for p in calibration_images]
+        pixels = [to_tensor(decode(p, limits=detector.limits), size)[None].numpy() for p in calibration_images]
         # the MIXED preset (symmetric weights, asymmetric activations) suits transformer activations; NNCF's
         # TRANSFORMER model type gives, with OpenVINO 2026.4, a graph whose dynamic batch no longer compiles
         ov_model = nncf.quantize(
             ov_model, nncf.Dataset(pixels), preset=nncf.QuantizationPreset.MIXED, subset_size=len(pixels)
         )
     ov.save_model(ov_model, str(folder / "model.xml"), compress_to_fp16=precision == "fp16")
-    (folder / "model.onnx").unlink()
+    shutil.rmtree(onnx_file.parent)
     return {"model": "model.xml", "weights": "model.bin"}
 
 
@@ -130,7 +133,10 @@ def manifest(detector: Detector, fmt: str, precision: str, files: dict[str, str]
             "meaning": f"RGB in [0, 1], resized to {size} x {size} (bicubic, antialiased); normalised inside",
         },
         "outputs": {"scores": ["batch"], "maps": ["batch", size, size]},
-        **{k: described[k] for k in ("model", "backbone_fingerprint", "checkpoint", "config", "text", "references")},
-        "checkpoint_sha256": detector.checkpoint_sha256,
+        **{
+            k: described[k]
+            for k in ("model", "backbone_fingerprint", "checkpoint", "checkpoint_sha256", "config", "text")
+        },
+        "references": described["references"],
         "thresholds": described["thresholds"],
     }

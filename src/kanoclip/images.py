@@ -1,28 +1,63 @@
-"""Reading images and masks the way users have them: RGB, grayscale, palette, RGBA, 16-bit, phone EXIF rotations.
+"""The one image decoder: paths, encoded bytes, arrays and PIL images the way users have them (RGB, grayscale,
+palette, RGBA, 16-bit, phone EXIF rotations), under the same limits for every entry point.
 
-Every failure is an `ImageReadError` that names the file and says what is wrong with it.
+Every failure is an `ImageReadError` that names the file and says what is wrong with it; an image over the limits is
+an `ImageTooLarge` (HTTP 413), found from the header before any pixel is decoded, so a decompression bomb costs
+nothing.
 """
 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageReadError
+from .errors import ImageReadError, ImageTooLarge
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+# Modes `to_rgb` turns into 8-bit RGB; anything else (CMYK, LAB, multi-band) goes through Pillow's RGB conversion.
+HIGH_BIT_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
+ImageLike = NDArray[np.uint8] | Image.Image | str | Path | bytes
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What one decoded image may cost, the same on the CLI, over HTTP, on Ray and for references.
+
+    `max_pixels` bounds width x height (checked from the header, before decoding); only the first frame of a
+    multi-frame file is decoded, and a file declaring more than `max_frames` frames is refused; `max_bytes` bounds
+    an encoded file (0: no limit)."""
+
+    max_pixels: int = 50_000_000
+    max_frames: int = 1_000
+    max_bytes: int = 0
+
+    def check_size(self, name: str, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise ImageTooLarge(
+                f"{name}: {width}x{height} pixels is over the {self.max_pixels:,}-pixel limit "
+                "(raise it with --max-pixels if the image is genuine)"
+            )
 
 
 def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
 
 
-def _open(source: str | Path | bytes, name: str) -> Image.Image:
+def _open(source: str | Path | bytes, name: str, limits: ImageLimits | None = None) -> Image.Image:
+    limits = limits or ImageLimits()
+    if isinstance(source, bytes) and limits.max_bytes and len(source) > limits.max_bytes:
+        raise ImageTooLarge(f"{name}: {len(source):,} bytes is over the {limits.max_bytes:,}-byte limit")
     try:
         image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        limits.check_size(name, *image.size)
+        frames = int(getattr(image, "n_frames", 1) or 1)
+        if frames > limits.max_frames:
+            raise ImageTooLarge(f"{name}: {frames:,} frames is over the {limits.max_frames:,}-frame limit")
         image.load()
     except FileNotFoundError as e:
         raise ImageReadError(f"{name}: no such file") from e
@@ -32,8 +67,8 @@ def _open(source: str | Path | bytes, name: str) -> Image.Image:
         raise ImageReadError(f"{name}: not an image file (or a format Pillow cannot read)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
-    except Image.DecompressionBombError as e:
-        raise ImageReadError(f"{name}: too many pixels ({e})") from e
+    except Image.DecompressionBombError as e:  # Pillow's own guard, past ours only if --max-pixels is raised
+        raise ImageTooLarge(f"{name}: too many pixels ({e})") from e
     return image
 
 
@@ -41,7 +76,7 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     """An 8-bit RGB array (H, W, 3). High-bit-depth images (16-bit, float) are stretched from their own min..max to
     0..255, as medical viewers do; alpha is dropped; EXIF orientation is applied."""
     image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in HIGH_BIT_DEPTH:
         a = np.asarray(image, dtype=np.float64)
         lo, hi = float(a.min()), float(a.max())
         a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo) * 255.0
@@ -49,10 +84,34 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def source_name(image: ImageLike) -> str:
+    """How an input is named in results and errors: its path, else its kind."""
+    if isinstance(image, str | Path):
+        return str(image)
+    return "uploaded image" if isinstance(image, bytes) else type(image).__name__
+
+
+def decode(image: ImageLike, name: str | None = None, limits: ImageLimits | None = None) -> NDArray[np.uint8]:
+    """Any input -> (H, W, 3) uint8 RGB, under `limits`: the decoder of files, uploads, Ray tasks, references and
+    export calibration alike."""
+    label = name or source_name(image)
+    limits = limits or ImageLimits()
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ImageReadError(f"{label}: expected an (H, W, 3) uint8 RGB array, got {image.shape} {image.dtype}")
+        limits.check_size(label, image.shape[1], image.shape[0])
+        return image
+    if isinstance(image, Image.Image):
+        limits.check_size(label, *image.size)
+        return to_rgb(image)
+    return to_rgb(_open(image, label, limits))
+
+
 def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
-    """A file path or encoded bytes -> (H, W, 3) uint8 RGB."""
-    label = name or str(source if not isinstance(source, bytes) else "uploaded image")
-    return to_rgb(_open(source, label))
+    """A file path or encoded bytes -> (H, W, 3) uint8 RGB, under the default limits."""
+    return decode(source, name)
 
 
 Crop = tuple[int, int, int, int]  # (left, top, right, bottom)

@@ -8,6 +8,7 @@ identity, so an untrained model is a plain CLIP-VV zero-shot detector.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -28,10 +29,10 @@ LEARNABLE_PREFIXES = ("prompts.", "bi_cmci.", "adapter.")
 
 @dataclass
 class Output:
-    """Per image: an anomaly score in [0, 1] and an anomaly map at the input's resolution."""
+    """Per image: an anomaly score in [0, 1] and an anomaly map at the input's resolution (anomalib's names)."""
 
-    scores: torch.Tensor  # (B,)
-    maps: torch.Tensor  # (B, H, W)
+    pred_score: torch.Tensor  # (B,)
+    anomaly_map: torch.Tensor  # (B, H, W)
 
 
 @dataclass
@@ -75,7 +76,7 @@ class KAnoCLIP(nn.Module):
         self._free_levels = [taps.index(t) for t in self.config.training_free_taps or ()]
         self._knowledge_text: torch.Tensor | None = None
         self._prompt_cache: torch.Tensor | None = None
-        self.reference_levels: list[torch.Tensor] | None = None  # few-shot bank per tap level (SPEC §9)
+        self._bank: list[torch.Tensor] | None = None  # few-shot bank per tap level (SPEC §9)
 
     # -- text side -------------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -84,10 +85,30 @@ class KAnoCLIP(nn.Module):
         tokens = self.tokenizer(sentences).to(self.mean.device)
         return F.normalize(self.clip.encode_text(tokens).float(), dim=-1)
 
-    def use_text_features(self, text: torch.Tensor | None) -> None:
-        """Training-free mode: fixed [t_n, t_a] (2, D) from sentences (`knowledge.training_free_text`) replace the
-        learned prompts, and maps fuse `training_free_taps` only. None returns to the learned prompts."""
-        self._knowledge_text = None if text is None else F.normalize(text.float(), dim=-1).to(self.mean.device)
+    def setup(
+        self,
+        *,
+        text: torch.Tensor | EllipsisType | None = ...,
+        bank: list[torch.Tensor] | EllipsisType | None = ...,
+    ) -> None:
+        """Condition the model for a product; `...` leaves a part as it is.
+
+        Args:
+            text: training-free mode: fixed [t_n, t_a] (2, D) from sentences (`knowledge.training_free_text`) replace
+                the learned prompts, and maps fuse `training_free_taps` only. None returns to the learned prompts.
+            bank: few-shot references (SPEC §9): unit patch features (M, D) per tap level, on the model's device.
+                None: zero-shot. Swapped in one assignment, so a forward sees the old bank or the new one, never a mix.
+        """
+        if not isinstance(text, EllipsisType):
+            self._knowledge_text = None if text is None else F.normalize(text.float(), dim=-1).to(self.mean.device)
+        if not isinstance(bank, EllipsisType):
+            self._bank = bank
+
+    def encode_prompts(self) -> torch.Tensor:
+        """The learned prompts encoded once and kept, so that an exported graph holds them as a constant."""
+        with torch.no_grad():
+            self._prompt_cache = self.prompts()
+        return self._prompt_cache
 
     @property
     def training_free(self) -> bool:
@@ -100,7 +121,7 @@ class KAnoCLIP(nn.Module):
         if self.training or torch.is_grad_enabled():
             return self.prompts()
         if self._prompt_cache is None or self._prompt_cache.device != self.mean.device:
-            self._prompt_cache = self.prompts()
+            return self.encode_prompts()
         return self._prompt_cache
 
     def train(self, mode: bool = True) -> KAnoCLIP:
@@ -112,7 +133,7 @@ class KAnoCLIP(nn.Module):
     # -- forward ---------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> Output:
         out = self._run(images, training=False)
-        return Output(out.scores, out.maps)
+        return Output(out.pred_score, out.anomaly_map)
 
     def forward_train(self, images: torch.Tensor) -> TrainingOutput:
         """Forward with everything the losses need; images should already be at the run resolution."""
@@ -155,7 +176,7 @@ class KAnoCLIP(nn.Module):
         used = self.map_levels(training)
         maps = gaussian_blur(fuse_levels(abnormal[:, used], cfg.level_fusion), cfg.map_sigma)
         scores = image_scores(image_logits.float().softmax(-1), maps, cfg.score_mode)
-        references = self.reference_levels  # read once: a concurrent swap never mixes two banks in one forward
+        references = self._bank  # read once: a concurrent swap never mixes two banks in one forward
         if references is not None and not training:
             taps = F.normalize(feats.taps[:, used], dim=-1)
             bank = [references[i] for i in used]

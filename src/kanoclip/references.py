@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,6 +135,33 @@ class ReferenceBank:
         if header.get("format") != BANK_FORMAT:
             raise ConfigError(f"{path} is not a kanoclip reference bank (written by `kanoclip reference build`)")
         return cls(levels, header["identity"], header["sources"], int(header.get("reduced_from", 0)))
+
+
+def augmented(pixels: torch.Tensor, mode: str) -> torch.Tensor:
+    """(B, 3, S, S) references and their rotations (and flips), as AnomalyDINO augments small banks."""
+    if mode == "none":
+        return pixels
+    views = [torch.rot90(pixels, k, dims=(2, 3)) for k in range(4)]
+    if mode == "rot90+flip":
+        views += [v.flip(3) for v in views]
+    return torch.cat(views)
+
+
+def build_bank(
+    batches: Iterable[torch.Tensor],
+    sources: list[dict[str, str]],
+    encode: Callable[[torch.Tensor], list[torch.Tensor]],
+    identity: dict[str, Any],
+    augment: str,
+    limit: int,
+    base: ReferenceBank | None = None,
+) -> ReferenceBank:
+    """`base` (or an empty bank) plus good parts: batches of RGB in [0, 1] at the run resolution, augmented as
+    `augment` says, encoded by `encode` into unit patch features per level, reduced past `limit` patches per level."""
+    chunks = [encode(augmented(pixels, augment)) for pixels in batches]
+    new = [torch.cat([c[i] for c in chunks]).float().cpu() for i in range(len(chunks[0]))] if chunks else []
+    bank = base or ReferenceBank([torch.empty(0, 0) for _ in new], identity)
+    return bank.extended(new, sources, limit) if new else bank
 
 
 def reference_map(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ._files import atomic_write_bytes
-from .config import KAnoCLIPConfig, TrainConfig
+from .config import KAnoCLIPConfig, RunConfig, TrainConfig
 from .datasets import DatasetIndex, load_dataset
 from .detection import Detector
 from .errors import DatasetError, KnowledgeError
@@ -220,7 +220,9 @@ def reproduce(
             image_knowledge=vqa.get(run.train_on),
             device=device,
         )
-        detector = Detector(final, device=device, precision=precision, batch_size=batch_size, workers=workers)
+        detector = Detector.from_config(
+            RunConfig(checkpoint=str(final), device=device, precision=precision, batch_size=batch_size, workers=workers)
+        )
         for name in run.evaluate:
             info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.describe()["model"]}
             where = out / f"eval_{_normalise(name)}_from_{_normalise(run.train_on)}"

@@ -1,31 +1,31 @@
 """`kanoclip detect --ray`: batch detection on Ray Data, for archives bigger than one machine.
 
 The inputs are cut into the same batches a local run makes; Ray tasks read each batch's bytes and decode them with
-kanoclip's own reader (same decoding, same errors), and a pool of actors, each holding one Detector, scores them
-(`map_batches` with stateful actors). Actors write maps and overlays as local detect does, and return rows that land
-as Parquet shards under `<out>/ray/`. The run is resumable and exactly once: a rerun skips every image a shard
-already holds, an actor that dies is restarted by Ray and its batch redone, and the merge keeps one row per image
-in input order before writing `scores.csv`.
+kanoclip's one decoder (same limits, same errors), and a pool of actors, each holding one Detector built from the
+run config, scores them (`map_batches` with stateful actors). Actors write `run.json`, maps and overlays through the
+writer local detect uses, and return rows that land as Parquet shards under `<out>/ray/`. The run is resumable and
+exactly once: a rerun skips every image a shard already holds, an actor that dies is restarted by Ray and its batch
+redone, and the merge keeps one row per image in input order before writing `scores.csv`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import pickle
 import uuid
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._files import atomic_write_bytes
-from .detection import DetectSummary, write_outputs
+from .config import RunConfig
+from .detection import Detector, Prediction
 from .errors import ConfigError, KanoclipError
-from .images import read_image
+from .images import ImageLimits, decode
 from .inputs import expand_inputs, output_names
+from .outputs import SCORES, DetectSummary, Row, RunFolder
 
 RAY_EXTRA = "pip install 'kanoclip[ray]'  (ray[data], pyarrow, fsspec)"
 SHARDS = "ray"
@@ -92,7 +92,9 @@ def _read_bytes(path: str) -> bytes:
 
 
 def _decode_batch(item: dict[str, Any]) -> dict[str, Any]:
-    """A Ray task: one batch's files read and decoded by kanoclip's reader; errors travel as data."""
+    """A Ray task: one batch's files read and decoded by kanoclip's decoder, under the run's limits; errors travel
+    as data."""
+    limits = ImageLimits(max_pixels=item["max_pixels"])
     decoded: list[tuple[str, np.ndarray | None, str | None]] = []
     for path in item["paths"]:
         try:
@@ -100,69 +102,66 @@ def _decode_batch(item: dict[str, Any]) -> dict[str, Any]:
                 data = _read_bytes(path)
             except OSError as e:
                 raise KanoclipError(f"{path}: cannot read ({e.strerror or e})") from e
-            decoded.append((path, read_image(data, path), None))
+            decoded.append((path, decode(data, path, limits), None))
         except KanoclipError as e:
             decoded.append((path, None, str(e)))
     return {"batch": item["batch"], "payload": pickle.dumps((item["names"], decoded))}
 
 
 class _Scorer:
-    """A Ray actor holding one Detector; writes each image's files and returns its row."""
+    """A Ray actor holding one Detector, built from the run config as every detector is; writes `run.json` and each
+    image's files through the one writer, and returns the rows."""
 
-    def __init__(self, detector_args: dict[str, Any], out: str, save_maps: bool, threads: int) -> None:
+    def __init__(self, run: RunConfig, inputs: list[str], out: str, save_maps: bool, threads: int) -> None:
         import torch
 
-        from .detection import Detector
-
         torch.set_num_threads(threads)  # Ray pins an actor to its CPU count (1): the forward may use its share
-        self.detector = Detector(**detector_args)
-        self.out, self.save_maps = out, save_maps
+        self.detector = Detector.from_config(run)
+        self.folder = RunFolder(out, save_maps)
+        described = self.detector.describe()
+        self.folder.write_run(inputs, {**described, "engine": f"{described['engine']} on Ray"})  # same in every actor
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        rows: dict[str, list[Any]] = {"path": [], "score": [], "label": [], "map": [], "error": []}
+        rows: dict[str, list[Any]] = {name: [] for name in Row.__dataclass_fields__}
         for payload in batch["payload"]:
             names, decoded = pickle.loads(payload)
-            good = [(n, p, rgb) for n, (p, rgb, err) in zip(names, decoded, strict=True) if err is None]
-            predictions = self.detector.predict_many([rgb for _, _, rgb in good]) if good else []
-            results = {p: (n, pred, rgb) for (n, p, rgb), pred in zip(good, predictions, strict=True)}
-            for name, (path, _, error) in zip(names, decoded, strict=True):
-                row: dict[str, Any] = {"path": path, "score": None, "label": None, "map": None, "error": error}
+            good = [rgb for _, rgb, err in decoded if err is None]
+            predictions = iter(self.detector.predict_many(good) if good else [])
+            for name, (path, rgb, error) in zip(names, decoded, strict=True):
+                p = Prediction(path, error=error)
                 if error is None:
-                    _, prediction, rgb = results[path]
-                    prediction.image = rgb
-                    row["map"] = write_outputs(Path(self.out), name, prediction, self.save_maps)
-                    row["score"], row["label"] = prediction.pred_score, prediction.pred_label
-                for key, value in row.items():
+                    p = next(predictions)
+                    p.source, p.image = path, rgb
+                for key, value in asdict(self.folder.write_image(name, p)).items():
                     rows[key].append(value)
         return rows
 
 
-def done_rows(out: Path) -> dict[str, dict[str, Any]]:
+def done_rows(out: Path) -> dict[str, Row]:
     """Every image a previous run's shards hold, by path (the first row of each, if a batch was redone)."""
     shards = sorted((out / SHARDS).rglob("*.parquet")) if (out / SHARDS).is_dir() else []
     if not shards:
         return {}
     import pyarrow.parquet as pq
 
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, Row] = {}
     for shard in shards:
         for row in pq.read_table(shard).to_pylist():
-            rows.setdefault(row["path"], row)
+            rows.setdefault(row["path"], Row(**row))
     return rows
 
 
 def detect_on_ray(
-    detector_args: dict[str, Any],
+    run: RunConfig,
     inputs: Sequence[str],
     out_dir: str | Path,
     address: str | None = None,
     workers: int = 1,
     gpus_per_worker: float = 0.0,
-    batch_size: int = 8,
     save_maps: bool = True,
     threads_per_worker: int | None = None,
 ) -> DetectSummary:
-    """Score `inputs` on Ray; returns what local detect returns. `detector_args` are the Detector's arguments;
+    """Score `inputs` on Ray with detectors built from `run`; returns what local detect returns.
     `threads_per_worker` (default: the cluster's CPUs over the workers) sets each actor's torch threads."""
     paths = list_inputs(inputs)
     out = Path(out_dir)
@@ -180,15 +179,22 @@ def detect_on_ray(
                 f"{workers} CPU actors need {workers} of the cluster's {cpus:g} CPUs and decoding needs some left: "
                 f"use --ray-workers {max(1, int(cpus - DECODE_CPUS))} or fewer, or --gpus-per-worker"
             )
+        size = run.batch_size
         batches = [
-            {"batch": i, "paths": todo[s : s + batch_size], "names": [names[p] for p in todo[s : s + batch_size]]}
-            for i, s in enumerate(range(0, len(todo), batch_size))
+            {
+                "batch": i,
+                "paths": todo[s : s + size],
+                "names": [names[p] for p in todo[s : s + size]],
+                "max_pixels": run.max_pixels,
+            }
+            for i, s in enumerate(range(0, len(todo), size))
         ]
         dataset = ray.data.from_items(batches).map(_decode_batch, num_cpus=DECODE_CPUS)
         scored = dataset.map_batches(
             _Scorer,
             fn_constructor_kwargs={
-                "detector_args": detector_args,
+                "run": _actor_run(run, gpus_per_worker),
+                "inputs": [str(i) for i in inputs],
                 "out": str(out),
                 "save_maps": save_maps,
                 "threads": threads_per_worker or max(1, int(cpus // workers)),
@@ -203,23 +209,20 @@ def detect_on_ray(
     return merge(out, paths, save_maps)
 
 
+def _actor_run(run: RunConfig, gpus_per_worker: float) -> RunConfig:
+    """What an actor runs: decoding is done by Ray tasks, and a torch model goes on the device Ray gave it."""
+    run = run.replace(workers=0)
+    if run.engine == "torch":
+        run = run.replace(device="cuda" if gpus_per_worker > 0 else "cpu")
+    return run
+
+
 def merge(out: Path, paths: list[str], save_maps: bool) -> DetectSummary:
-    """One row per input, in input order, from every shard: scores.csv written atomically."""
+    """One row per input, in input order, from every shard: scores.csv written by the one writer."""
     rows = done_rows(out)
     missing = [p for p in paths if p not in rows]
     if missing:
         raise ConfigError(f"{len(missing)} image(s) have no row after the run (first: {missing[0]}); run it again")
-    labelled = any(rows[p]["label"] is not None for p in paths)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["path", "score", *(["label"] if labelled else []), *(["map"] if save_maps else [])])
-    failed = []
-    for path in paths:
-        row = rows[path]
-        if row["error"] is not None:
-            failed.append((path, row["error"]))
-            continue
-        label = [int(row["label"])] if labelled else []
-        writer.writerow([path, f"{row['score']:.6f}", *label, *([row["map"]] if save_maps else [])])
-    atomic_write_bytes(out / "scores.csv", buffer.getvalue().encode())
-    return DetectSummary(len(paths), failed, 0, out / "scores.csv")
+    folder = RunFolder(out, save_maps)
+    failed = folder.write_scores((rows[p] for p in paths), folder.labelled())
+    return DetectSummary(len(paths), failed, 0, out / SCORES)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
+import dataclasses
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -24,13 +24,12 @@ from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from numpy.typing import NDArray
-from PIL import Image
 
 from . import __version__
 from ._files import npy_bytes
 from .detection import Detector, Prediction
-from .errors import ImageReadError, KanoclipError
-from .images import read_image
+from .errors import ImageReadError, ImageTooLarge, KanoclipError
+from .images import ImageLimits, decode
 from .visualize import mask_image, overlay, to_png
 
 
@@ -39,8 +38,7 @@ class ServeConfig:
     api_key: str | None = None
     max_batch: int = 8
     max_wait_ms: float = 10.0
-    max_upload_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 50_000_000
+    max_upload_bytes: int = 20 * 1024 * 1024  # per file; pixels are bounded by the detector's decoder limits
     max_files: int = 64
 
 
@@ -102,21 +100,14 @@ class MicroBatcher:
                     future.set_result((prediction, len(batch)))
 
 
-def decode_upload(data: bytes, name: str, config: ServeConfig) -> NDArray[np.uint8]:
-    """Bytes -> RGB, with 413 for oversized files or pixel counts and 400 for anything that is not an image."""
-    if len(data) > config.max_upload_bytes:
-        raise HTTPException(413, f"{name}: {len(data):,} bytes is over the {config.max_upload_bytes:,}-byte limit")
+def decode_upload(data: bytes, name: str, limits: ImageLimits) -> NDArray[np.uint8]:
+    """Bytes -> RGB through the one decoder: 413 over its limits, 400 for anything that is not an image."""
     if not data:
         raise HTTPException(400, f"{name}: empty upload")
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            width, height = probe.size
-    except Exception:
-        raise HTTPException(400, f"{name}: not an image file (or a format Pillow cannot read)") from None
-    if width * height > config.max_pixels:
-        raise HTTPException(413, f"{name}: {width}x{height} pixels is over the {config.max_pixels:,}-pixel limit")
-    try:
-        return read_image(data, name)
+        return decode(data, name, limits)
+    except ImageTooLarge as e:
+        raise HTTPException(413, str(e)) from None
     except ImageReadError as e:
         raise HTTPException(400, str(e)) from None
 
@@ -125,6 +116,7 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
     """The service around one loaded Detector."""
     cfg = config or ServeConfig()
     batcher = MicroBatcher(detector, cfg.max_batch, cfg.max_wait_ms)
+    limits = dataclasses.replace(detector.limits, max_bytes=cfg.max_upload_bytes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,21 +158,23 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
 
     @app.get("/v1/info", dependencies=[Depends(authorize)])
     async def info() -> dict[str, Any]:
+        described = detector.describe()
         return {
             "version": __version__,
-            "backbone": detector.describe()["model"],
-            "engine": detector.describe()["engine"],
-            "random_weights": detector.config.pretrained == "none",
-            "checkpoint": str(detector.checkpoint_dir) if detector.checkpoint_dir else None,
-            "checkpoint_sha256": detector.checkpoint_sha256,
-            "mode": "checkpoint" if detector.checkpoint_dir else "training-free",
-            "threshold": detector.thresholds.image,
-            "map_threshold": detector.thresholds.map,
+            "backbone": described["model"],
+            "engine": described["engine"],
+            "random_weights": described["random_weights"],
+            "checkpoint": described["checkpoint"],
+            "checkpoint_sha256": described["checkpoint_sha256"],
+            "mode": "checkpoint" if described["checkpoint"] else "training-free",
+            "threshold": detector.thresholds.image_threshold,
+            "map_threshold": detector.thresholds.pixel_threshold,
             "resolution": detector.image_size,
             "device": str(detector.device),
             "max_batch": cfg.max_batch,
             "max_wait_ms": cfg.max_wait_ms,
             "max_upload_bytes": cfg.max_upload_bytes,
+            "max_pixels": limits.max_pixels,
             "references": bank_info(),
         }
 
@@ -195,7 +189,7 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         decoded = []
         for upload in files:
             data = await upload.read(cfg.max_upload_bytes + 1)
-            decoded.append((data, await run_in_threadpool(decode_upload, data, upload.filename or "upload", cfg)))
+            decoded.append((data, await run_in_threadpool(decode_upload, data, upload.filename or "upload", limits)))
         return decoded
 
     @app.get("/v1/references", dependencies=[Depends(authorize)])
@@ -240,7 +234,7 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "inference_ms": 1000 * (inferred - decoded),
             "total_ms": 1000 * (time.perf_counter() - start),
         }
-        return {"results": results, "threshold": detector.thresholds.image, "timing": timing}
+        return {"results": results, "threshold": detector.thresholds.image_threshold, "timing": timing}
 
     return app
 

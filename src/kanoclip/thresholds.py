@@ -17,16 +17,22 @@ from .errors import ConfigError
 
 @dataclass(frozen=True)
 class Thresholds:
-    """`image`: score >= image is anomalous; `map`: pixels >= map form the predicted mask. None: not calibrated."""
+    """anomalib's names: a score >= `image_threshold` is anomalous; pixels >= `pixel_threshold` form the predicted
+    mask. None: not calibrated."""
 
-    image: float | None = None
-    map: float | None = None
+    image_threshold: float | None = None
+    pixel_threshold: float | None = None
 
     @classmethod
     def from_calibration(cls, calibration: dict[str, Any] | None) -> Thresholds:
+        """From a calibration section; files written before the rename call the pixel threshold `map_threshold`."""
         calibration = calibration or {}
-        image, amap = calibration.get("image_threshold"), calibration.get("map_threshold")
-        return cls(None if image is None else float(image), None if amap is None else float(amap))
+        image = calibration.get("image_threshold")
+        pixel = calibration.get("pixel_threshold", calibration.get("map_threshold"))
+        return cls(None if image is None else float(image), None if pixel is None else float(pixel))
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
 
 
 def read_standalone(path: str | Path, config: dict[str, Any] | None = None) -> tuple[Thresholds, dict[str, Any]]:
