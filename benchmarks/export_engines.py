@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 
 from benchmarks.common import standalone
 from kanoclip import KAnoCLIPConfig
+from kanoclip.config import RunConfig
 from kanoclip.detection import Detector, to_tensor
 from kanoclip.export import export
 from kanoclip.images import read_image
@@ -60,7 +61,7 @@ def case(
     config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        base = Detector(config=config, device="cpu", workers=0, precision="fp32")
+        base = Detector.from_config(RunConfig.with_model(config, device="cpu", workers=0, precision="fp32"))
     files = real_images(n_images)
     pixels = torch.stack([to_tensor(read_image(p), size) for p in files])
     calibration = sorted((DATA / "MVTec_derived_hazelnut_toy").rglob("train/good/*"))[:16]
@@ -68,13 +69,18 @@ def case(
     rows, fp32_times = [], {}
     for label, fmt, precision in ENGINES:
         if fmt == "torch":
-            det = base if precision == "fp32" else Detector(config=config, device="cpu", workers=0, precision="bf16")
+            det = (
+                base
+                if precision == "fp32"
+                else Detector.from_config(RunConfig.with_model(config, device="cpu", workers=0, precision="bf16"))
+            )
         else:
             folder = workdir / f"{backbone}-{size}-{fmt}-{precision}"
             start = time.perf_counter()
             export(base, folder, fmt, precision, calibration if precision == "int8" else ())
             print(f"  exported {label} in {time.perf_counter() - start:.0f} s", flush=True)
-            det = Detector(engine="onnxruntime" if fmt == "onnx" else "openvino", model_dir=folder, workers=0)
+            engine = "onnxruntime" if fmt == "onnx" else "openvino"
+            det = Detector.from_config(RunConfig(engine=engine, exported=str(folder), workers=0))
         scores, maps = det.forward(pixels)
         error = (maps - reference_maps).abs()
         pearson = float(np.corrcoef(maps.flatten().numpy(), reference_maps.flatten().numpy())[0, 1])

@@ -18,6 +18,7 @@ import torch
 
 from benchmarks.common import standalone, timed
 from kanoclip import KAnoCLIPConfig, metrics
+from kanoclip.config import RunConfig
 from kanoclip.datasets import load_dataset
 from kanoclip.datasets.base import sample_image, sample_mask
 from kanoclip.detection import Detector
@@ -31,7 +32,8 @@ def detector(backbone: str, size: int, device: torch.device, batch: int = 8) -> 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
-        return Detector(config=config, device=str(device), workers=2, batch_size=batch, precision="auto")
+        run = RunConfig.with_model(config, device=str(device), workers=2, batch_size=batch, precision="auto")
+        return Detector.from_config(run)
 
 
 def speed(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> list[str]:
@@ -84,8 +86,8 @@ def pipeline_check(device: torch.device) -> str:
                 picks = np.random.default_rng(0).choice(len(index.train), k, replace=False)
                 det.add_references([sample_image(index.train[i]) for i in picks])
             c = det.collect([(s.image, s.crop) for s in test])
-            pixel = metrics.curve_metrics(masks, c.maps)[0]
-            image = metrics.curve_metrics(labels, c.scores)[0]
+            pixel = metrics.curve_metrics(masks, c.anomaly_maps)[0]
+            image = metrics.curve_metrics(labels, c.pred_scores)[0]
             rows.append(
                 f"| {name} | {len(test)} ({int(masks.any(axis=(1, 2)).sum())}) | {k} | {pixel:.3f} | {image:.3f} |"
             )

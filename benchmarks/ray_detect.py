@@ -19,7 +19,9 @@ import torch
 
 from benchmarks.common import standalone
 from kanoclip import KAnoCLIPConfig
-from kanoclip.detection import Detector, detect_files
+from kanoclip.config import RunConfig
+from kanoclip.detection import Detector
+from kanoclip.outputs import detect_files
 from kanoclip.scale_out import detect_on_ray
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -32,7 +34,7 @@ def run(quick: bool, device: torch.device) -> str:
     images = [p for p in images if "ground_truth" not in p.parts]
     images = (images * 4)[: 48 if quick else 96]
     config = KAnoCLIPConfig(backbone="ViT-B-16", pretrained="none", image_size=224)
-    args = {"config": config, "device": "cpu", "workers": 0, "batch_size": 8}
+    run = RunConfig.with_model(config, device="cpu", workers=0, batch_size=8)
     rows = ["| path | images | seconds | images/s | × local |", "|---|---|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -41,7 +43,7 @@ def run(quick: bool, device: torch.device) -> str:
         for i, p in enumerate(images):
             shutil.copy(p, folder / f"{i:03d}_{p.name}")
         start = time.perf_counter()  # both timings include building the model, as each command does
-        detect_files(Detector(config=config, device="cpu", workers=1, batch_size=8), [folder], Path(tmp) / "local")
+        detect_files(Detector.from_config(run.replace(workers=1)), [folder], Path(tmp) / "local")
         local = time.perf_counter() - start
         rows.append(
             f"| local detect (1 decoding worker) | {len(images)} | {local:.1f} | {len(images) / local:.2f} | 1.00 |"
@@ -49,7 +51,7 @@ def run(quick: bool, device: torch.device) -> str:
         ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
         try:
             start = time.perf_counter()
-            detect_on_ray(args, [str(folder)], Path(tmp) / "ray", workers=1, batch_size=8)
+            detect_on_ray(run, [str(folder)], Path(tmp) / "ray", workers=1)
             remote = time.perf_counter() - start
         finally:
             ray.shutdown()

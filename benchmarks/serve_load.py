@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import append_results, machine_description
 from benchmarks.throughput import image_files
-from kanoclip import Detector, KAnoCLIPConfig
+from kanoclip import Detector, KAnoCLIPConfig, RunConfig
 from kanoclip.serve import ServeConfig
 from tests.serving import running_server
 
@@ -48,9 +48,8 @@ def load(url: str, files: list[Path], clients: int) -> dict[str, float]:
 def run(clients: int, requests: int, backbone: str, size: int, device: torch.device) -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        detector = Detector(
-            config=KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size), device=device.type, workers=0
-        )
+        config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
+        detector = Detector.from_config(RunConfig.with_model(config, device=device.type, workers=0))
     files = image_files(requests)
     rows = [
         f"{backbone} at {size}, {clients} concurrent clients, {requests} requests of one real image each",

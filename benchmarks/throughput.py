@@ -23,7 +23,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import standalone
-from kanoclip import Detector, KAnoCLIPConfig
+from kanoclip import Detector, KAnoCLIPConfig, RunConfig
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -43,8 +43,11 @@ def detector(backbone: str, size: int, device: str, precision: str, batch: int, 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
-        det = Detector(config=config, device=device, precision=precision, batch_size=batch, workers=2, compile=compile)
-    det.model.use_text_features(None)  # the full model: learned prompts, Bi-CMCI and adapter
+        run = RunConfig.with_model(
+            config, device=device, precision=precision, batch_size=batch, workers=2, compile=compile
+        )
+        det = Detector.from_config(run)
+    det.model.setup(text=None)  # the full model: learned prompts, Bi-CMCI and adapter
     return det
 
 

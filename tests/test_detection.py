@@ -163,6 +163,7 @@ def test_bf16_autocast_on_the_cpu_agrees_with_fp32(shared_data: Path) -> None:
         assert not np.array_equal(p.anomaly_map, q.anomaly_map)  # bf16 really ran
 
 
+@pytest.mark.slow
 def test_decoding_workers_die_with_a_detect_killed_by_sigkill(tmp_path: Path) -> None:
     """A SIGKILLed `detect` once left its DataLoader workers running (1.2 GB each): a worker blocked on sending a
     large decoded image to a parent that no longer reads never returns to torch's own parent check."""

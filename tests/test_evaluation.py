@@ -117,6 +117,7 @@ def test_evaluate_lists_unreadable_images_and_exits_1_with_results_written(
     assert any(victim.name in " ".join(c["unreadable"]) for c in document["classes"])
 
 
+@pytest.mark.slow
 def test_evaluate_under_torchrun_with_2_gloo_processes_equals_one_process(tmp_path: Path) -> None:
     """Images are sharded in whole batches with no padding; rank 0 gathers and computes exactly the same metrics."""
     root = tmp_path / "data"

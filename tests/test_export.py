@@ -20,6 +20,7 @@ from kanoclip.errors import ConfigError
 from .conftest import tiny_detector
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+pytestmark = pytest.mark.slow  # exports through torch.onnx / OpenVINO / NNCF
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,8 @@ def test_the_manifest_round_trips_and_says_what_the_folder_holds(exported: dict[
         assert written["backbone_fingerprint"].startswith("kanoclip-tiny|quick_gelu|")
         assert all((exported[fmt] / name).is_file() for name in written["files"].values())
     assert not list(exported["onnx"].parent.glob(".*"))  # no staging folder left behind
+    held = sorted(p.relative_to(exported["openvino"]).as_posix() for p in exported["openvino"].rglob("*"))
+    assert held == ["manifest.json", "model.bin", "model.xml"]  # no ONNX file (nor its external data) beside them
 
 
 def test_a_folder_from_another_version_or_resolution_is_refused(exported: dict[str, Path], tmp_path: Path) -> None:

@@ -212,6 +212,7 @@ def test_jpeg_and_8_bit_png_are_sent_unchanged() -> None:
         assert sendable(buffer.getvalue(), "x") == buffer.getvalue()
 
 
+@pytest.mark.slow
 def test_a_run_killed_midway_and_restarted_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     classes = ["bottle", "cable", "capsule", "carpet", "grid", "hazelnut"]
     cache, out = tmp_path / "cache.jsonl", tmp_path / "k.json"

@@ -8,6 +8,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
+
 import kanoclip
 from kanoclip.cli import build_parser, main
 
@@ -50,6 +52,7 @@ def test_the_package_is_typed_and_licensed() -> None:
     assert metadata.metadata("kanoclip")["License-Expression"] == "Apache-2.0"
 
 
+@pytest.mark.slow
 def test_the_public_api_loads_lazily_and_completely() -> None:
     for name in kanoclip.__all__:
         assert getattr(kanoclip, name) is not None
@@ -57,6 +60,7 @@ def test_the_public_api_loads_lazily_and_completely() -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_missing_test_data_is_one_message_with_the_sources(tmp_path: Path) -> None:
     target = ROOT / "tests" / "test_evaluation.py::test_masks_are_resized_as_the_reference_pipeline_does_on_real_masks"
     result = subprocess.run(

@@ -223,6 +223,7 @@ def pixel_auroc_with(det: Detector, test: list[Sample], references: list[np.ndar
     return metrics.curve_metrics(masks, collected.anomaly_maps)[0]
 
 
+@pytest.mark.slow
 def test_one_good_part_localises_real_defects_even_on_random_vit_b_16(
     shared_data: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -28,6 +28,7 @@ from .conftest import TINY
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
 RUN = RunConfig.with_model(TINY, device="cpu", workers=0, batch_size=4)
+pytestmark = pytest.mark.slow  # a Ray cluster per module
 
 
 @pytest.fixture(scope="module")

@@ -132,6 +132,7 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
         assert (max(sizes) > 1) if batched else (max(sizes) == 1), sizes
 
 
+@pytest.mark.slow
 def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detector, shared_data: Path) -> None:
     """Debian's chromium + chromium-driver (installed by .ci/run) drive the real page; a screenshot is kept."""
     from selenium import webdriver
@@ -196,7 +197,8 @@ def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detect
             WebDriverWait(browser, 60).until(
                 lambda b: b.find_element(By.ID, "bank").text.startswith("bank: 2 good parts")
             )
-            WebDriverWait(browser, 60).until(lambda b: float(rescored(b) or 1) < 0.5 * (1 + 1e-9) * 2)
+            # the image itself is now in the bank: its reference map is 0, so its score is half its zero-shot score
+            WebDriverWait(browser, 60).until(lambda b: abs(float(rescored(b) or 9) - score / 2) < 2e-4)
             assert len(detector.references.sources if detector.references else []) == 2
             ARTIFACTS.mkdir(exist_ok=True)
             assert browser.save_screenshot(str(ARTIFACTS / "serve_page.png"))
@@ -269,21 +271,37 @@ def test_references_over_http_change_scores_and_survive_concurrent_detects(share
         corrupt = [("files", ("bad.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 20))]
         assert httpx.post(f"{url}/v1/references", files=corrupt, headers=key, timeout=60).status_code == 400
 
-        def detect(_: int) -> float:
+        seen: dict[str | None, list[str]] = {None: []}  # bank id -> the good parts it holds, in order
+
+        def detect(_: int) -> tuple[float, str | None]:
             r = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=120)
             assert r.status_code == 200, r.text
-            return float(r.json()["results"][0]["score"])
+            result = r.json()["results"][0]
+            return float(result["score"]), result["references"]["id"]
 
         def update(i: int) -> int:
             if i % 2:
-                return httpx.delete(f"{url}/v1/references", headers=key, timeout=120).status_code
-            files = [("files", (g.name, g.read_bytes())) for g in goods[i % 4 : i % 4 + 1]]
-            return httpx.post(f"{url}/v1/references", files=files, headers=key, timeout=120).status_code
+                r = httpx.delete(f"{url}/v1/references", headers=key, timeout=120)
+            else:
+                files = [("files", (g.name, g.read_bytes())) for g in goods[i % 4 : i % 4 + 1]]
+                r = httpx.post(f"{url}/v1/references", files=files, headers=key, timeout=120)
+            seen[r.json()["id"]] = r.json()["sha256"]
+            return r.status_code
 
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            scores = list(pool.map(detect, range(12)))
-            statuses = list(pool.map(update, range(6)))
-        assert statuses == [200] * 6 and all(0.0 <= s <= 1.0 for s in scores)
+        httpx.delete(f"{url}/v1/references", headers=key, timeout=30)
+        with ThreadPoolExecutor(max_workers=6) as pool:  # detections and bank updates interleaved
+            work = [(pool.submit(detect, i), pool.submit(update, i) if i < 6 else None) for i in range(12)]
+            detections = [d.result() for d, _ in work]
+            statuses = [u.result() for _, u in work if u is not None]
+        assert statuses == [200] * 6
+        by_sha = {hashlib.sha256(g.read_bytes()).hexdigest(): g for g in goods}
+        offline = tiny_detector()
+        for score, bank in detections:  # each detection saw one whole bank: its score is that bank's, exactly
+            assert bank in seen, bank
+            offline.clear_references()
+            if seen[bank]:
+                offline.add_references([by_sha[sha] for sha in seen[bank]])
+            assert score == pytest.approx(offline.predict(query)[0], abs=1e-5), bank
         cleared = httpx.delete(f"{url}/v1/references", headers=key, timeout=30).json()
         assert cleared["images"] == 0
         again = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=60).json()["results"][0]["score"]

@@ -81,6 +81,7 @@ def test_a_few_steps_on_the_synthetic_set_lower_the_loss(synthetic: Path, tmp_pa
     assert all(torch.equal(saved[k], v) for k, v in state["weights"].items())
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_sigkill_and_resumed_equals_an_uninterrupted_one(synthetic: Path, tmp_path: Path) -> None:
     steps = ["--epochs", "8", "--checkpoint-every", "1"]  # 24 steps
     finish(run_train(synthetic, tmp_path / "straight", *steps))
@@ -150,6 +151,7 @@ def test_epoch_order_depends_on_seed_and_epoch_only() -> None:
     assert epoch_order(10, 111, 0) != epoch_order(10, 111, 1)
 
 
+@pytest.mark.slow
 def test_ddp_under_torchrun_keeps_ranks_in_sync_and_matches_one_process(synthetic: Path, tmp_path: Path) -> None:
     steps = ["--max-steps", "3"]
     finish(run_train(synthetic, tmp_path / "one", *steps))

@@ -19,6 +19,7 @@ _EXPORTS = {
     "KAnoCLIP": "model",
     "Output": "model",
     "KAnoCLIPConfig": "config",
+    "RunConfig": "config",
     "TrainConfig": "config",
     "KanoclipError": "errors",
     "Thresholds": "thresholds",
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .checkpoint import load as load
     from .checkpoint import save as save
     from .config import KAnoCLIPConfig as KAnoCLIPConfig
+    from .config import RunConfig as RunConfig
     from .config import TrainConfig as TrainConfig
     from .detection import Detector as Detector
     from .detection import Prediction as Prediction

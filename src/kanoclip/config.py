@@ -222,6 +222,11 @@ ENGINES = ("torch", "onnxruntime", "openvino")
 CHECKPOINT_CHANGES = ("backbone", "pretrained", "image_size")  # where a checkpoint's frozen CLIP may be found
 
 
+def _flag(field: str) -> str:
+    """The flag that sets a config field: its own for the backbone options, else --set."""
+    return f"--{field.replace('_', '-')}" if field in CHECKPOINT_CHANGES else f"--set {field}"
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """How a detector runs: which model, where, how fast, for which product, with which references, thresholds and
@@ -279,7 +284,8 @@ class RunConfig:
                 raise ConfigError("--exported runs a folder from `kanoclip export`: add --engine onnxruntime|openvino")
             if self.checkpoint is not None:
                 self._refuse(
-                    [f for f in changed if f not in CHECKPOINT_CHANGES] + (["--config"] if self.model_file else []),
+                    [_flag(f) for f in changed if f not in CHECKPOINT_CHANGES]
+                    + (["--config"] if self.model_file else []),
                     "a checkpoint keeps its own config (only --backbone, --pretrained and --image-size may point "
                     "elsewhere)",
                 )
@@ -298,7 +304,7 @@ class RunConfig:
             "--compile": self.compile,
         }
         flags = [flag for flag, on in given.items() if on]
-        flags += [f"--{f.replace('_', '-')}" if f in CHECKPOINT_CHANGES else f"--set {f}" for f in changed]
+        flags += [_flag(f) for f in changed]
         self._refuse(
             [f for f in flags if f != "--image-size"],
             f"an exported folder has its model, class text, references and precision baked in and runs on the CPU "

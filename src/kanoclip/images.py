@@ -9,6 +9,7 @@ nothing.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def _open(source: str | Path | bytes, name: str, limits: ImageLimits | None = No
     if isinstance(source, bytes) and limits.max_bytes and len(source) > limits.max_bytes:
         raise ImageTooLarge(f"{name}: {len(source):,} bytes is over the {limits.max_bytes:,}-byte limit")
     try:
-        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        with warnings.catch_warnings():  # Pillow's bomb warning: our own limit is checked on the next line
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
         limits.check_size(name, *image.size)
         frames = int(getattr(image, "n_frames", 1) or 1)
         if frames > limits.max_frames:
@@ -67,8 +70,8 @@ def _open(source: str | Path | bytes, name: str, limits: ImageLimits | None = No
         raise ImageReadError(f"{name}: not an image file (or a format Pillow cannot read)") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{name}: corrupt or truncated image ({e})") from e
-    except Image.DecompressionBombError as e:  # Pillow's own guard, past ours only if --max-pixels is raised
-        raise ImageTooLarge(f"{name}: too many pixels ({e})") from e
+    except Image.DecompressionBombError as e:  # Pillow's own guard, past twice its warning size: before ours
+        raise ImageTooLarge(f"{name}: over the {limits.max_pixels:,}-pixel limit ({e})") from e
     return image
 
 

@@ -8,6 +8,7 @@ CLIP-VV taps, the features the zero-shot maps start from, so k = 0 leaves the ze
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -78,8 +79,15 @@ class ReferenceBank:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.levels)
 
+    @property
+    def id(self) -> str:
+        """Which good parts, in which order, and whether reduced: equal ids give equal maps."""
+        listed = ",".join(s["sha256"] for s in self.sources) + f"|{self.reduced_from}"
+        return hashlib.sha256(listed.encode()).hexdigest()[:16]
+
     def describe(self) -> dict[str, Any]:
         return {
+            "id": self.id,
             "images": self.images,
             "patches_per_level": int(self.levels[0].shape[0]) if self.levels else 0,
             "reduced_from": self.reduced_from,

@@ -65,11 +65,11 @@ class MicroBatcher:
         """Run `work` on the forward thread, between batches: a reference update never meets a forward halfway."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
 
-    async def submit(self, rgb: NDArray[np.uint8]) -> tuple[Prediction, int]:
-        """The image's prediction and how many images shared its forward pass."""
+    async def submit(self, rgb: NDArray[np.uint8]) -> tuple[Prediction, int, dict[str, Any]]:
+        """The image's prediction, how many images shared its forward pass, and which bank it was scored with."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self.queue.put((rgb, future))
-        result: tuple[Prediction, int] = await future
+        result: tuple[Prediction, int, dict[str, Any]] = await future
         return result
 
     async def _run(self) -> None:
@@ -87,7 +87,7 @@ class MicroBatcher:
                     break
             arrays = [rgb for rgb, _ in batch]
             try:
-                results = await loop.run_in_executor(self.executor, self.detector.predict_many, arrays)
+                results, bank = await loop.run_in_executor(self.executor, self._forward, arrays)
             except Exception as e:  # a failed forward fails its requests, never the server
                 for _, future in batch:
                     if not future.done():
@@ -97,7 +97,12 @@ class MicroBatcher:
             self.images += len(batch)
             for (_, future), prediction in zip(batch, results, strict=True):
                 if not future.done():
-                    future.set_result((prediction, len(batch)))
+                    future.set_result((prediction, len(batch), bank))
+
+    def _forward(self, arrays: list[NDArray[np.uint8]]) -> tuple[list[Prediction], dict[str, Any]]:
+        """On the forward thread, where banks are swapped too: the predictions and the bank they were scored with."""
+        bank = self.detector.references
+        return self.detector.predict_many(arrays), {"images": bank.images if bank else 0, "id": bank and bank.id}
 
 
 def decode_upload(data: bytes, name: str, limits: ImageLimits) -> NDArray[np.uint8]:
@@ -180,7 +185,7 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
 
     def bank_info() -> dict[str, Any]:
         bank = detector.describe()["references"]
-        return bank or {"images": 0, "patches_per_level": 0, "reduced_from": 0, "bytes": 0, "sha256": []}
+        return bank or {"id": None, "images": 0, "patches_per_level": 0, "reduced_from": 0, "bytes": 0, "sha256": []}
 
     async def decode_all(files: list[UploadFile]) -> list[tuple[bytes, NDArray[np.uint8]]]:
         """Each upload's bytes and pixels, under the same limits and errors for detections and references."""
@@ -225,10 +230,9 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         outputs = await asyncio.gather(*(batcher.submit(a) for a in arrays))
         inferred = time.perf_counter()
         results = []
-        for upload, rgb, (prediction, shared) in zip(files, arrays, outputs, strict=True):
-            results.append(
-                await run_in_threadpool(_result, upload.filename or "upload", rgb, prediction, return_map, shared)
-            )
+        for upload, rgb, (prediction, shared, bank) in zip(files, arrays, outputs, strict=True):
+            result = await run_in_threadpool(_result, upload.filename or "upload", rgb, prediction, return_map, shared)
+            results.append({**result, "references": bank})
         timing = {
             "decode_ms": 1000 * (decoded - start),
             "inference_ms": 1000 * (inferred - decoded),

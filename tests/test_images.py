@@ -1,0 +1,85 @@
+"""The one decoder: every input kind, the same limits, and a decompression bomb refused before it is decoded."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from kanoclip.errors import ImageReadError, ImageTooLarge
+from kanoclip.images import ImageLimits, decode
+from kanoclip.serve import ServeConfig
+
+from .conftest import tiny_detector
+from .serving import running_server
+
+TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+
+
+def test_paths_bytes_arrays_and_pil_images_decode_alike_under_one_limit(tmp_path: Path) -> None:
+    rgb = np.random.default_rng(0).integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a.png")
+    inputs = [tmp_path / "a.png", (tmp_path / "a.png").read_bytes(), rgb, Image.fromarray(rgb)]
+    for image in inputs:
+        assert np.array_equal(decode(image), rgb)
+        with pytest.raises(ImageTooLarge, match="40x30 pixels is over the 1,000-pixel limit"):
+            decode(image, limits=ImageLimits(max_pixels=1_000))
+    assert np.array_equal(decode(rgb[..., 0]), np.repeat(rgb[..., :1], 3, axis=2))  # grayscale arrays
+    with pytest.raises(ImageReadError, match="uint8 RGB array"):
+        decode(rgb.astype(np.float32))
+    with pytest.raises(ImageTooLarge, match="bytes is over"):
+        decode((tmp_path / "a.png").read_bytes(), limits=ImageLimits(max_bytes=100))
+
+
+def test_a_file_declaring_too_many_frames_is_refused(tmp_path: Path) -> None:
+    frames = [Image.new("L", (8, 8), i) for i in range(5)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:])
+    assert decode(tmp_path / "anim.gif").shape == (8, 8, 3)  # the first frame
+    with pytest.raises(ImageTooLarge, match="5 frames is over the 4-frame limit"):
+        decode(tmp_path / "anim.gif", limits=ImageLimits(max_frames=4))
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 12000 x 12000 PNG (144 megapixels) of a few kilobytes: 1-bit, all black."""
+    path = tmp_path_factory.mktemp("bomb") / "bomb.png"
+    Image.new("1", (12_000, 12_000)).save(path)
+    assert path.stat().st_size < 100_000
+    return path
+
+
+def test_detect_refuses_a_144_megapixel_png_as_serve_does_within_bounded_memory(bomb: Path, tmp_path: Path) -> None:
+    """It once peaked at 9.8 GB on the CLI; refused from the header now, with the server's 413 message."""
+    code = (
+        "import sys; from kanoclip.cli import main; rc = main(sys.argv[1:]); "  # VmHWM: this program's peak
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+        "print('peak_rss_kb', hwm); sys.exit(rc)"
+    )
+    args = ["detect", str(bomb), "--out", str(tmp_path / "out"), *TINY_FLAGS]
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr  # "some images could not be read"
+    peak_kb = int(done.stdout.split("peak_rss_kb")[1].split()[0])
+    assert peak_kb < 1_200_000, (
+        peak_kb
+    )  # torch and a tiny model; a decoded 144 MP image alone is 432 MB, as floats 1.7 GB
+    with running_server(tiny_detector(), ServeConfig()) as url:
+        response = httpx.post(f"{url}/v1/detect", files=[("files", (str(bomb), bomb.read_bytes()))], timeout=60)
+    assert response.status_code == 413
+    message = response.json()["detail"]
+    limit = "50,000,000-pixel limit (raise it with --max-pixels if the image is genuine)"
+    assert message == f"{bomb}: 12000x12000 pixels is over the {limit}"
+    assert f"failed: {message}" in done.stderr  # the same words on the command line
+
+
+def test_references_are_decoded_under_the_same_limits() -> None:
+    det = tiny_detector(max_pixels=1_000)
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 50)).save(buffer, format="PNG")
+    with pytest.raises(ImageTooLarge, match="over the 1,000-pixel limit"):
+        det.add_references([buffer.getvalue()])
