@@ -37,3 +37,17 @@ def npy_bytes(array: np.ndarray) -> bytes:
 def atomic_write_json(path: Path, document: Any, indent: int = 1) -> None:
     """A JSON document written through `atomic_write_bytes`, with a final newline."""
     atomic_write_bytes(path, (json.dumps(document, indent=indent) + "\n").encode())
+
+
+def read_json_object(path: Path, error: type[Exception], missing: str, damaged: str) -> dict[str, Any]:
+    """A JSON object kanoclip wrote, or `error`: "<path> is missing: <missing>" or "<path> is not a valid JSON object
+    (...); <damaged>"."""
+    try:
+        document = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise error(f"{path} is missing: {missing}") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path} is not a valid JSON object ({e}); {damaged}") from e
+    if not isinstance(document, dict):
+        raise error(f"{path} is not a valid JSON object (it holds a {type(document).__name__}); {damaged}")
+    return document

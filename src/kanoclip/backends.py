@@ -6,7 +6,6 @@ runner's (`detection.Detector`), whatever runs the graph.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
@@ -15,6 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__, checkpoint
+from ._files import read_json_object
 from .config import KAnoCLIPConfig, RunConfig
 from .devices import autocast_dtype, resolve_device
 from .errors import ConfigError
@@ -134,12 +134,9 @@ def read_manifest(folder: str | Path, image_size: int | None = None) -> dict[str
     """An exported folder's manifest, refused when another kanoclip version wrote it or when it was exported for
     another resolution than the one asked for."""
     path = Path(folder).expanduser() / MANIFEST
-    try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path} is missing: --exported takes a folder written by `kanoclip export`") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON ({e}); export the model again") from e
+    manifest = read_json_object(
+        path, ConfigError, "--exported takes a folder written by `kanoclip export`", "export the model again"
+    )
     if manifest.get("kanoclip_version") != __version__:
         raise ConfigError(
             f"{folder} was exported by kanoclip {manifest.get('kanoclip_version')}, this is kanoclip {__version__}: "

@@ -7,7 +7,6 @@ temporary file and a rename, so a crash never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
-from ._files import atomic_write_bytes, atomic_write_json
+from ._files import atomic_write_bytes, atomic_write_json, read_json_object
 from .config import KAnoCLIPConfig
 from .errors import CheckpointError
 from .model import KAnoCLIP
@@ -38,12 +37,9 @@ def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = 
 def read_document(directory: str | Path) -> dict[str, Any]:
     """The checkpoint's JSON document: {"model": config, ...extra sections}."""
     path = _checkpoint_dir(directory) / CONFIG
-    try:
-        document: dict[str, Any] = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{path} is missing: a checkpoint is a folder with {WEIGHTS} and {CONFIG}") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e}); the checkpoint is damaged") from e
+    document = read_json_object(
+        path, CheckpointError, f"a checkpoint is a folder with {WEIGHTS} and {CONFIG}", "the checkpoint is damaged"
+    )
     if "model" not in document:
         raise CheckpointError(f"{path} has no 'model' section; is this a kanoclip checkpoint?")
     return document

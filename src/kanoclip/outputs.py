@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ._files import atomic_write_bytes, atomic_write_json, npy_bytes
+from ._files import atomic_write_bytes, atomic_write_json, npy_bytes, read_json_object
 from .detection import Detector, Prediction
 from .errors import ConfigError
 from .inputs import expand_inputs, output_names
@@ -58,11 +57,7 @@ class RunFolder:
         atomic_write_json(self.out / RUN, {"inputs": [str(i) for i in inputs], **described}, indent=2)
 
     def read_run(self) -> dict[str, Any]:
-        try:
-            document: dict[str, Any] = json.loads((self.out / RUN).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{self.out / RUN} is missing or damaged ({e}); run detect again") from e
-        return document
+        return read_json_object(self.out / RUN, ConfigError, "run detect again", "run detect again")
 
     def labelled(self) -> bool:
         """A label column exactly when the run had an image threshold."""
