@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,7 +100,6 @@ def test_an_api_key_guards_every_api_call(detector: Detector, shared_data: Path)
     image = ("files", ("a.png", (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()))
     with running_server(detector, ServeConfig(api_key="s3cret")) as url:
         for call in (
-            lambda h: httpx.get(f"{url}/v1/health", headers=h),
             lambda h: httpx.get(f"{url}/v1/info", headers=h),
             lambda h: httpx.post(f"{url}/v1/detect", files=[image], headers=h, timeout=60),
         ):
@@ -109,7 +109,15 @@ def test_an_api_key_guards_every_api_call(detector: Detector, shared_data: Path)
             assert call({"Authorization": "Bearer s3cret"}).status_code == 200
         assert httpx.get(f"{url}/").status_code == 200  # the page itself asks for the key
         assert "/v1/detect" in httpx.get(f"{url}/openapi.json").json()["paths"]
-        assert httpx.get(f"{url}/docs").status_code == 200
+        schema = httpx.get(f"{url}/openapi.json").json()
+        assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "the server's --api-key",
+        }
+        assert httpx.get(f"{url}/docs").status_code == 404  # Swagger UI would load a third-party script
+        assert httpx.get(f"{url}/v1/health").status_code == 200  # load balancers probe it without the key
 
 
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
@@ -212,7 +220,7 @@ def test_request_size_and_file_count_limits_answer_413_and_the_server_keeps_serv
     detector: Detector, shared_data: Path
 ) -> None:
     data = (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()
-    config = ServeConfig(max_upload_bytes=len(data) + 10, max_files=3)
+    config = ServeConfig(max_upload_bytes=len(data) + 10, max_files=3, max_request_bytes=8 * len(data))
     with running_server(detector, config) as url:
         too_many = [("files", (f"{i}.png", data)) for i in range(4)]
         response = httpx.post(f"{url}/v1/detect", files=too_many, timeout=60)
@@ -220,7 +228,7 @@ def test_request_size_and_file_count_limits_answer_413_and_the_server_keeps_serv
         body = b"x" * (config.max_upload_bytes * config.max_files + 2 * 1024 * 1024)  # over the whole-body limit
         headers = {"content-type": "multipart/form-data; boundary=b"}
         response = httpx.post(f"{url}/v1/detect", content=body, headers=headers, timeout=60)
-        assert response.status_code == 413 and "over the limit" in response.json()["detail"]
+        assert response.status_code == 413 and "byte limit" in response.json()["detail"]
         ok = httpx.post(f"{url}/v1/detect", files=too_many[:3], timeout=60)
         assert ok.status_code == 200 and len(ok.json()["results"]) == 3
 
@@ -306,3 +314,69 @@ def test_references_over_http_change_scores_and_survive_concurrent_detects(share
         assert cleared["images"] == 0
         again = httpx.post(f"{url}/v1/detect", files=image, headers=key, timeout=60).json()["results"][0]["score"]
         assert again == pytest.approx(zero, abs=1e-6)  # an empty bank is zero-shot again
+
+
+def test_cross_site_and_rebound_requests_are_refused_and_the_bank_is_unchanged(shared_data: Path) -> None:
+    """Any page the operator visits could once add to or delete the bank (no key is the default)."""
+    det = tiny_detector()
+    good = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("train/good/*"))[0]
+    files = [("files", (good.name, good.read_bytes()))]
+    with running_server(det, ServeConfig()) as url:
+        own = url.removeprefix("http://")
+        attacks = [
+            ("post", {"Origin": "http://evil.example"}, 403),
+            ("post", {"Origin": "null"}, 403),
+            ("post", {"Sec-Fetch-Site": "cross-site"}, 403),
+            ("post", {"Origin": f"http://{own}", "Sec-Fetch-Site": "same-site"}, 403),  # a sibling subdomain
+            ("delete", {"Origin": "http://evil.example"}, 403),
+            ("post", {"Host": "attacker.example"}, 400),  # DNS rebinding: the name the page was loaded from
+            ("get", {"Host": f"attacker.example:{own.rsplit(':', 1)[1]}"}, 400),
+        ]
+        assert httpx.post(f"{url}/v1/references", files=files, timeout=60).status_code == 200  # curl: no Origin
+        for method, headers, status in attacks:
+            if method == "post":
+                r = httpx.post(f"{url}/v1/references", files=files, headers=headers, timeout=60)
+            else:
+                r = httpx.request(method, f"{url}/v1/references", headers=headers, timeout=60)
+            assert r.status_code == status, (method, headers, r.text)
+        assert det.references is not None and det.references.images == 1  # unchanged by every attack
+        same = {"Origin": f"http://{own}", "Sec-Fetch-Site": "same-origin"}  # the server's own page
+        assert httpx.delete(f"{url}/v1/references", headers=same, timeout=60).status_code == 200
+    with running_server(det, ServeConfig(allowed_hosts=("inspect.example",))) as url:
+        r = httpx.get(f"{url}/v1/health", headers={"Host": "inspect.example"}, timeout=30)
+        assert r.status_code == 200  # a name the operator allows (behind a proxy)
+
+
+def test_a_chunked_body_is_cut_off_at_the_limit_without_being_stored(shared_data: Path) -> None:
+    """A chunked upload once wrote 1,396 MB to /tmp before its 413: bytes are now counted as they arrive."""
+    import tracemalloc
+
+    det = tiny_detector()
+    chunk = b"\0" * (256 * 1024)
+    sent = {"bytes": 0}
+
+    def body() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'
+        for _ in range(400):  # 100 MB against a 1 MB limit
+            sent["bytes"] += len(chunk)
+            yield chunk
+
+    headers = {"content-type": "multipart/form-data; boundary=b"}
+    with running_server(det, ServeConfig(max_request_bytes=1024 * 1024)) as url:
+        tracemalloc.start()
+        try:
+            r = httpx.post(f"{url}/v1/references", content=body(), headers=headers, timeout=60)
+            assert r.status_code == 413 and "over the 1,048,576-byte limit" in r.json()["detail"]
+        except httpx.TransportError:
+            pass  # the server may close the connection while the client is still sending
+        finally:
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        assert peak < 32 * 1024 * 1024, peak
+        assert det.references is None  # the route never ran
+        ok = httpx.post(
+            f"{url}/v1/detect",
+            files=[("files", ("a.png", (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()))],
+            timeout=60,
+        )
+        assert ok.status_code == 200

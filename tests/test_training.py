@@ -240,3 +240,23 @@ def test_reproduce_checks_every_input_before_the_first_training(tmp_path: Path) 
         vqa = {"MVTec AD": str(tmp_path / "missing.json"), "VisA": str(tmp_path / "missing.json")}
         reproduce(root, out, TINY, TrainConfig(max_steps=1), vqa, "cpu")
     assert not out.exists() or not any(out.rglob("training_state.pt"))  # nothing was trained
+
+
+def test_a_state_file_planted_in_a_run_folder_is_refused_and_its_code_never_runs(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    """A shared run folder once ran a planted pickle's shell command on `kanoclip train --out RUN`."""
+    from kanoclip.cli import main
+
+    marker = tmp_path / "pwned"
+
+    class Planted:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (os.system, (f"touch {marker}",))
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save({"run": Planted()}, run / "training_state.pt")
+    args = ["train", str(synthetic), "--out", str(run), "--general-knowledge-only", *TINY_FLAGS, "--workers", "0"]
+    assert main([*args, "--device", "cpu", "--max-steps", "1"]) == 2
+    assert not marker.exists()

@@ -605,7 +605,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--api-key", help="require this key on every API call (env KANOCLIP_API_KEY)")
+    parser.add_argument(
+        "--api-key-file",
+        metavar="FILE",
+        help="require the key in FILE on every API call (or env KANOCLIP_API_KEY); keeps it out of `ps`",
+    )
+    parser.add_argument("--api-key", help="the key itself: visible to every user in `ps`; prefer --api-key-file")
+    parser.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a Host name the server answers besides loopback and --host (behind a proxy, its public name)",
+    )
+    parser.add_argument(
+        "--max-request-mb", type=float, default=64.0, help="a whole request, counted as it arrives (413 above)"
+    )
     parser.add_argument("--max-batch", type=int, default=8, help="images of concurrent requests run together")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more images")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="per file (413 above)")
@@ -615,18 +630,33 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from .serve import ServeConfig, serve
+    from .serve import ServeConfig, listen, serve
 
+    key = os.environ.get("KANOCLIP_API_KEY") or None
+    if args.api_key_file:
+        try:
+            key = Path(args.api_key_file).expanduser().read_text().strip() or None
+        except OSError as e:
+            raise ConfigError(f"cannot read --api-key-file {args.api_key_file}: {e.strerror or e}") from e
+    if args.api_key:
+        print(
+            "warning: --api-key is visible to every user of this machine in `ps`: use --api-key-file", file=sys.stderr
+        )
+        key = args.api_key
     config = ServeConfig(
-        api_key=args.api_key or os.environ.get("KANOCLIP_API_KEY") or None,
+        api_key=key,
+        allowed_hosts=(args.host, *args.allowed_host),
+        max_request_bytes=int(args.max_request_mb * 1024 * 1024),
         max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms,
         max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
     )
     if args.host not in ("127.0.0.1", "localhost", "::1") and config.api_key is None:
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
-    print(f"kanoclip: web page at http://{args.host}:{args.port}/ , API docs at /docs")
-    serve(detector(args), args.host, args.port, config)
+        print(
+            f"warning: serving on {args.host} without an API key: anyone who can reach it can use it", file=sys.stderr
+        )
+    sock = listen(args.host, args.port)  # a port in use is said before the model loads
+    serve(detector(args), sock, config)
     return 0
 
 
@@ -651,11 +681,11 @@ on VisA for MVTec AD; writes reproduce.md beside the published numbers.
 
 SERVE_EPILOG = """examples:
   kanoclip serve --checkpoint runs/mvtec/final                        http://127.0.0.1:8000/ in a browser
-  kanoclip serve --host 0.0.0.0 --api-key "$SECRET" --max-batch 16    a shared GPU server
+  kanoclip serve --host 0.0.0.0 --api-key-file /etc/kanoclip/key --allowed-host inspect.example.com   shared
   curl -F files=@part.png http://127.0.0.1:8000/v1/detect
 
-POST /v1/detect (multipart field "files", one or more; ?return_map=true adds the raw map), GET /v1/health,
-GET /v1/info; OpenAPI docs at /docs.
+POST /v1/detect (multipart field "files", one or more; ?return_map=true adds the raw map), GET /v1/health (no key),
+GET /v1/info; the OpenAPI schema at /openapi.json. Requests from other sites' pages and unknown Host names are refused.
 """
 
 CALIBRATE_EPILOG = """examples:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import errno
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,22 +22,28 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse
+from fastapi.security import APIKeyHeader
 from numpy.typing import NDArray
 
 from . import __version__
 from ._files import npy_bytes
 from .detection import Detector, Prediction
-from .errors import ImageReadError, ImageTooLarge, KanoclipError
+from .errors import ConfigError, ImageReadError, ImageTooLarge, KanoclipError
+from .guard import RequestGuard
 from .images import ImageLimits, decode
 from .visualize import mask_image, overlay, to_png
+
+API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
 
 
 @dataclass
 class ServeConfig:
     api_key: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound address
+    max_request_bytes: int = 64 * 1024 * 1024  # a whole request, counted as it arrives
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_upload_bytes: int = 20 * 1024 * 1024  # per file; pixels are bounded by the detector's decoder limits
@@ -134,31 +142,26 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         version=__version__,
         description="Zero-shot anomaly detection: POST images to /v1/detect; the web page is at /.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI loads its script from a CDN: blank offline, and third-party code beside the key
+        redoc_url=None,
     )
     app.state.batcher = batcher
+    app.add_middleware(RequestGuard, allowed_hosts=cfg.allowed_hosts, max_body_bytes=cfg.max_request_bytes)
 
-    def authorize(request: Request) -> None:
+    def authorize(request: Request, key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> None:
         if cfg.api_key is None:
             return
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        given = key or request.headers.get("authorization", "").removeprefix("Bearer ")
         if not secrets.compare_digest(given.encode(), cfg.api_key.encode()):
             raise HTTPException(401, "missing or wrong API key (send it as the X-API-Key header)")
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
-        limit = cfg.max_upload_bytes * cfg.max_files + 1024 * 1024
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse({"detail": f"request of {int(length):,} bytes is over the limit"}, status_code=413)
-        response: Response = await call_next(request)
-        return response
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
         return resources.files("kanoclip").joinpath("static/index.html").read_text()
 
-    @app.get("/v1/health", dependencies=[Depends(authorize)])
+    @app.get("/v1/health")
     async def health() -> dict[str, Any]:
+        """Liveness, without the key: load balancers probe it."""
         return {"status": "ok"}
 
     @app.get("/v1/info", dependencies=[Depends(authorize)])
@@ -267,7 +270,38 @@ def _result(name: str, rgb: NDArray[np.uint8], p: Prediction, return_map: bool, 
     return out
 
 
-def serve(detector: Detector, host: str, port: int, config: ServeConfig) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the URL is printed; a port in use is a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use: try another with --port") from e
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    sock.listen(2048)
+    return sock
+
+
+def serve(detector: Detector, sock: socket.socket, config: ServeConfig) -> None:
+    """Run on a socket from `listen` until interrupted. Idle keep-alive connections close after 5 s; past
+    `limit_concurrency` connections new ones get 503 instead of queueing without bound."""
     import uvicorn
 
-    uvicorn.run(create_app(detector, config), host=host, port=port, log_level="info")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(detector, config),
+            log_level="info",
+            timeout_keep_alive=5,
+            limit_concurrency=256,
+            h11_max_incomplete_event_size=64 * 1024,
+        )
+    )
+    host, port = sock.getsockname()[:2]
+    print(
+        f"kanoclip: listening on http://{host if ':' not in host else f'[{host}]'}:{port}/ (the web page)", flush=True
+    )
+    server.run(sockets=[sock])

@@ -267,7 +267,7 @@ def _save_state(
         "weights": {k: v.detach().cpu() for k, v in model.learnable_state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_rng_state(), "python": random.getstate()},
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -286,9 +286,11 @@ def _resume(
     if not path.is_file():
         return 0
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a damaged state file: say so rather than silently start over
-        raise ConfigError(f"{path} cannot be read ({e}); delete it to start this run over") from e
+        state = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain values: no code runs
+    except Exception as e:  # a damaged or planted state file: say so rather than silently start over
+        raise ConfigError(
+            f"{path} cannot be read as a kanoclip training state ({e}); delete it to start this run over"
+        ) from e
     if state["run"] != run_info:
         changed = sorted(
             f"{section}.{k}"
@@ -303,9 +305,23 @@ def _resume(
     optimizer.load_state_dict(state["optimizer"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
-    np.random.set_state(state["rng"]["numpy"])
+    numpy_rng = state["rng"]["numpy"]
+    np.random.set_state(
+        (numpy_rng["name"], numpy_rng["keys"].numpy().astype(np.uint32), *numpy_rng["rest"][:2], numpy_rng["gauss"])
+    )
     random.setstate(state["rng"]["python"])
     return int(state["step"])
+
+
+def _numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global RNG state as tensors and plain values, so that the state file loads with weights_only."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {
+        "name": name,
+        "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+        "rest": [int(pos), int(has_gauss)],
+        "gauss": float(gauss),
+    }
 
 
 def _truncate_log(path: Path, step: int) -> None:
