@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from pathlib import Path
@@ -14,7 +15,7 @@ from safetensors.torch import save_file
 
 import kanoclip
 import kanoclip.checkpoint
-from kanoclip import KAnoCLIP, KAnoCLIPConfig
+from kanoclip import KAnoCLIP, KAnoCLIPConfig, backbone
 from kanoclip.backbone import from_model, load_backbone, resize_positional_embedding
 from kanoclip.errors import BackboneError, CheckpointError
 
@@ -45,7 +46,9 @@ def assert_same_outputs(a: KAnoCLIP, b: KAnoCLIP) -> None:
         assert torch.allclose(x, y, atol=1e-6, rtol=0), (x - y).abs().max()
 
 
-def test_openai_torchscript_checkpoint_loads_and_matches_its_source(tmp_path: Path) -> None:
+def test_openai_torchscript_checkpoint_loads_and_matches_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     clip = tiny_clip(layers=8)
     images, tokens = torch.rand(1, 3, 56, 56), open_clip.tokenize(["a photo"])
     with warnings.catch_warnings():
@@ -53,7 +56,40 @@ def test_openai_torchscript_checkpoint_loads_and_matches_its_source(tmp_path: Pa
         traced = torch.jit.trace_module(clip, {"encode_image": (images,), "encode_text": (tokens,)}, check_trace=False)
     path = tmp_path / "ViT-tiny.pt"
     traced.save(str(path))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    monkeypatch.setattr(backbone, "openai_sha256s", lambda: {digest})  # as if OpenAI had published this file
     assert_same_outputs(*pair(clip, path, "ViT-B-16"))
+
+
+def test_a_torchscript_file_that_is_not_openais_is_not_executed_without_the_users_word(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TorchScript runs code embedded in the file at load: only OpenAI's releases (by sha256) load without a flag."""
+    clip = tiny_clip(layers=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace_module(clip, {"encode_image": (torch.rand(1, 3, 56, 56),)}, check_trace=False)
+    path = tmp_path / "downloaded.pt"
+    traced.save(str(path))
+    known = backbone.openai_sha256s()
+    assert "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02" in known  # ViT-L-14-336, OpenAI's URL
+    loads: list[str] = []
+    real_load = torch.jit.load
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(str(a[0])) or real_load(*a, **k))
+    monkeypatch.delenv(backbone.TRUST_TORCHSCRIPT, raising=False)
+    with pytest.raises(BackboneError, match="--trust-torchscript"):
+        KAnoCLIP(KAnoCLIPConfig(backbone="ViT-B-16", pretrained=str(path), image_size=56))
+    assert loads == []  # refused before torch.jit.load could run anything
+    monkeypatch.setenv(backbone.TRUST_TORCHSCRIPT, "1")
+    KAnoCLIP(KAnoCLIPConfig(backbone="ViT-B-16", pretrained=str(path), image_size=56))
+    assert loads == [str(path)]
+
+
+def test_a_text_file_as_weights_says_it_is_not_a_weights_file(tmp_path: Path) -> None:
+    notes = tmp_path / "notes.pt"
+    notes.write_text("these are my notes, not weights")
+    with pytest.raises(BackboneError, match="is not a weights file"):
+        KAnoCLIP(KAnoCLIPConfig(backbone="ViT-B-16", pretrained=str(notes), image_size=56))
 
 
 def test_openai_state_dict_checkpoint_loads_and_matches_its_source(tmp_path: Path) -> None:
@@ -185,8 +221,11 @@ def write_quick_gelu_weights(clip: torch.nn.Module, fmt: str, tmp_path: Path) ->
 @pytest.mark.parametrize(
     "fmt", ["openai-torchscript", "openai-state-dict", "hf-safetensors-with-config", "hf-cache-bin-openai-path"]
 )
-def test_quick_gelu_weights_load_as_trained_from_every_file_format(tmp_path: Path, fmt: str) -> None:
+def test_quick_gelu_weights_load_as_trained_from_every_file_format(
+    tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """OpenAI weights from an open_clip .safetensors/.bin once ran with nn.GELU (outputs drifted by 0.015)."""
+    monkeypatch.setenv(backbone.TRUST_TORCHSCRIPT, "1")  # a TorchScript file written here, not OpenAI's
     clip = tiny_clip(layers=8).half().float()  # fp16-exact, so the fp16 state dict holds the same weights
     path = write_quick_gelu_weights(clip, fmt, tmp_path)
     reference, loaded = pair(clip, path, str(gelu_default_config(tmp_path)))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import stat
 import subprocess
 import sys
 import time
@@ -217,3 +219,17 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
+
+
+def test_outputs_follow_the_umask(shared_data: Path, tmp_path: Path) -> None:
+    """Atomic writes went through mkstemp, so run.json, scores, maps, calibration files and banks were 0600."""
+    image = shared_data / "MVTec_AD/bottle/test/good/000.png"
+    previous = os.umask(0o022)
+    try:
+        assert main(["detect", str(image), "--out", str(tmp_path / "out"), *TINY_FLAGS]) == 0
+        assert main(["calibrate", str(image), "--out", str(tmp_path / "cal.json"), *TINY_FLAGS]) == 0
+        assert main(["reference", "build", str(image), "--out", str(tmp_path / "b.kref"), *TINY_FLAGS]) == 0
+    finally:
+        os.umask(previous)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 6 and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o644"}

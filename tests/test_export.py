@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -137,3 +139,25 @@ def test_int8_through_nncf_runs_and_stays_close_to_fp32(shared_data: Path, tmp_p
     want = np.stack([p.anomaly_map for p in reference.run(files, own_size=False)])  # type: ignore[misc]
     got = np.stack([p.anomaly_map for p in det.run(files, own_size=False)])  # type: ignore[misc]
     assert np.isfinite(got).all() and np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.9
+
+
+def test_export_replaces_only_an_earlier_export_and_keeps_a_users_files(
+    exported: dict[str, Path], tmp_path: Path
+) -> None:
+    """`export --out DIR` once deleted whatever DIR held (a user's notes, an older export)."""
+    notes = tmp_path / "mine" / "notes.txt"
+    notes.parent.mkdir()
+    notes.write_text("line 3 settings")
+    assert main(["export", "--out", str(notes.parent), *TINY_FLAGS]) == 2
+    assert notes.read_text() == "line 3 settings" and sorted(p.name for p in notes.parent.iterdir()) == ["notes.txt"]
+    again = tmp_path / "again"
+    shutil.copytree(exported["onnx"], again)
+    (again / "model.onnx").write_bytes(b"an older graph")
+    previous = os.umask(0o022)
+    try:
+        assert main(["export", "--out", str(again), *TINY_FLAGS]) == 0  # an earlier export is replaced whole
+    finally:
+        os.umask(previous)
+    assert (again / "model.onnx").read_bytes() != b"an older graph"
+    assert stat.S_IMODE(again.stat().st_mode) == 0o755  # the umask's, not mkdtemp's 0700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in again.iterdir())

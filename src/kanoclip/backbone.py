@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import warnings
 import zipfile
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
 
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
+# TorchScript runs code embedded in the file when loaded: only OpenAI's own releases are loaded that way, known by the
+# sha256 in their download URLs; anything else needs the user's word (--trust-torchscript sets this variable).
+TRUST_TORCHSCRIPT = "KANOCLIP_TRUST_TORCHSCRIPT"
 
 
 @dataclass
@@ -219,6 +223,7 @@ def _create(name: str, checkpoint: Path | None, quick_gelu: bool) -> nn.Module:
 def _load_file(name: str, path: Path, quick_gelu: bool) -> nn.Module:
     """Load a local checkpoint: OpenAI TorchScript or state_dict, or an open_clip (training) checkpoint."""
     if _is_torchscript(path):
+        _check_torchscript(path)
         with warnings.catch_warnings():  # TorchScript is deprecated in torch, but it is OpenAI's release format
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
@@ -230,11 +235,41 @@ def _load_file(name: str, path: Path, quick_gelu: bool) -> nn.Module:
     return _create(name, path, quick_gelu)
 
 
+def openai_sha256s() -> set[str]:
+    """The sha256 of every OpenAI CLIP release, from the download URLs in open_clip's pretrained table."""
+    found = set()
+    for name, tag in open_clip.list_pretrained():
+        if tag == "openai":
+            match = re.search(r"/clip/models/([0-9a-f]{64})/", get_pretrained_cfg(name, tag).get("url", ""))
+            if match:
+                found.add(match.group(1))
+    return found
+
+
+def _check_torchscript(path: Path) -> None:
+    if os.environ.get(TRUST_TORCHSCRIPT) == "1":
+        return
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    if digest.hexdigest() not in openai_sha256s():
+        raise BackboneError(
+            f"{path} is a TorchScript file that is not one of OpenAI's releases (sha256 {digest.hexdigest()[:16]}...): "
+            "loading it would run the code inside it. Convert it to a state dict or .safetensors, or, if you trust "
+            "where it came from, pass --trust-torchscript"
+        )
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
-        raise BackboneError(f"{path} is not a readable PyTorch checkpoint: {e}") from e
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise BackboneError(
+            f"{path} is not a weights file (expected an OpenAI .pt, a PyTorch state dict, an open_clip checkpoint or "
+            f".safetensors; torch says: {first})"
+        ) from e
 
 
 def _is_torchscript(path: Path) -> bool:

@@ -33,6 +33,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--pretrained", help="open_clip tag, local checkpoint file, or 'none' (default openai)")
     group.add_argument("--image-size", type=int, help="run resolution in pixels (default 518)")
     group.add_argument(
+        "--trust-torchscript",
+        action="store_true",
+        help="load a TorchScript --pretrained file that is not one of OpenAI's releases (it runs the code inside it)",
+    )
+    group.add_argument(
         "--set",
         action="append",
         default=[],
@@ -43,6 +48,12 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def model_changes(args: argparse.Namespace) -> tuple[tuple[str, Any], ...]:
     """The config fields the model options set, in order: the named flags, then --set (values as JSON)."""
+    if args.trust_torchscript:
+        import os
+
+        from .backbone import TRUST_TORCHSCRIPT
+
+        os.environ[TRUST_TORCHSCRIPT] = "1"  # read where the file is loaded (Ray actors and DataLoaders inherit it)
     changes: list[tuple[str, Any]] = []
     for flag, field in (("backbone", "backbone"), ("pretrained", "pretrained"), ("image_size", "image_size")):
         if getattr(args, flag) is not None:

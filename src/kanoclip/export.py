@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._files import atomic_write_json
+from ._files import atomic_write_json, read_json_object, umask
 from .backends import CLASS_TEXT, MANIFEST, require
 from .detection import Detector, to_tensor
 from .errors import ConfigError
@@ -60,17 +60,39 @@ def export(
         raise ConfigError("export runs on the PyTorch engine: drop --engine/--exported")
     require("onnx"), require("onnxscript")
     out = Path(out_dir)
+    _check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         files = _write_graph(detector, staging, fmt, precision, calibration_images)
         atomic_write_json(staging / MANIFEST, manifest(detector, fmt, precision, files), indent=2)
+        staging.chmod(0o777 & ~umask())  # mkdtemp makes 0700
+        _check_replaceable(out)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def _check_replaceable(out: Path) -> None:
+    """Only an empty folder or an earlier kanoclip export (its manifest says so) may be replaced by an export."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ConfigError(f"--out {out} is a file: name a folder for the export")
+    if not any(out.iterdir()):
+        return
+    try:
+        previous = read_json_object(out / MANIFEST, ConfigError, "", "")
+    except ConfigError:
+        previous = {}
+    if "kanoclip_version" not in previous or previous.get("format") not in FORMATS:
+        raise ConfigError(
+            f"--out {out} holds files that are not a kanoclip export: an export replaces only an empty folder or an "
+            "earlier export; choose another --out"
+        )
 
 
 def _write_graph(
