@@ -137,6 +137,7 @@ def read_manifest(folder: str | Path, image_size: int | None = None) -> dict[str
     manifest = read_json_object(
         path, ConfigError, "--exported takes a folder written by `kanoclip export`", "export the model again"
     )
+    _check_manifest(path, manifest)
     if manifest.get("kanoclip_version") != __version__:
         raise ConfigError(
             f"{folder} was exported by kanoclip {manifest.get('kanoclip_version')}, this is kanoclip {__version__}: "
@@ -148,6 +149,34 @@ def read_manifest(folder: str | Path, image_size: int | None = None) -> dict[str
             f"with --image-size {image_size}, or drop --image-size"
         )
     return manifest
+
+
+MANIFEST_FIELDS = {"format": str, "precision": str, "files": dict, "config": dict, "image_size": int}
+MANIFEST_FIELDS |= {"thresholds": dict, "text": dict}
+
+
+def _check_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """A manifest edited by hand gets a clear error, not a KeyError later; its files stay inside its folder."""
+    again = "export the model again"
+    for key, kind in MANIFEST_FIELDS.items():
+        value = manifest.get(key)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ConfigError(f"{path}: {key!r} is missing or not a {kind.__name__} (edited by hand?); {again}")
+    if manifest["format"] not in ("onnx", "openvino") or manifest["precision"] not in OPENVINO_HINT:
+        raise ConfigError(
+            f"{path}: format {manifest['format']!r} / precision {manifest['precision']!r} is not one kanoclip "
+            f"exports (onnx, openvino; {', '.join(OPENVINO_HINT)}); {again}"
+        )
+    folder = path.parent.resolve()
+    files = manifest["files"]
+    if not isinstance(files.get("model"), str):
+        raise ConfigError(f"{path}: 'files' names no model file; {again}")
+    for name in files.values():
+        where = (folder / str(name)).resolve()
+        if not where.is_relative_to(folder):
+            raise ConfigError(f"{path}: the file {name!r} lies outside the exported folder; refused")
+        if not where.is_file():
+            raise ConfigError(f"{path}: the file {name!r} it names is missing; {again}")
 
 
 def _onnxruntime_forward(folder: Path, manifest: dict[str, Any]) -> Forward:
@@ -189,10 +218,10 @@ class ExportedBackend:
         self.manifest = read_manifest(self.folder, dict(run.model_changes).get("image_size"))
         if self.manifest["format"] == "openvino" and self.engine != "openvino":
             raise ConfigError(f"{self.folder} holds an OpenVINO model: run it with --engine openvino")
+        self.config = KAnoCLIPConfig.from_dict(self.manifest["config"])
         build = _onnxruntime_forward if self.engine == "onnxruntime" else _openvino_forward
         self._graph = build(self.folder, self.manifest)
         self.device = torch.device("cpu")
-        self.config = KAnoCLIPConfig.from_dict(self.manifest["config"])
         baked = self.manifest["thresholds"]
         if "image" in baked:  # folders exported before the thresholds took anomalib's names
             baked = {"image_threshold": baked["image"], "map_threshold": baked["map"]}

@@ -27,9 +27,15 @@ def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = 
     """Save the learnable weights and the config (plus `extra` JSON sections such as a calibration)."""
     directory = Path(directory)
     state = {k: v.detach().contiguous().cpu() for k, v in model.learnable_state_dict().items()}
-    atomic_write_bytes(directory / WEIGHTS, safetensors_bytes(state))
+    weights = safetensors_bytes(state)
+    atomic_write_bytes(directory / WEIGHTS, weights)
     backbone = {"source": model.backbone_source, "fingerprint": model.backbone_fingerprint}
-    document = {"model": model.config.to_dict(), "backbone": backbone, **(extra or {})}
+    document = {
+        "model": model.config.to_dict(),
+        "backbone": backbone,
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),  # checked on load: a damaged or edited file is refused
+        **(extra or {}),
+    }
     atomic_write_json(directory / CONFIG, document, indent=2)
     return directory
 
@@ -59,6 +65,8 @@ def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
     would silently no longer fit."""
     directory = _checkpoint_dir(directory)
     document = read_document(directory)
+    if not isinstance(document["model"], dict):
+        raise CheckpointError(f"{directory / CONFIG}: its 'model' section is not an object; the checkpoint is damaged")
     trained = KAnoCLIPConfig.from_dict(document["model"])
     config = trained.replace(**overrides) if overrides else trained
     if trained.quick_gelu is not None and config.quick_gelu is not None and config.quick_gelu != trained.quick_gelu:
@@ -73,6 +81,12 @@ def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
             f"{directory} was trained on the backbone {document['backbone'].get('source')} (fingerprint {expected}), "
             f"but this run builds {model.backbone_source} (fingerprint {model.backbone_fingerprint}): other weights "
             "or another activation. Point --pretrained at the weights it was trained on"
+        )
+    recorded = document.get("weights_sha256")
+    if recorded is not None and (directory / WEIGHTS).is_file() and weights_sha256(directory) != recorded:
+        raise CheckpointError(
+            f"{directory / WEIGHTS} does not match the sha256 its {CONFIG} recorded (damaged or edited); train again "
+            "or restore the file"
         )
     try:
         state = load_file(str(directory / WEIGHTS))

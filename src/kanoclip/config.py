@@ -33,6 +33,7 @@ class _JsonConfig:
             raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known fields: {sorted(names)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         config = cls(**values)
+        config._check_types()
         config.validate()
         return config
 
@@ -48,11 +49,39 @@ class _JsonConfig:
 
     def replace(self: T, **changes: Any) -> T:
         config = dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        config._check_types()
         config.validate()
         return config
 
+    def _check_types(self) -> None:
+        """Each field holds a value of its declared kind: a hand-edited `"image_size": "big"` is a clear error, not a
+        TypeError deep inside the model."""
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value, declared = getattr(self, f.name), str(f.type)
+            if _fits(value, declared):
+                continue
+            raise ConfigError(f"{f.name} must be {declared.replace(' | None', ' or null')}, got {value!r}")
+
     def validate(self) -> None:
         raise NotImplementedError
+
+
+def _fits(value: Any, declared: str) -> bool:
+    """Whether a value fits a field's annotation (the few kinds config fields use)."""
+    if value is None:
+        return "None" in declared
+    if declared.startswith("tuple"):
+        kind = float if "float" in declared else int
+        return isinstance(value, tuple) and all(_fits(v, kind.__name__) for v in value)
+    if isinstance(value, bool):
+        return "bool" in declared
+    if "float" in declared:
+        return isinstance(value, int | float)
+    if "int" in declared:
+        return isinstance(value, int)
+    if "str" in declared:
+        return isinstance(value, str)
+    return True
 
 
 def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -32,6 +32,10 @@ from .model import KAnoCLIP
 from .references import ReferenceBank, build_bank
 from .thresholds import Thresholds, read_standalone
 
+NON_FINITE = (
+    "the model gave a non-finite score or map (NaN or inf): its weights, checkpoint or reference bank are damaged"
+)
+
 
 @dataclass
 class Prediction:
@@ -187,6 +191,7 @@ class Detector:
         backend = self._torch("references")
         if bank is not None:
             bank.check(backend.reference_identity())
+            bank.check_shape(len(self.config.tap_layers or ()), backend.model.feature_dim)
         backend.setup(bank=None if bank is None else bank.levels)
         self.references = bank
 
@@ -237,7 +242,8 @@ class Detector:
     def predict(self, image: ImageLike) -> tuple[float, NDArray[np.float32]]:
         """One image (array (H, W, 3) uint8, PIL image, path or encoded bytes) -> (score, map at its own size)."""
         p = self.predict_many([image])[0]
-        assert p.pred_score is not None and p.anomaly_map is not None
+        if p.error is not None or p.pred_score is None or p.anomaly_map is None:
+            raise KanoclipError(p.error or "no prediction")
         return p.pred_score, p.anomaly_map
 
     def predict_many(self, images: Sequence[ImageLike]) -> list[Prediction]:
@@ -252,6 +258,8 @@ class Detector:
     def _prediction(
         self, source: str, score: float, amap: NDArray[np.float32], image: NDArray[np.uint8] | None = None
     ) -> Prediction:
+        if not (np.isfinite(score) and np.isfinite(amap).all()):  # never a label: NaN >= t is False, i.e. "normal"
+            return Prediction(source, error=f"{source}: {NON_FINITE}")
         t = self.thresholds
         label = None if t.image_threshold is None else int(score >= t.image_threshold)
         mask = None if t.pixel_threshold is None else amap >= t.pixel_threshold

@@ -67,6 +67,7 @@ class KAnoCLIP(nn.Module):
         self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
         dim = int(backbone.visual.output_dim)
+        self.feature_dim = dim  # of the taps, the text and the few-shot bank
         self.prompts = PromptLearner(self.clip, self.tokenizer, self.config)
         self.bi_cmci = BiCMCI(
             dim, self.config.bi_cmci_heads, len(self.config.tap_layers or ()), self.config.bi_cmci_shared

@@ -116,14 +116,36 @@ class ReferenceBank:
                 "the same --checkpoint / model options"
             )
 
+    def content_sha256(self) -> str:
+        """A hash of the features themselves, stored in the file and checked on load."""
+        digest = hashlib.sha256()
+        for level in self.levels:
+            digest.update(level.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def check_shape(self, levels: int, dim: int, where: str = "the reference bank") -> None:
+        """A bank with one (M, dim) tensor per tap level, every value finite; else a clear error."""
+        shapes = [tuple(t.shape) for t in self.levels]
+        if len(shapes) != levels or any(len(s) != 2 or s[1] != dim for s in shapes):
+            raise ConfigError(
+                f"{where} holds tensors of shapes {shapes}, this model needs {levels} level(s) of (patches, {dim}); "
+                "rebuild it with `kanoclip reference build`"
+            )
+        if not all(bool(torch.isfinite(t).all()) for t in self.levels):
+            raise ConfigError(
+                f"{where} holds non-finite values (NaN or inf); rebuild it with `kanoclip reference build`"
+            )
+
     def save(self, path: str | Path) -> Path:
-        """One safetensors file: a tensor per level, and the identity and sources as JSON in its metadata."""
+        """One safetensors file: a tensor per level, and the identity, sources and content hash as JSON in its
+        metadata."""
         tensors = {f"level_{i}": t.detach().float().cpu().contiguous() for i, t in enumerate(self.levels)}
         header = {
             "format": BANK_FORMAT,
             "identity": self.identity,
             "sources": self.sources,
             "reduced_from": self.reduced_from,
+            "sha256": self.content_sha256(),
         }
         path = Path(path)
         atomic_write_bytes(path, save(tensors, metadata={"kanoclip": json.dumps(header)}))
@@ -131,18 +153,26 @@ class ReferenceBank:
 
     @classmethod
     def load(cls, path: str | Path) -> ReferenceBank:
+        """A bank file, refused with what to do when it is not one, was edited, or is damaged."""
+        rebuild = "rebuild it with `kanoclip reference build`"
         try:
             with safe_open(str(path), framework="pt") as f:
                 header = json.loads((f.metadata() or {}).get("kanoclip", "{}"))
                 names = sorted(f.keys(), key=lambda k: int(k.split("_")[1]))
                 levels = [f.get_tensor(k) for k in names]
-        except (SafetensorError, OSError, ValueError) as e:
-            raise ConfigError(
-                f"{path} is not a readable reference bank ({e}); build one with `kanoclip reference build`"
-            ) from e
-        if header.get("format") != BANK_FORMAT:
+        except (SafetensorError, OSError, ValueError, IndexError) as e:
+            raise ConfigError(f"{path} is not a readable reference bank ({e}); {rebuild}") from e
+        if not isinstance(header, dict) or header.get("format") != BANK_FORMAT:
             raise ConfigError(f"{path} is not a kanoclip reference bank (written by `kanoclip reference build`)")
-        return cls(levels, header["identity"], header["sources"], int(header.get("reduced_from", 0)))
+        identity, sources = header.get("identity"), header.get("sources")
+        if not isinstance(identity, dict) or not isinstance(sources, list) or not levels:
+            raise ConfigError(f"{path} lacks its identity, sources or levels (edited by hand?); {rebuild}")
+        bank = cls(levels, identity, sources, int(header.get("reduced_from", 0)))
+        if "sha256" not in header or header["sha256"] != bank.content_sha256():
+            raise ConfigError(
+                f"{path}: its features do not match the hash it was saved with (damaged or edited); {rebuild}"
+            )
+        return bank
 
 
 def augmented(pixels: torch.Tensor, mode: str) -> torch.Tensor:

@@ -247,7 +247,8 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
 
 
 def _result(name: str, rgb: NDArray[np.uint8], p: Prediction, return_map: bool, shared: int) -> dict[str, Any]:
-    assert p.anomaly_map is not None
+    if p.error is not None or p.anomaly_map is None:  # a non-finite score or map: an error, never a label
+        return {"filename": name, "error": p.error, "batched_with": shared}
     amap, mask = p.anomaly_map, p.pred_mask
     out: dict[str, Any] = {
         "filename": name,
