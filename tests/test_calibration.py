@@ -9,6 +9,7 @@ import tracemalloc
 import warnings
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -146,3 +147,40 @@ def test_a_per_pixel_false_alarm_threshold_needs_no_float64_copy_of_the_pixels()
         tracemalloc.stop()
     assert peak <= 1.5 * maps.nbytes  # one partitioned float16 copy at most
     assert (maps >= t.value).sum() <= 0.01 * maps.size < (maps >= np.nextafter(np.float16(t.value), -1)).sum() + 1
+
+
+def test_thresholds_set_on_another_bank_are_refused_on_the_cli_and_flagged_over_http(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Zero-shot thresholds once labelled every few-shot score (0.28-0.46 under 0.528) normal, defects included."""
+    from kanoclip.serve import ServeConfig
+
+    from .conftest import tiny_detector
+    from .serving import running_server
+
+    hazelnut = shared_data / "MVTec_derived_hazelnut_toy"
+    goods = sorted(hazelnut.rglob("train/good/*"))
+    flags = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+    cal = tmp_path / "zero.json"
+    assert main(["calibrate", *map(str, goods[:6]), "--out", str(cal), *flags]) == 0
+    query = str(sorted(hazelnut.rglob("test/*/*.jpg"))[0])
+    detect = ["detect", query, "--out", str(tmp_path / "o"), "--calibration", str(cal), *flags]
+    capsys.readouterr()
+    assert main([*detect, "--reference", str(goods[7])]) == 2
+    assert "references: calibrated on None" in capsys.readouterr().err
+    assert main(detect) == 0  # the run it was calibrated on
+    assert main([*detect, "--class-name", "screw"]) == 2  # another class text
+    few = tmp_path / "few.json"
+    assert main(["calibrate", *map(str, goods[:6]), "--reference", str(goods[7]), "--out", str(few), *flags]) == 0
+    assert main([*detect[: -len(flags) - 2], "--calibration", str(few), "--reference", str(goods[7]), *flags]) == 0
+    assert main([*detect, "--reference", str(goods[7]), "--threshold", "0.5"]) == 0  # the user's own number
+
+    det = tiny_detector(calibration=str(cal))
+    image = [("files", ("q.jpg", Path(query).read_bytes()))]
+    with running_server(det, ServeConfig()) as url:
+        assert httpx.post(f"{url}/v1/detect", files=image, timeout=60).json()["threshold_warning"] is None
+        good = [("files", (goods[7].name, goods[7].read_bytes()))]
+        assert httpx.post(f"{url}/v1/references", files=good, timeout=60).status_code == 200
+        body = httpx.post(f"{url}/v1/detect", files=image, timeout=60).json()
+        assert "references: calibrated on None" in body["threshold_warning"]
+        assert "recalibrate" in httpx.get(f"{url}/v1/info", timeout=30).json()["threshold_warning"]

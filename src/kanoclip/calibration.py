@@ -107,6 +107,7 @@ def calibrate(
         "pixel_threshold": pixel.value,
         "image": asdict(image),
         "pixel": asdict(pixel),
+        "basis": detector.threshold_basis(),
         "unreadable": collected.failed,
     }
 

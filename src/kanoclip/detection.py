@@ -130,7 +130,7 @@ class Detector:
             det.set_class(run.class_name or "object")
         if run.calibration:
             det.thresholds = read_standalone(run.calibration, det.config.to_dict())[0]
-        if run.image_threshold is not None:
+        if run.image_threshold is not None:  # the user's own number: no basis to check
             det.thresholds = Thresholds(run.image_threshold, det.thresholds.pixel_threshold)
         if len(run.references) == 1 and run.references[0].endswith(".kref"):
             det.use_references(ReferenceBank.load(run.references[0]))
@@ -219,6 +219,41 @@ class Detector:
         )
         self.use_references(bank)
         return bank
+
+    def threshold_basis(self) -> dict[str, Any]:
+        """What scores depend on besides the image: thresholds set on one basis do not fit another. Engines that
+        compute in fp32 give the same scores (to 1e-4), so fp32 is one basis whatever the engine."""
+        described = self.backend.describe()
+        numerics = (
+            ("fp32" if self.backend.dtype is None else str(self.backend.dtype).removeprefix("torch."))
+            if isinstance(self.backend, TorchBackend)
+            else f"{described['engine'].split()[0]} {described['precision']}".replace("onnxruntime fp32", "fp32")
+        )
+        if numerics == "openvino fp32":
+            numerics = "fp32"
+        bank = self.references.id if self.references else None
+        if not isinstance(self.backend, TorchBackend):
+            bank = (self.backend.manifest.get("references") or {}).get("id")  # type: ignore[attr-defined]
+        return {
+            "text": {k: self.text_record.get(k) for k in ("class", "source")},
+            "references": bank,
+            "numerics": numerics,
+            "checkpoint_sha256": described["checkpoint_sha256"],
+            "backbone_fingerprint": described["backbone_fingerprint"],
+        }
+
+    def stale_thresholds(self) -> str | None:
+        """Why the thresholds do not fit this detector as it is now (another class text, bank or precision), if so."""
+        return self.thresholds.stale(self.threshold_basis())
+
+    def check_thresholds(self) -> None:
+        """Refuse to label with thresholds set on something else: what detect and serve call before they label."""
+        stale = self.stale_thresholds()
+        if stale:
+            raise ConfigError(
+                f"the thresholds do not fit this run ({stale}): calibrate again with the same options "
+                "(`kanoclip calibrate ... --reference ...`), or give --threshold"
+            )
 
     def describe(self) -> dict[str, Any]:
         """What produced the outputs, written beside them: model, resolved config, text, thresholds, precision."""

@@ -107,6 +107,7 @@ def detect_files(
 ) -> DetectSummary:
     """`kanoclip detect` on this machine. Rows reach `scores.csv.partial` as images finish, so a crash keeps what
     was done; the file is renamed when complete."""
+    detector.check_thresholds()
     paths, skipped = expand_inputs(inputs)
     folder = RunFolder(out_dir, save_maps)
     folder.out.mkdir(parents=True, exist_ok=True)

@@ -117,6 +117,7 @@ class _Scorer:
 
         torch.set_num_threads(threads)  # Ray pins an actor to its CPU count (1): the forward may use its share
         self.detector = Detector.from_config(run)
+        self.detector.check_thresholds()
         self.folder = RunFolder(out, save_maps)
         described = self.detector.describe()
         self.folder.write_run(inputs, {**described, "engine": f"{described['engine']} on Ray"})  # same in every actor

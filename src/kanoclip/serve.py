@@ -177,6 +177,7 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "mode": "checkpoint" if described["checkpoint"] else "training-free",
             "threshold": detector.thresholds.image_threshold,
             "map_threshold": detector.thresholds.pixel_threshold,
+            "threshold_warning": threshold_warning(),
             "resolution": detector.image_size,
             "device": str(detector.device),
             "max_batch": cfg.max_batch,
@@ -185,6 +186,11 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "max_pixels": limits.max_pixels,
             "references": bank_info(),
         }
+
+    def threshold_warning() -> str | None:
+        """Thresholds set on another bank or text (the bank changed since): labels are flagged until recalibrated."""
+        stale = detector.stale_thresholds()
+        return f"labels may be wrong: the thresholds do not fit ({stale}); recalibrate" if stale else None
 
     def bank_info() -> dict[str, Any]:
         bank = detector.describe()["references"]
@@ -241,7 +247,12 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "inference_ms": 1000 * (inferred - decoded),
             "total_ms": 1000 * (time.perf_counter() - start),
         }
-        return {"results": results, "threshold": detector.thresholds.image_threshold, "timing": timing}
+        return {
+            "results": results,
+            "threshold": detector.thresholds.image_threshold,
+            "threshold_warning": threshold_warning(),
+            "timing": timing,
+        }
 
     return app
 
@@ -292,6 +303,7 @@ def serve(detector: Detector, sock: socket.socket, config: ServeConfig) -> None:
     `limit_concurrency` connections new ones get 503 instead of queueing without bound."""
     import uvicorn
 
+    detector.check_thresholds()  # at start, stale thresholds are refused; later bank changes are flagged
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(detector, config),

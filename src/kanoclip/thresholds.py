@@ -18,10 +18,16 @@ from .errors import ConfigError
 @dataclass(frozen=True)
 class Thresholds:
     """anomalib's names: a score >= `image_threshold` is anomalous; pixels >= `pixel_threshold` form the predicted
-    mask. None: not calibrated."""
+    mask. None: not calibrated. `basis` records what they were set on (`Detector.threshold_basis`: class text, bank,
+    numerics, checkpoint, backbone), so that using them on anything else is caught; None: the user's own numbers."""
 
     image_threshold: float | None = None
     pixel_threshold: float | None = None
+    basis: dict[str, Any] | None = None
+
+    @property
+    def set(self) -> bool:
+        return self.image_threshold is not None or self.pixel_threshold is not None
 
     @classmethod
     def from_calibration(cls, calibration: dict[str, Any] | None) -> Thresholds:
@@ -29,10 +35,24 @@ class Thresholds:
         calibration = calibration or {}
         image = calibration.get("image_threshold")
         pixel = calibration.get("pixel_threshold", calibration.get("map_threshold"))
-        return cls(None if image is None else float(image), None if pixel is None else float(pixel))
+        basis = calibration.get("basis")
+        return cls(
+            None if image is None else float(image),
+            None if pixel is None else float(pixel),
+            basis if isinstance(basis, dict) else None,
+        )
 
-    def to_dict(self) -> dict[str, float | None]:
-        return {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold}
+    def to_dict(self) -> dict[str, Any]:
+        return {"image_threshold": self.image_threshold, "pixel_threshold": self.pixel_threshold, "basis": self.basis}
+
+    def stale(self, current: dict[str, Any]) -> str | None:
+        """What differs between the basis these thresholds were set on and `current`, or None when they apply."""
+        if not self.set or self.basis is None:
+            return None
+        changed = [k for k in self.basis if json.dumps(self.basis[k]) != json.dumps(current.get(k))]
+        if not changed:
+            return None
+        return "; ".join(f"{k}: calibrated on {self.basis[k]!r}, now {current.get(k)!r}" for k in changed)
 
 
 def read_standalone(path: str | Path, config: dict[str, Any] | None = None) -> tuple[Thresholds, dict[str, Any]]:
