@@ -164,7 +164,8 @@ def test_thresholds_set_on_another_bank_are_refused_on_the_cli_and_flagged_over_
     cal = tmp_path / "zero.json"
     assert main(["calibrate", *map(str, goods[:6]), "--out", str(cal), *flags]) == 0
     query = str(sorted(hazelnut.rglob("test/*/*.jpg"))[0])
-    detect = ["detect", query, "--out", str(tmp_path / "o"), "--calibration", str(cal), *flags]
+    base = ["detect", query, "--out", str(tmp_path / "o"), *flags]
+    detect = [*base, "--calibration", str(cal)]
     capsys.readouterr()
     assert main([*detect, "--reference", str(goods[7])]) == 2
     assert "references: calibrated on None" in capsys.readouterr().err
@@ -172,7 +173,7 @@ def test_thresholds_set_on_another_bank_are_refused_on_the_cli_and_flagged_over_
     assert main([*detect, "--class-name", "screw"]) == 2  # another class text
     few = tmp_path / "few.json"
     assert main(["calibrate", *map(str, goods[:6]), "--reference", str(goods[7]), "--out", str(few), *flags]) == 0
-    assert main([*detect[: -len(flags) - 2], "--calibration", str(few), "--reference", str(goods[7]), *flags]) == 0
+    assert main([*base, "--calibration", str(few), "--reference", str(goods[7])]) == 0
     assert main([*detect, "--reference", str(goods[7]), "--threshold", "0.5"]) == 0  # the user's own number
 
     det = tiny_detector(calibration=str(cal))
