@@ -164,7 +164,7 @@ def test_thresholds_set_on_another_bank_are_refused_on_the_cli_and_flagged_over_
     cal = tmp_path / "zero.json"
     assert main(["calibrate", *map(str, goods[:6]), "--out", str(cal), *flags]) == 0
     query = str(sorted(hazelnut.rglob("test/*/*.jpg"))[0])
-    base = ["detect", query, "--out", str(tmp_path / "o"), *flags]
+    base = ["detect", query, "--out", str(tmp_path / "o"), "--overwrite", *flags]
     detect = [*base, "--calibration", str(cal)]
     capsys.readouterr()
     assert main([*detect, "--reference", str(goods[7])]) == 2

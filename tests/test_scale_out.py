@@ -79,6 +79,7 @@ def test_ray_detect_writes_the_same_scores_and_maps_as_local_detect(
     assert files["local"] == [p for p in files["ray"] if p.parts[0] != "ray"]  # the same files, apart from shards
     runs = {name: json.loads((tmp_path / name / "run.json").read_text()) for name in ("local", "ray")}
     assert runs["ray"].pop("engine") == "torch on Ray" and runs["local"].pop("engine") == "torch"
+    assert runs["ray"].pop("run_id") != runs["local"].pop("run_id")  # two runs: neither resumes the other
     assert runs["local"] == runs["ray"]  # every other field, and its value
     assert [f for f, _ in local.failed] == [f for f, _ in remote.failed] == [str(folder / "corrupt.png")]
     assert local.failed[0][1] == remote.failed[0][1]  # the same reader, the same message
@@ -147,3 +148,26 @@ def test_ray_cli_reports_missing_inputs_and_list_files_like_local_detect(
     err = capsys.readouterr().err
     assert "gone.png" in err and "cannot read" in err
     assert len(rows_of(tmp_path / "o")) == 3 - ("corrupt.png" in " ".join(files[:3]))
+
+
+def test_a_ray_rerun_with_other_options_is_refused_and_a_torn_shard_is_scored_again(
+    ray_cluster: None, shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rerun with `--threshold 0.5 --class-name screw` once kept the old rows; a cut-short shard made every rerun
+    crash with ArrowInvalid."""
+    folder = images(shared_data, tmp_path)
+    out = tmp_path / "out"
+    args = ["detect", str(folder), "--ray", "--out", str(out), *TINY_FLAGS, "--batch-size", "4"]
+    assert main(args) == 1  # the corrupt file
+    first = rows_of(out)
+    other = [*args, "--threshold", "0.5", "--class-name", "screw"]
+    capsys.readouterr()
+    assert main(other) == 2 and "another run" in capsys.readouterr().err
+    assert main([*other, "--overwrite"]) == 1
+    relabelled = rows_of(out)
+    assert [r["path"] for r in relabelled] == [r["path"] for r in first] and all("label" in r for r in relabelled)
+    shard = sorted((out / "ray").rglob("*.parquet"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # a write cut short
+    assert main([*other, "--overwrite"]) == 1
+    assert "is damaged" in capsys.readouterr().err
+    assert rows_of(out) == relabelled  # its images scored again, the same numbers

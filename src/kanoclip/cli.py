@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
@@ -14,6 +15,8 @@ from typing import Any
 from . import __version__
 from .config import ENGINES, PRECISIONS, KAnoCLIPConfig, RunConfig, TrainConfig
 from .errors import ConfigError, KanoclipError
+
+EXIT_DISK_FULL = 3  # 1: some images unreadable, 2: a usage or input error
 
 EPILOG = """examples:
   kanoclip info                                    resolved config and parameter counts of the default model
@@ -201,6 +204,11 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
         help="label images with score >= T as anomalous (1); default: the checkpoint's calibration, if any",
     )
     parser.add_argument("--no-maps", action="store_true", help="write scores.csv only")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace another run's outputs in --out (rerunning the same run resumes it instead)",
+    )
     group = parser.add_argument_group("many machines (Ray Data; pip install 'kanoclip[ray]')")
     group.add_argument(
         "--ray",
@@ -225,11 +233,18 @@ def cmd_detect(args: argparse.Namespace) -> int:
         from .scale_out import detect_on_ray
 
         summary = detect_on_ray(
-            run, args.inputs, args.out, args.ray or None, args.ray_workers, args.gpus_per_worker, not args.no_maps
+            run,
+            args.inputs,
+            args.out,
+            args.ray or None,
+            args.ray_workers,
+            args.gpus_per_worker,
+            not args.no_maps,
+            overwrite=args.overwrite,
         )
     else:
         expand_inputs(args.inputs)  # a missing input fails before the model is built
-        summary = detect_files(detector(args), args.inputs, args.out, save_maps=not args.no_maps)
+        summary = detect_files(detector(args), args.inputs, args.out, not args.no_maps, args.overwrite)
     done = summary.images - len(summary.failed)
     print(
         f"{done} of {summary.images} images scored -> {summary.scores_csv}"
@@ -716,7 +731,9 @@ DETECT_EPILOG = """examples:
   kanoclip detect examples --backbone kanoclip-tiny --pretrained none --image-size 112   offline smoke run
 
 writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.png (heatmap overlay) and DIR/maps/<name>.npy (the map
-at the image's own size). A file that cannot be read is reported and skipped; exit status 1 if any was skipped.
+at the image's own size). A file that cannot be read is reported and skipped; exit status 1 if any was skipped, 2 for
+a usage or input error, 3 when the disk filled up. Rerunning the same command resumes an interrupted run; another
+run's outputs in DIR are refused unless --overwrite.
 """
 
 EVALUATE_EPILOG = """examples:
@@ -815,6 +832,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KanoclipError as e:
         print(f"kanoclip: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        print(
+            f"kanoclip: error: the disk is full ({e.filename or 'writing outputs'}): free some space and run the same "
+            "command again; what was finished is kept (detect resumes where it stopped)",
+            file=sys.stderr,
+        )
+        return EXIT_DISK_FULL
     except KeyboardInterrupt:
         print("kanoclip: interrupted", file=sys.stderr)
         return 130

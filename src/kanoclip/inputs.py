@@ -29,16 +29,38 @@ def looks_like_mask(path: Path) -> bool:
     return any(f in lowered for f in MASK_FOLDERS) or mask_stem(path.stem) != path.stem
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> tuple[list[Path], int]:
+MAX_INPUTS = 5_000_000  # paths one command may gather; past it, a clear error rather than a run that never starts
+
+
+def _glob(pattern: str) -> list[Path]:
+    """A glob pattern through pathlib, whose `**` does not follow symbolic links: a link loop cannot make it endless."""
+    parts = Path(pattern).parts
+    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    root = Path(*parts[:first]) if first else Path(".")
+    return list(root.glob(str(Path(*parts[first:]))))
+
+
+def expand_inputs(inputs: Sequence[str | Path], exclude: str | Path | None = None) -> tuple[list[Path], int]:
     """Files, folders (searched recursively) and glob patterns -> image files in a stable order, and the number of
-    ground-truth masks skipped inside folders. A path that matches nothing is an error that names it."""
+    ground-truth masks skipped inside folders. A path that matches nothing is an error that names it. Files are
+    de-duplicated by real path; anything below `exclude` (a run's output folder inside its inputs) is left out."""
     found: dict[Path, Path] = {}  # resolved -> as the user named it: a file reached twice is scored once
     skipped = 0
+    excluded = Path(exclude).expanduser().resolve() if exclude is not None else None
+
+    def wanted(p: Path) -> bool:
+        return excluded is None or not p.resolve().is_relative_to(excluded)
+
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir() or (not path.exists() and glob.has_magic(str(raw))):
-            candidates = path.rglob("*") if path.is_dir() else map(Path, glob.glob(str(path), recursive=True))
-            files = sorted(p for p in candidates if is_image_file(p))
+            files: list[Path] = []
+            for p in path.rglob("*") if path.is_dir() else _glob(str(path)):
+                if len(files) >= MAX_INPUTS:
+                    raise ImageReadError(f"{raw}: more than {MAX_INPUTS:,} files; split the inputs into several runs")
+                if is_image_file(p) and wanted(p):
+                    files.append(p)
+            files.sort()
             images = [p for p in files if not looks_like_mask(p)]
             skipped += len(files) - len(images)
             if not images:

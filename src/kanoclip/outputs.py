@@ -9,7 +9,11 @@ its own files. Every file is written atomically; the label column follows the th
 from __future__ import annotations
 
 import csv
+import dataclasses
+import hashlib
 import io
+import json
+import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ._files import atomic_write_bytes, atomic_write_json, npy_bytes, read_json_object
+from .config import RunConfig
 from .detection import Detector, Prediction
 from .errors import ConfigError
 from .inputs import expand_inputs, output_names
@@ -47,14 +52,38 @@ class DetectSummary:
 
 
 class RunFolder:
-    """A detect run's folder: `run.json` first, then each image's files, then `scores.csv`."""
+    """A detect run's folder: `run.json` first, then each image's files, then `scores.csv`. One run per folder: a
+    rerun with the same identity resumes, another run is refused unless asked to start over."""
+
+    OURS = (RUN, SCORES, f"{SCORES}.partial", "maps", "ray")
 
     def __init__(self, out: str | Path, save_maps: bool = True) -> None:
         self.out, self.save_maps = Path(out), save_maps
 
-    def write_run(self, inputs: Sequence[str | Path], described: dict[str, Any]) -> None:
-        """`run.json`: the inputs as given and what the detector says produced the outputs."""
-        atomic_write_json(self.out / RUN, {"inputs": [str(i) for i in inputs], **described}, indent=2)
+    def prepare(self, identity: str, overwrite: bool = False) -> bool:
+        """Make the folder ready for the run `identity`; True when it resumes that run. Another run's outputs are
+        refused, or with `overwrite` removed (only kanoclip's own files: anything else in the folder stays)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        present = [name for name in self.OURS if (self.out / name).exists()]
+        if not present:
+            return False
+        previous = self.read_run().get("run_id") if (self.out / RUN).is_file() else None
+        if previous == identity:
+            return True
+        if not overwrite:
+            raise ConfigError(
+                f"{self.out} holds the outputs of another run ({', '.join(present)}; run {previous}): use another "
+                "--out, or --overwrite to replace them"
+            )
+        for name in present:
+            target = self.out / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        return False
+
+    def write_run(self, inputs: Sequence[str | Path], described: dict[str, Any], identity: str) -> None:
+        """`run.json`: the run's identity, the inputs as given and what the detector says produced the outputs."""
+        document = {"run_id": identity, "inputs": [str(i) for i in inputs], **described}
+        atomic_write_json(self.out / RUN, document, indent=2)
 
     def read_run(self) -> dict[str, Any]:
         return read_json_object(self.out / RUN, ConfigError, "run detect again", "run detect again")
@@ -84,6 +113,27 @@ class RunFolder:
         label = [row.label] if labelled else []
         return [row.path, f"{row.score:.6f}", *label, *([row.map] if self.save_maps else [])]
 
+    def scored_rows(self, labelled: bool) -> dict[str, Row]:
+        """The rows a run of this folder finished (scores.csv, else the .partial one; a torn last line dropped)."""
+        source = next((self.out / n for n in (SCORES, f"{SCORES}.partial") if (self.out / n).is_file()), None)
+        if source is None:
+            return {}
+        rows: dict[str, Row] = {}
+        fields = self.header(labelled)
+        for record in csv.DictReader(source.read_text().splitlines()):
+            try:
+                if any(record.get(f) in (None, "") for f in fields):
+                    continue
+                rows[record["path"]] = Row(
+                    record["path"],
+                    float(record["score"]),
+                    int(record["label"]) if labelled else None,
+                    record.get("map"),
+                )
+            except ValueError:
+                continue  # a line cut short by a crash
+        return rows
+
     def write_scores(self, rows: Iterable[Row], labelled: bool) -> list[tuple[str, str]]:
         """`scores.csv` from rows in input order, written whole (atomically); returns the failed ones."""
         buffer = io.StringIO()
@@ -99,34 +149,49 @@ class RunFolder:
         return failed
 
 
+def run_identity(run: RunConfig, inputs: Sequence[str | Path], save_maps: bool, **more: Any) -> str:
+    """What makes two runs the same run: every run option but the decoding workers, the inputs as given, the map
+    option and `more` (e.g. the detector's threshold basis, or that it ran on Ray)."""
+    fields = {k: v for k, v in dataclasses.asdict(run).items() if k != "workers"}
+    document = {"run": fields, "inputs": [str(i) for i in inputs], "save_maps": save_maps, **more}
+    return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def detect_files(
     detector: Detector,
     inputs: Sequence[str | Path],
     out_dir: str | Path,
     save_maps: bool = True,
+    overwrite: bool = False,
 ) -> DetectSummary:
     """`kanoclip detect` on this machine. Rows reach `scores.csv.partial` as images finish, so a crash keeps what
-    was done; the file is renamed when complete."""
+    was done; rerun, the same run skips what it finished. `scores.csv` is written whole, in input order, at the
+    end. The output folder is never scored as an input."""
     detector.check_thresholds()
-    paths, skipped = expand_inputs(inputs)
     folder = RunFolder(out_dir, save_maps)
-    folder.out.mkdir(parents=True, exist_ok=True)
-    folder.write_run(inputs, detector.describe())
+    paths, skipped = expand_inputs(inputs, exclude=folder.out)
+    identity = run_identity(detector.run_config, inputs, save_maps, basis=detector.threshold_basis(), on="local")
     labelled = detector.thresholds.image_threshold is not None
-    failed: list[tuple[str, str]] = []
+    done = folder.scored_rows(labelled) if folder.prepare(identity, overwrite) else {}
+    folder.write_run(inputs, detector.describe(), identity)
+    todo = [p for p in paths if str(p) not in done]
+    if done:
+        print(f"{len(paths)} images; {len(paths) - len(todo)} already scored in {folder.out}; {len(todo)} to score")
+    names = dict(zip(paths, output_names(paths), strict=True))
     partial = folder.out / f"{SCORES}.partial"
-    bar = tqdm(total=len(paths), desc="detect", unit="image")
-    with partial.open("w", newline="") as f:
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([folder.header(labelled), *(folder.line(r, labelled) for r in done.values())])
+    atomic_write_bytes(partial, buffer.getvalue().encode())
+    rows = dict(done)
+    bar = tqdm(total=len(todo), desc="detect", unit="image")
+    with partial.open("a", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(folder.header(labelled))
-        predictions = detector.run(paths, keep_image=save_maps, progress=bar)
-        for name, p in zip(output_names(paths), predictions, strict=True):
-            row = folder.write_image(name, p)
-            if row.error is not None:
-                failed.append((row.path, row.error))
-                continue
-            writer.writerow(folder.line(row, labelled))
-            f.flush()
+        for path, p in zip(todo, detector.run(todo, keep_image=save_maps, progress=bar), strict=True):
+            rows[str(path)] = row = folder.write_image(names[path], p)
+            if row.error is None:
+                writer.writerow(folder.line(row, labelled))
+                f.flush()
     bar.close()
-    partial.replace(folder.out / SCORES)
+    failed = folder.write_scores((rows[str(p)] for p in paths), labelled)
+    partial.unlink()
     return DetectSummary(len(paths), failed, skipped, folder.out / SCORES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -25,7 +26,7 @@ from .detection import Detector, Prediction
 from .errors import ConfigError, KanoclipError
 from .images import ImageLimits, decode
 from .inputs import expand_inputs, output_names
-from .outputs import SCORES, DetectSummary, Row, RunFolder
+from .outputs import SCORES, DetectSummary, Row, RunFolder, run_identity
 
 RAY_EXTRA = "pip install 'kanoclip[ray]'  (ray[data], pyarrow, fsspec)"
 SHARDS = "ray"
@@ -57,7 +58,7 @@ def connect(address: str | None) -> None:
         raise ConfigError(f"cannot reach the Ray cluster at {address or 'a new local instance'}: {e}") from e
 
 
-def list_inputs(inputs: Sequence[str]) -> list[str]:
+def list_inputs(inputs: Sequence[str], exclude: Path | None = None) -> list[str]:
     """Folders, globs and files as locally, plus list files: `.txt` (one path or URI a line) or `.parquet` (a
     `path` column). URIs (s3://, gs://, ...) are read by the workers through fsspec."""
     paths: list[str] = []
@@ -77,7 +78,7 @@ def list_inputs(inputs: Sequence[str]) -> list[str]:
         else:
             local.append(raw)
     if local:
-        paths += [str(p) for p in expand_inputs(local)[0]]
+        paths += [str(p) for p in expand_inputs(local, exclude)[0]]
     return list(dict.fromkeys(paths))
 
 
@@ -112,7 +113,9 @@ class _Scorer:
     """A Ray actor holding one Detector, built from the run config as every detector is; writes `run.json` and each
     image's files through the one writer, and returns the rows."""
 
-    def __init__(self, run: RunConfig, inputs: list[str], out: str, save_maps: bool, threads: int) -> None:
+    def __init__(
+        self, run: RunConfig, inputs: list[str], out: str, save_maps: bool, threads: int, identity: str
+    ) -> None:
         import torch
 
         torch.set_num_threads(threads)  # Ray pins an actor to its CPU count (1): the forward may use its share
@@ -120,7 +123,8 @@ class _Scorer:
         self.detector.check_thresholds()
         self.folder = RunFolder(out, save_maps)
         described = self.detector.describe()
-        self.folder.write_run(inputs, {**described, "engine": f"{described['engine']} on Ray"})  # same in every actor
+        described["engine"] = f"{described['engine']} on Ray"
+        self.folder.write_run(inputs, described, identity)  # the same in every actor
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         rows: dict[str, list[Any]] = {name: [] for name in Row.__dataclass_fields__}
@@ -138,16 +142,25 @@ class _Scorer:
         return rows
 
 
-def done_rows(out: Path) -> dict[str, Row]:
-    """Every image a previous run's shards hold, by path (the first row of each, if a batch was redone)."""
-    shards = sorted((out / SHARDS).rglob("*.parquet")) if (out / SHARDS).is_dir() else []
+def done_rows(out: Path, identity: str) -> dict[str, Row]:
+    """Every image the shards of this run hold, by path (the first row of each, if a batch was redone). A shard
+    cut short by a crash is removed, with a warning: its images are scored again."""
+    folder = out / SHARDS / identity
+    shards = sorted(folder.rglob("*.parquet")) if folder.is_dir() else []
     if not shards:
         return {}
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows: dict[str, Row] = {}
     for shard in shards:
-        for row in pq.read_table(shard).to_pylist():
+        try:
+            table = pq.read_table(shard)
+        except (pa.ArrowException, OSError) as e:
+            print(f"warning: {shard} is damaged ({e}); its images are scored again", file=sys.stderr)
+            shard.unlink()
+            continue
+        for row in table.to_pylist():
             rows.setdefault(row["path"], Row(**row))
     return rows
 
@@ -161,13 +174,16 @@ def detect_on_ray(
     gpus_per_worker: float = 0.0,
     save_maps: bool = True,
     threads_per_worker: int | None = None,
+    overwrite: bool = False,
 ) -> DetectSummary:
-    """Score `inputs` on Ray with detectors built from `run`; returns what local detect returns.
-    `threads_per_worker` (default: the cluster's CPUs over the workers) sets each actor's torch threads."""
-    paths = list_inputs(inputs)
+    """Score `inputs` on Ray with detectors built from `run`; returns what local detect returns. Shards are kept per
+    run identity: a rerun of the same run skips what is done; another run in the folder is refused (or replaced with
+    `overwrite`). `threads_per_worker` (default: the cluster's CPUs over the workers) sets each actor's threads."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = done_rows(out)
+    paths = list_inputs(inputs, exclude=out)
+    identity = run_identity(run, inputs, save_maps, on="ray")
+    RunFolder(out, save_maps).prepare(identity, overwrite)
+    previous = done_rows(out, identity)
     todo = [p for p in paths if p not in previous]
     names = dict(zip(paths, output_names([Path(p) for p in paths]), strict=True))
     print(f"{len(paths)} images; {len(paths) - len(todo)} already scored in {out / SHARDS}; {len(todo)} to score")
@@ -199,6 +215,7 @@ def detect_on_ray(
                 "out": str(out),
                 "save_maps": save_maps,
                 "threads": threads_per_worker or max(1, int(cpus // workers)),
+                "identity": identity,
             },
             batch_size=1,  # one batch of images per call: the same batches, so the same numbers, as a local run
             concurrency=workers,
@@ -206,8 +223,8 @@ def detect_on_ray(
             max_restarts=-1,
             max_task_retries=-1,
         )
-        scored.write_parquet(str(out / SHARDS / f"run-{uuid.uuid4().hex[:8]}"))
-    return merge(out, paths, save_maps)
+        scored.write_parquet(str(out / SHARDS / identity / f"run-{uuid.uuid4().hex[:8]}"))
+    return merge(out, paths, save_maps, identity)
 
 
 def _actor_run(run: RunConfig, gpus_per_worker: float) -> RunConfig:
@@ -218,9 +235,9 @@ def _actor_run(run: RunConfig, gpus_per_worker: float) -> RunConfig:
     return run
 
 
-def merge(out: Path, paths: list[str], save_maps: bool) -> DetectSummary:
-    """One row per input, in input order, from every shard: scores.csv written by the one writer."""
-    rows = done_rows(out)
+def merge(out: Path, paths: list[str], save_maps: bool, identity: str) -> DetectSummary:
+    """One row per input, in input order, from every shard of the run: scores.csv written by the one writer."""
+    rows = done_rows(out, identity)
     missing = [p for p in paths if p not in rows]
     if missing:
         raise ConfigError(f"{len(missing)} image(s) have no row after the run (first: {missing[0]}); run it again")
