@@ -380,3 +380,47 @@ def test_a_chunked_body_is_cut_off_at_the_limit_without_being_stored(shared_data
             timeout=60,
         )
         assert ok.status_code == 200
+
+
+def test_a_detect_during_a_full_banks_reduction_is_answered_from_the_old_bank(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `reference_max_patches` each add reran the coreset on the forward thread: a detect waited 118 s."""
+    import threading
+
+    from kanoclip import references
+
+    from .conftest import TINY
+
+    det = tiny_detector(TINY.replace(reference_max_patches=100))
+    goods = sorted((shared_data / "MVTec_derived_hazelnut_toy").rglob("train/good/*"))[:3]
+    det.add_references(goods[:2])  # 2 x 64 patches: reduced to 100, the bank is full
+    started, release = threading.Event(), threading.Event()
+    real = references.greedy_coreset
+
+    def held_coreset(*args: object, **kwargs: object) -> object:
+        started.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(references, "greedy_coreset", held_coreset)
+    query = [("files", ("q.png", goods[0].read_bytes()))]
+    third = [("files", (goods[2].name, goods[2].read_bytes()))]
+    with running_server(det, ServeConfig(max_reference_images=3)) as url, ThreadPoolExecutor(max_workers=1) as pool:
+        adding = pool.submit(httpx.post, f"{url}/v1/references", files=third, timeout=120)
+        assert started.wait(60)  # the reduction is running...
+        try:
+            r = httpx.post(f"{url}/v1/detect", files=query, timeout=60)
+            assert r.status_code == 200 and r.json()["results"][0]["references"]["images"] == 2  # ...on the old bank
+            assert not adding.done()  # answered while the reduction still ran
+        finally:
+            release.set()
+        assert adding.result().json()["images"] == 3
+        listed = httpx.get(f"{url}/v1/references", timeout=30).json()
+        assert listed["limits"] == {"images": 3, "bytes": 1024**3} and listed["patches_per_level"] == 100
+        again = httpx.post(f"{url}/v1/references", files=third, timeout=120)
+        assert again.status_code == 413  # full: 3 of at most 3
+        monkeypatch.setattr(references, "greedy_coreset", real)
+    det.clear_references()
+    det.add_references([goods[0], goods[0], goods[1]])
+    assert det.references is not None and det.references.images == 2  # the same image is held once

@@ -29,7 +29,7 @@ from .errors import ConfigError, KanoclipError
 from .images import Crop, ImageLike, ImageLimits, crop_array, decode, source_name
 from .inputs import expand_inputs
 from .model import KAnoCLIP
-from .references import ReferenceBank, build_bank
+from .references import ReferenceBank, encode_good_parts
 from .thresholds import Thresholds, read_standalone
 
 NON_FINITE = (
@@ -62,6 +62,14 @@ class Collected:
     @property
     def ok(self) -> NDArray[np.bool_]:
         return ~np.isnan(self.pred_scores)
+
+
+@dataclass
+class GoodParts:
+    """Encoded good parts, not yet in a bank: features per tap level (M, D) and each image's path and sha256."""
+
+    levels: list[torch.Tensor]
+    sources: list[dict[str, str]]
 
 
 def to_tensor(rgb: NDArray[np.uint8], size: int) -> torch.Tensor:
@@ -198,25 +206,35 @@ class Detector:
     def clear_references(self) -> None:
         self.use_references(None)
 
-    def add_references(self, images: Sequence[ImageLike]) -> ReferenceBank:
-        """Good parts into the bank (decoded here, under the same limits; an unreadable one is an error: a reference
-        must be trusted). Augmented as `reference_augment` says; reduced by coreset past `reference_max_patches`."""
-        backend, cfg = self._torch("add_references"), self.config
-        arrays = [decode(image, limits=self.limits) for image in images]
-        sources = [{"path": source_name(i), "sha256": _sha256(i, a)} for i, a in zip(images, arrays, strict=True)]
+    def encode_references(self, images: Sequence[ImageLike]) -> GoodParts:
+        """Good parts as features (decoded here, under the same limits; an unreadable one is an error: a reference
+        must be trusted), augmented as `reference_augment` says. An image the bank already holds, or one given twice,
+        is encoded once. This is the part of a bank update that runs the model: O(new images)."""
+        backend = self._torch("add_references")
+        held = {s["sha256"] for s in self.references.sources} if self.references else set()
+        arrays, sources = [], []
+        for image in images:
+            rgb = decode(image, limits=self.limits)
+            digest = _sha256(image, rgb)
+            if digest not in held:
+                held.add(digest)
+                arrays.append(rgb)
+                sources.append({"path": source_name(image), "sha256": digest})
         batches = (
             torch.stack([to_tensor(a, self.image_size) for a in arrays[start : start + self.batch_size]])
             for start in range(0, len(arrays), self.batch_size)
         )
-        bank = build_bank(
-            batches,
-            sources,
-            backend.reference_features,
-            backend.reference_identity(),
-            cfg.reference_augment,
-            cfg.reference_max_patches,
-            self.references,
-        )
+        return GoodParts(encode_good_parts(batches, backend.reference_features, self.config.reference_augment), sources)
+
+    def extended_bank(self, parts: GoodParts) -> ReferenceBank:
+        """The current bank plus encoded good parts, reduced by coreset past `reference_max_patches`: CPU work that
+        needs no model, so a server runs it beside the forward passes and then swaps the bank in whole."""
+        bank = self.references or ReferenceBank([], self._torch("references").reference_identity())
+        return bank.extended(parts.levels, parts.sources, self.config.reference_max_patches) if parts.sources else bank
+
+    def add_references(self, images: Sequence[ImageLike]) -> ReferenceBank:
+        """Good parts into the bank (SPEC §9): encoded, added (reduced past the limit) and used from now on."""
+        bank = self.extended_bank(self.encode_references(images))
         self.use_references(bank)
         return bank
 

@@ -98,7 +98,10 @@ class ReferenceBank:
     def extended(self, levels: list[torch.Tensor], sources: list[dict[str, str]], limit: int) -> ReferenceBank:
         """This bank plus new features; past `limit` patches per level (0: none) a coreset picks which stay (the
         same rows at every level, so that a patch keeps its meaning across levels)."""
-        merged = [torch.cat([a, b.to(a.dtype)]) if a.numel() else b for a, b in zip(self.levels, levels, strict=True)]
+        if self.levels:
+            merged = [torch.cat([a, b.to(a.dtype)]) for a, b in zip(self.levels, levels, strict=True)]
+        else:
+            merged = list(levels)  # an empty bank
         reduced_from = self.reduced_from
         if limit and merged[0].shape[0] > limit:
             reduced_from = max(reduced_from, merged[0].shape[0])
@@ -185,21 +188,13 @@ def augmented(pixels: torch.Tensor, mode: str) -> torch.Tensor:
     return torch.cat(views)
 
 
-def build_bank(
-    batches: Iterable[torch.Tensor],
-    sources: list[dict[str, str]],
-    encode: Callable[[torch.Tensor], list[torch.Tensor]],
-    identity: dict[str, Any],
-    augment: str,
-    limit: int,
-    base: ReferenceBank | None = None,
-) -> ReferenceBank:
-    """`base` (or an empty bank) plus good parts: batches of RGB in [0, 1] at the run resolution, augmented as
-    `augment` says, encoded by `encode` into unit patch features per level, reduced past `limit` patches per level."""
+def encode_good_parts(
+    batches: Iterable[torch.Tensor], encode: Callable[[torch.Tensor], list[torch.Tensor]], augment: str
+) -> list[torch.Tensor]:
+    """Batches of good parts (RGB in [0, 1] at the run resolution), augmented as `augment` says, into unit patch
+    features per level, float32 on the CPU: the part of a bank update that needs the model."""
     chunks = [encode(augmented(pixels, augment)) for pixels in batches]
-    new = [torch.cat([c[i] for c in chunks]).float().cpu() for i in range(len(chunks[0]))] if chunks else []
-    bank = base or ReferenceBank([torch.empty(0, 0) for _ in new], identity)
-    return bank.extended(new, sources, limit) if new else bank
+    return [torch.cat([c[i] for c in chunks]).float().cpu() for i in range(len(chunks[0]))] if chunks else []
 
 
 def reference_map(

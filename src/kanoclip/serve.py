@@ -30,8 +30,9 @@ from numpy.typing import NDArray
 
 from . import __version__
 from ._files import npy_bytes
+from .backends import REFERENCES
 from .detection import Detector, Prediction
-from .errors import ConfigError, ImageReadError, ImageTooLarge, KanoclipError
+from .errors import ConfigError, ImageReadError, ImageTooLarge
 from .guard import RequestGuard
 from .images import ImageLimits, decode
 from .visualize import mask_image, overlay, to_png
@@ -44,6 +45,8 @@ class ServeConfig:
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound address
     max_request_bytes: int = 64 * 1024 * 1024  # a whole request, counted as it arrives
+    max_reference_images: int = 1_000  # good parts in the bank
+    max_reference_bytes: int = 1024 * 1024 * 1024  # the bank's features, after the coreset
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_upload_bytes: int = 20 * 1024 * 1024  # per file; pixels are bounded by the detector's decoder limits
@@ -194,7 +197,17 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
 
     def bank_info() -> dict[str, Any]:
         bank = detector.describe()["references"]
-        return bank or {"id": None, "images": 0, "patches_per_level": 0, "reduced_from": 0, "bytes": 0, "sha256": []}
+        empty: dict[str, Any] = {
+            "id": None,
+            "images": 0,
+            "patches_per_level": 0,
+            "reduced_from": 0,
+            "bytes": 0,
+            "sha256": [],
+        }
+        return {**(bank or empty), "limits": {"images": cfg.max_reference_images, "bytes": cfg.max_reference_bytes}}
+
+    bank_lock = asyncio.Lock()  # one bank update at a time: a clear never lands between a reduction and its swap
 
     async def decode_all(files: list[UploadFile]) -> list[tuple[bytes, NDArray[np.uint8]]]:
         """Each upload's bytes and pixels, under the same limits and errors for detections and references."""
@@ -213,21 +226,36 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
 
     @app.post("/v1/references", dependencies=[Depends(authorize)])
     async def add_references(files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
-        """Add good parts to the bank (SPEC §9); later detections are scored against it."""
+        """Add good parts to the bank (SPEC §9); later detections are scored against it. Images are encoded between
+        forward batches; the coreset that keeps a full bank bounded runs beside the forward passes, and the new bank
+        is swapped in whole, so a detection waits for at most the encoding, never the reduction. An image the bank
+        already holds is not added again."""
         uploads = await decode_all(files)
-        try:
-            await batcher.exclusive(detector.add_references, [data for data, _ in uploads])  # sha256 of the files
-        except KanoclipError as e:  # an exported engine's bank is baked in
-            raise HTTPException(409, str(e)) from None
+        if not detector.supports(REFERENCES):
+            raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
+        async with bank_lock:
+            held = detector.references.images if detector.references else 0
+            if held + len(uploads) > cfg.max_reference_images:
+                raise HTTPException(
+                    413, f"the bank holds {held} of at most {cfg.max_reference_images} good parts; clear it first"
+                )
+            # sha256 of the files, as `kanoclip reference build` records them
+            parts = await batcher.exclusive(detector.encode_references, [data for data, _ in uploads])
+            bank = await run_in_threadpool(detector.extended_bank, parts)
+            if bank.nbytes() > cfg.max_reference_bytes:
+                raise HTTPException(
+                    413, f"the bank would hold {bank.nbytes():,} bytes, over {cfg.max_reference_bytes:,}"
+                )
+            await batcher.exclusive(detector.use_references, bank)
         return bank_info()
 
     @app.delete("/v1/references", dependencies=[Depends(authorize)])
     async def clear_references() -> dict[str, Any]:
         """Empty the bank: back to zero-shot."""
-        try:
+        if not detector.supports(REFERENCES):
+            raise HTTPException(409, "an exported engine's bank is baked in: export again without --reference")
+        async with bank_lock:
             await batcher.exclusive(detector.clear_references)
-        except KanoclipError as e:
-            raise HTTPException(409, str(e)) from None
         return bank_info()
 
     @app.post("/v1/detect", dependencies=[Depends(authorize)])
