@@ -424,3 +424,186 @@ def test_a_detect_during_a_full_banks_reduction_is_answered_from_the_old_bank(
     det.clear_references()
     det.add_references([goods[0], goods[0], goods[1]])
     assert det.references is not None and det.references.images == 2  # the same image is held once
+
+
+def bilevel_png(width: int, height: int) -> bytes:
+    """A few kilobytes that decode to width x height pixels: 1-bit, all black."""
+    buffer = io.BytesIO()
+    Image.new("1", (width, height)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_requests_pixels_are_budgeted_from_the_headers_before_anything_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four 6 KB PNGs of 7000 x 7000 in one request once took +3.4 GB and 113 s."""
+    from kanoclip import serve
+
+    decoded: list[str] = []
+    real = serve.decode_upload
+    monkeypatch.setattr(
+        serve, "decode_upload", lambda data, name, limits: decoded.append(name) or real(data, name, limits)
+    )
+    det = tiny_detector()
+    big = bilevel_png(3000, 3000)  # 9 MP each
+    with running_server(det, ServeConfig(max_request_pixels=20_000_000)) as url:
+        files = [("files", (f"{i}.png", big)) for i in range(4)]
+        r = httpx.post(f"{url}/v1/detect", files=files, timeout=60)
+        assert r.status_code == 413 and "2.png: the request's images hold over its 20,000,000-pixel budget" in r.text
+        assert decoded == []  # refused from the headers alone
+        assert httpx.post(f"{url}/v1/detect", files=files[:2], timeout=60).status_code == 200
+
+
+def test_the_process_pixel_budget_holds_across_concurrent_requests(
+    shared_data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    det = tiny_detector()
+    inside, release = threading.Event(), threading.Event()
+    real = det.predict_many
+
+    def held(images: list[np.ndarray]) -> list[object]:
+        inside.set()
+        assert release.wait(60)
+        return list(real(images))
+
+    monkeypatch.setattr(det, "predict_many", held)
+    image = [("files", ("a.png", bilevel_png(1000, 1000)))]  # 1 MP
+    config = ServeConfig(max_inflight_pixels=1_500_000, pixel_wait_s=0.5)
+    with running_server(det, config) as url, ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(httpx.post, f"{url}/v1/detect", files=image, timeout=60)
+        assert inside.wait(60)  # the first request holds 1 MP of the process's 1.5
+        try:
+            second = httpx.post(f"{url}/v1/detect", files=image, timeout=60)
+            assert second.status_code == 503 and "try again" in second.text
+        finally:
+            release.set()
+        assert first.result().status_code == 200
+        assert httpx.post(f"{url}/v1/detect", files=image, timeout=60).status_code == 200  # released
+
+
+def test_abandoned_requests_are_not_computed(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two clients that sent 32 images each and hung up once made the next detect wait 46.8 s."""
+    import time
+
+    det = tiny_detector()
+    real = det.predict_many
+
+    def slow(images: list[np.ndarray]) -> list[object]:
+        time.sleep(0.3)  # a forward pass that takes a while
+        return list(real(images))
+
+    monkeypatch.setattr(det, "predict_many", slow)
+    data = (shared_data / "MVTec_AD/bottle/test/good/000.png").read_bytes()
+    many = [("files", (f"{i}.png", data)) for i in range(32)]
+    with running_server(det, ServeConfig(max_batch=4)) as url:
+        batcher = None
+
+        def hang_up() -> None:
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(f"{url}/v1/detect", files=many, timeout=httpx.Timeout(60, read=1.0))
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            list(pool.map(lambda _: hang_up(), range(2)))
+        r = httpx.post(f"{url}/v1/detect", files=[("files", ("q.png", data))], timeout=60)
+        assert r.status_code == 200
+        from .serving import app_of
+
+        batcher = app_of(url).state.batcher
+        assert batcher.images < 40, batcher.images  # of the 64 queued, most were dropped, not computed
+
+
+def test_half_sent_requests_are_closed_and_logged_once(shared_data: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """1,100 half-sent requests once locked the page out and logged a line per connection."""
+    import logging
+    import socket
+    import time
+
+    from kanoclip.guard import GuardedH11Protocol
+
+    det = tiny_detector()
+    previous = GuardedH11Protocol.header_timeout
+    GuardedH11Protocol.header_timeout = 1.0
+    caplog.set_level(logging.WARNING, logger="kanoclip.serve")
+    sockets: list[socket.socket] = []
+    try:
+        with running_server(det, ServeConfig()) as url:
+            port = int(url.rsplit(":", 1)[1])
+            for _ in range(300):  # past limit_concurrency (256)
+                s = socket.create_connection(("127.0.0.1", port), timeout=10)
+                s.sendall(b"GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nX-Slow: ")
+                sockets.append(s)
+            deadline = time.monotonic() + 30
+            status = 0
+            while time.monotonic() < deadline and status != 200:
+                try:
+                    status = httpx.get(f"{url}/", timeout=5).status_code
+                except httpx.TransportError:
+                    status = 0
+                time.sleep(0.2)
+            assert status == 200  # the page answers again once the half-sent ones are closed
+            assert all(s.recv(1) == b"" for s in sockets[:20])  # closed by the server
+    finally:
+        GuardedH11Protocol.header_timeout = previous
+        for s in sockets:
+            s.close()
+    lines = [r for r in caplog.records if "sent no complete request" in r.getMessage()]
+    assert 1 <= len(lines) <= 2  # one line (a minute apart), not one per connection
+
+
+@pytest.mark.slow
+def test_bombs_and_endless_bodies_leave_a_real_servers_memory_bounded(tmp_path: Path) -> None:
+    """`kanoclip serve` in its own process: four 7000 x 7000 1-bit PNGs in one request and a 200 MB chunked body; its
+    peak RSS (VmHWM) grows by well under a decoded image's worth."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    flags = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kanoclip", "serve", "--port", "0", *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = re.search(r"http://[\d.]+:\d+", line)
+        assert url, line
+        base = url.group(0)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+
+        def peak_kb() -> int:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            return int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+        before = peak_kb()
+        bombs = [("files", (f"{i}.png", bilevel_png(7000, 7000))) for i in range(4)]
+        assert httpx.post(f"{base}/v1/detect", files=bombs, timeout=120).status_code == 413
+
+        def endless() -> Iterator[bytes]:
+            yield b'--b\r\nContent-Disposition: form-data; name="files"; filename="x.png"\r\n\r\n'
+            for _ in range(800):
+                yield b"\0" * (256 * 1024)
+
+        headers = {"content-type": "multipart/form-data; boundary=b"}
+        try:
+            r = httpx.post(f"{base}/v1/detect", content=endless(), headers=headers, timeout=120)
+            assert r.status_code == 413
+        except httpx.TransportError:
+            pass  # closed while still sending
+        grown = peak_kb() - before
+        print(f"peak RSS grew by {grown} kB")
+        assert grown < 150_000, grown  # one decoded 7000 x 7000 RGB image alone is 147 MB, as floats 588 MB
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -6,14 +6,22 @@
   are not browsers send neither header and are let through (the API key guards them).
 - Body size: a `Content-Length` over the limit is refused at once (413); a body without one (chunked) is counted as
   it arrives and cut off at the limit, so nothing past it reaches memory or a temporary file.
+- Slow clients: a body must arrive within `body_timeout` (408); a connection that has not sent a complete request
+  line and headers within `HEADER_TIMEOUT` is closed (`GuardedH11Protocol`), and such closes are logged once a
+  minute with their count, not once per connection.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -26,8 +34,58 @@ UNSAFE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 SAME_SITE = ("same-origin", "none")  # "none": typed in the address bar or a bookmark
 
 
+HEADER_TIMEOUT = 10.0  # seconds for a connection's request line and headers
+LOG_EVERY = 60.0  # seconds between two log lines about closed slow connections
+
+log = logging.getLogger("kanoclip.serve")
+
+
 class _BodyTooLarge(Exception):
     pass
+
+
+class _BodyTooSlow(Exception):
+    pass
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a header deadline: uvicorn times out idle keep-alive connections only after
+    a response, so half-sent requests could hold connections (and `limit_concurrency` slots) forever."""
+
+    header_timeout = HEADER_TIMEOUT
+    _closed = 0
+    _last_log = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def _arm(self) -> None:
+        self._seen = self.cycle
+        self._timer = self.loop.call_later(self.header_timeout, self._check)
+
+    def _check(self) -> None:
+        """Close the connection when no request started in the last window and none is being answered."""
+        idle = self.cycle is self._seen and (self.cycle is None or self.cycle.response_complete)
+        if not idle:
+            self._arm()
+            return
+        if not self.transport.is_closing():
+            self.transport.close()
+            cls = type(self)
+            cls._closed += 1
+            now = time.monotonic()
+            if now - cls._last_log >= LOG_EVERY:
+                log.warning(
+                    "closed %d connection(s) that sent no complete request within %g s",
+                    cls._closed,
+                    self.header_timeout,
+                )
+                cls._closed, cls._last_log = 0, now
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._timer.cancel()
+        super().connection_lost(exc)
 
 
 def host_name(value: str) -> str:
@@ -41,10 +99,12 @@ def host_name(value: str) -> str:
 class RequestGuard:
     """ASGI middleware: Host, origin and body-size checks on every HTTP request."""
 
-    def __init__(self, app: ASGIApp, allowed_hosts: tuple[str, ...], max_body_bytes: int) -> None:
+    def __init__(
+        self, app: ASGIApp, allowed_hosts: tuple[str, ...], max_body_bytes: int, body_timeout: float = 60.0
+    ) -> None:
         self.app = app
         self.allowed = {host_name(h) for h in allowed_hosts if h not in ("0.0.0.0", "::")} | set(LOOPBACK)
-        self.max_body = max_body_bytes
+        self.max_body, self.body_timeout = max_body_bytes, body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -63,10 +123,17 @@ class RequestGuard:
             await _reply(send, 413, f"request of {length} bytes is over the {self.max_body:,}-byte limit")
             return
         started, over, received = False, False, 0
+        deadline = time.monotonic() + self.body_timeout
+        answer: dict[str, Any] = {"status": 413, "detail": f"request body is over the {self.max_body:,}-byte limit"}
 
         async def counted() -> Message:
             nonlocal received, over
-            message = await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                over = True
+                answer.update(status=408, detail=f"the request body did not arrive within {self.body_timeout:g} s")
+                raise _BodyTooSlow from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
@@ -79,16 +146,16 @@ class RequestGuard:
             if over:
                 if message["type"] == "http.response.start":
                     started = True
-                    await _reply(send, 413, f"request body is over the {self.max_body:,}-byte limit")
+                    await _reply(send, int(answer["status"]), str(answer["detail"]))
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counted, watched)
-        except _BodyTooLarge:
+        except (_BodyTooLarge, _BodyTooSlow):
             if not started:
-                await _reply(send, 413, f"request body is over the {self.max_body:,}-byte limit")
+                await _reply(send, int(answer["status"]), str(answer["detail"]))
 
 
 def _same_origin(headers: dict[str, str], host: str) -> bool:

@@ -87,6 +87,19 @@ def to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def image_size(data: bytes, name: str) -> tuple[int, int]:
+    """(width, height) from an encoded image's header, decoding no pixel: what a pixel budget is checked on."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                return probe.size
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"{name}: too many pixels ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{name}: not an image file (or a format Pillow cannot read)") from e
+
+
 def source_name(image: ImageLike) -> str:
     """How an input is named in results and errors: its path, else its kind."""
     if isinstance(image, str | Path):

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, Security, UploadFile
@@ -33,9 +33,12 @@ from ._files import npy_bytes
 from .backends import REFERENCES
 from .detection import Detector, Prediction
 from .errors import ConfigError, ImageReadError, ImageTooLarge
-from .guard import RequestGuard
-from .images import ImageLimits, decode
+from .guard import GuardedH11Protocol, RequestGuard
+from .images import ImageLimits, decode, image_size
 from .visualize import mask_image, overlay, to_png
+
+if TYPE_CHECKING:
+    import uvicorn
 
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
 
@@ -45,12 +48,40 @@ class ServeConfig:
     api_key: str | None = None
     allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound address
     max_request_bytes: int = 64 * 1024 * 1024  # a whole request, counted as it arrives
+    max_request_pixels: int = 64_000_000  # all images of one request together, checked before decoding
+    max_inflight_pixels: int = 256_000_000  # decoded and not yet answered, over all requests of the process
+    pixel_wait_s: float = 30.0  # how long a request waits for the process's pixel budget before 503
+    body_timeout_s: float = 60.0  # for a request's whole body
     max_reference_images: int = 1_000  # good parts in the bank
     max_reference_bytes: int = 1024 * 1024 * 1024  # the bank's features, after the coreset
     max_batch: int = 8
     max_wait_ms: float = 10.0
     max_upload_bytes: int = 20 * 1024 * 1024  # per file; pixels are bounded by the detector's decoder limits
     max_files: int = 64
+
+
+class PixelBudget:
+    """Pixels decoded and not yet answered, over every request of the process: past the limit a request waits its
+    turn (at most `wait` seconds, then 503), so concurrent requests cannot add up past what memory holds."""
+
+    def __init__(self, limit: int, wait: float) -> None:
+        self.limit, self.wait, self.used = limit, wait, 0
+        self.changed = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int) -> AsyncIterator[None]:
+        async with self.changed:
+            try:
+                await asyncio.wait_for(self.changed.wait_for(lambda: self.used + pixels <= self.limit), self.wait)
+            except asyncio.TimeoutError:
+                raise HTTPException(503, "the server is decoding as many pixels as it may: try again shortly") from None
+            self.used += pixels
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.used -= pixels
+                self.changed.notify_all()
 
 
 class MicroBatcher:
@@ -96,6 +127,9 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
+            batch = [(rgb, future) for rgb, future in batch if not future.done()]  # a client that left: dropped
+            if not batch:
+                continue
             arrays = [rgb for rgb, _ in batch]
             try:
                 results, bank = await loop.run_in_executor(self.executor, self._forward, arrays)
@@ -149,7 +183,12 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         redoc_url=None,
     )
     app.state.batcher = batcher
-    app.add_middleware(RequestGuard, allowed_hosts=cfg.allowed_hosts, max_body_bytes=cfg.max_request_bytes)
+    app.add_middleware(
+        RequestGuard,
+        allowed_hosts=cfg.allowed_hosts,
+        max_body_bytes=cfg.max_request_bytes,
+        body_timeout=cfg.body_timeout_s,
+    )
 
     def authorize(request: Request, key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> None:
         if cfg.api_key is None:
@@ -209,15 +248,36 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
 
     bank_lock = asyncio.Lock()  # one bank update at a time: a clear never lands between a reduction and its swap
 
-    async def decode_all(files: list[UploadFile]) -> list[tuple[bytes, NDArray[np.uint8]]]:
-        """Each upload's bytes and pixels, under the same limits and errors for detections and references."""
+    pixels = PixelBudget(cfg.max_inflight_pixels, cfg.pixel_wait_s)
+
+    @asynccontextmanager
+    async def decoded(files: list[UploadFile]) -> AsyncIterator[list[tuple[bytes, NDArray[np.uint8]]]]:
+        """Each upload's bytes and pixels, under the same limits and errors for detections and references: the
+        request's pixels are counted from the headers against its budget, then held in the process's budget until
+        the request is answered."""
         if len(files) > cfg.max_files:
             raise HTTPException(413, f"{len(files)} files in one request; the limit is {cfg.max_files}")
-        decoded = []
+        uploads, total = [], 0
         for upload in files:
+            name = upload.filename or "upload"
             data = await upload.read(cfg.max_upload_bytes + 1)
-            decoded.append((data, await run_in_threadpool(decode_upload, data, upload.filename or "upload", limits)))
-        return decoded
+            if len(data) > cfg.max_upload_bytes:
+                raise HTTPException(413, f"{name}: {len(data):,} bytes is over the {cfg.max_upload_bytes:,}-byte limit")
+            try:
+                width, height = image_size(data, name) if data else (0, 0)
+                limits.check_size(name, width, height)  # each image first: the same words as the command line
+            except ImageTooLarge as e:
+                raise HTTPException(413, str(e)) from None
+            except ImageReadError as e:
+                raise HTTPException(400, str(e)) from None
+            total += width * height
+            if total > cfg.max_request_pixels:
+                raise HTTPException(
+                    413, f"{name}: the request's images hold over its {cfg.max_request_pixels:,}-pixel budget"
+                )
+            uploads.append((name, data))
+        async with pixels.hold(total):
+            yield [(data, await run_in_threadpool(decode_upload, data, name, limits)) for name, data in uploads]
 
     @app.get("/v1/references", dependencies=[Depends(authorize)])
     async def list_references() -> dict[str, Any]:
@@ -230,10 +290,9 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         forward batches; the coreset that keeps a full bank bounded runs beside the forward passes, and the new bank
         is swapped in whole, so a detection waits for at most the encoding, never the reduction. An image the bank
         already holds is not added again."""
-        uploads = await decode_all(files)
         if not detector.supports(REFERENCES):
             raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
-        async with bank_lock:
+        async with decoded(files) as uploads, bank_lock:
             held = detector.references.images if detector.references else 0
             if held + len(uploads) > cfg.max_reference_images:
                 raise HTTPException(
@@ -259,20 +318,25 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         return bank_info()
 
     @app.post("/v1/detect", dependencies=[Depends(authorize)])
-    async def detect(files: Annotated[list[UploadFile], File()], return_map: bool = False) -> dict[str, Any]:
-        """Score each uploaded image; heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map."""
+    async def detect(
+        request: Request, files: Annotated[list[UploadFile], File()], return_map: bool = False
+    ) -> dict[str, Any]:
+        """Score each uploaded image; heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map. Work
+        queued for a client that hung up is dropped."""
         start = time.perf_counter()
-        arrays = [rgb for _, rgb in await decode_all(files)]
-        decoded = time.perf_counter()
-        outputs = await asyncio.gather(*(batcher.submit(a) for a in arrays))
-        inferred = time.perf_counter()
-        results = []
-        for upload, rgb, (prediction, shared, bank) in zip(files, arrays, outputs, strict=True):
-            result = await run_in_threadpool(_result, upload.filename or "upload", rgb, prediction, return_map, shared)
-            results.append({**result, "references": bank})
+        async with decoded(files) as uploads:
+            arrays = [rgb for _, rgb in uploads]
+            decoded_at = time.perf_counter()
+            outputs = await _unless_gone(request, [batcher.submit(a) for a in arrays])
+            inferred = time.perf_counter()
+            results = []
+            for upload, rgb, (prediction, shared, bank) in zip(files, arrays, outputs, strict=True):
+                name = upload.filename or "upload"
+                result = await run_in_threadpool(_result, name, rgb, prediction, return_map, shared)
+                results.append({**result, "references": bank})
         timing = {
-            "decode_ms": 1000 * (decoded - start),
-            "inference_ms": 1000 * (inferred - decoded),
+            "decode_ms": 1000 * (decoded_at - start),
+            "inference_ms": 1000 * (inferred - decoded_at),
             "total_ms": 1000 * (time.perf_counter() - start),
         }
         return {
@@ -283,6 +347,20 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         }
 
     return app
+
+
+async def _unless_gone(request: Request, waits: list[Any]) -> list[Any]:
+    """The results of `waits`, or, once the client has disconnected, their cancellation: the batcher then drops the
+    images still queued instead of computing answers nobody reads."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    gathered = asyncio.gather(*tasks)
+    while True:
+        done, _ = await asyncio.wait({gathered}, timeout=0.25)
+        if done:
+            return gathered.result()
+        if await request.is_disconnected():
+            gathered.cancel()
+            raise HTTPException(499, "the client closed the request")
 
 
 def _result(name: str, rgb: NDArray[np.uint8], p: Prediction, return_map: bool, shared: int) -> dict[str, Any]:
@@ -326,21 +404,27 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(detector: Detector, sock: socket.socket, config: ServeConfig) -> None:
-    """Run on a socket from `listen` until interrupted. Idle keep-alive connections close after 5 s; past
-    `limit_concurrency` connections new ones get 503 instead of queueing without bound."""
+def make_server(detector: Detector, config: ServeConfig, **where: Any) -> uvicorn.Server:
+    """The uvicorn server every entry point runs (`where`: host and port, when no socket is given): idle keep-alive
+    connections close after 5 s, half-sent requests after `HEADER_TIMEOUT`, and past `limit_concurrency`
+    connections new ones get 503 instead of queueing without bound."""
     import uvicorn
 
-    detector.check_thresholds()  # at start, stale thresholds are refused; later bank changes are flagged
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(detector, config),
-            log_level="info",
-            timeout_keep_alive=5,
-            limit_concurrency=256,
-            h11_max_incomplete_event_size=64 * 1024,
-        )
-    )
+    settings: dict[str, Any] = {
+        "http": GuardedH11Protocol,
+        "log_level": "info",
+        "timeout_keep_alive": 5,
+        "limit_concurrency": 256,
+        "h11_max_incomplete_event_size": 64 * 1024,
+        **where,
+    }
+    return uvicorn.Server(uvicorn.Config(create_app(detector, config), **settings))
+
+
+def serve(detector: Detector, sock: socket.socket, config: ServeConfig) -> None:
+    """Run on a socket from `listen` until interrupted; stale thresholds are refused at start."""
+    detector.check_thresholds()  # later bank changes are flagged instead
+    server = make_server(detector, config)
     host, port = sock.getsockname()[:2]
     print(
         f"kanoclip: listening on http://{host if ':' not in host else f'[{host}]'}:{port}/ (the web page)", flush=True
