@@ -233,3 +233,15 @@ def test_outputs_follow_the_umask(shared_data: Path, tmp_path: Path) -> None:
         os.umask(previous)
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert len(files) >= 6 and {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {"0o644"}
+
+
+def test_a_missing_input_or_reference_fails_before_the_model_is_built(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With the default model the user once saw a download error, 17-19 s later, instead of the missing path."""
+    assert main(["detect", str(tmp_path / "missing.png"), "--backbone", "no-such-backbone"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    assert main(["detect", str(image), "--reference", str(tmp_path / "gone"), "--backbone", "no-such-backbone"]) == 2
+    assert "gone: no such file or folder" in capsys.readouterr().err

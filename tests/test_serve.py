@@ -532,7 +532,7 @@ def test_half_sent_requests_are_closed_and_logged_once(shared_data: Path, caplog
             port = int(url.rsplit(":", 1)[1])
             for _ in range(300):  # past limit_concurrency (256)
                 s = socket.create_connection(("127.0.0.1", port), timeout=10)
-                s.sendall(b"GET / HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\nX-Slow: ")
+                s.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
                 sockets.append(s)
             deadline = time.monotonic() + 30
             status = 0
@@ -607,3 +607,43 @@ def test_bombs_and_endless_bodies_leave_a_real_servers_memory_bounded(tmp_path: 
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares width x height and holds no pixel data: what a decompression bomb's header says."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\0"))  # one row's worth: the header is all Pillow reads at open
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+def test_a_900_megapixel_header_is_413_not_400(shared_data: Path) -> None:
+    """A 30000 x 30000 PNG once got 400 "not an image"."""
+    with running_server(tiny_detector(), ServeConfig()) as url:
+        r = httpx.post(f"{url}/v1/detect", files=[("files", ("huge.png", png_header_only(30000, 30000)))], timeout=60)
+    assert r.status_code == 413 and "huge.png" in r.json()["detail"]
+
+
+def test_serve_says_port_in_use_before_loading_the_model_and_reads_the_key_from_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    from kanoclip.cli import main
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        port = str(busy.getsockname()[1])
+        assert main(["serve", "--port", port, "--backbone", "no-such-backbone"]) == 2  # no model was built
+        assert f"port {port} on 127.0.0.1 is in use: try another with --port" in capsys.readouterr().err
+    finally:
+        busy.close()
+    assert main(["serve", "--api-key-file", str(tmp_path / "missing"), "--port", "0"]) == 2
+    assert "cannot read --api-key-file" in capsys.readouterr().err
