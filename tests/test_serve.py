@@ -345,6 +345,8 @@ def test_cross_site_and_rebound_requests_are_refused_and_the_bank_is_unchanged(s
     with running_server(det, ServeConfig(allowed_hosts=("inspect.example",))) as url:
         r = httpx.get(f"{url}/v1/health", headers={"Host": "inspect.example"}, timeout=30)
         assert r.status_code == 200  # a name the operator allows (behind a proxy)
+        for address in ("192.168.1.5:8000", "[fe80::1]:8000"):  # a server on 0.0.0.0 reached by its address
+            assert httpx.get(f"{url}/v1/health", headers={"Host": address}, timeout=30).status_code == 200
 
 
 def test_a_chunked_body_is_cut_off_at_the_limit_without_being_stored(shared_data: Path) -> None:

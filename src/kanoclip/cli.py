@@ -290,11 +290,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate, markdown_table
 
     place = init_distributed(args.device)  # under torchrun: images sharded over ranks, metrics on rank 0
-    if place.world > 1 and args.device != "cpu" and args.engine == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            args.device = f"cuda:{place.local_rank}"
     indices = [load_dataset(path, args.layout) for path in args.datasets]
     for index in indices:
         if place.main:

@@ -4,6 +4,7 @@ their parent (a killed run must not leave gigabyte-sized orphans behind)."""
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import sys
 
@@ -14,7 +15,10 @@ from .errors import ConfigError
 
 
 def resolve_device(device: str) -> torch.device:
-    """auto: the first CUDA GPU when torch sees one, else the CPU; anything else must exist here."""
+    """auto: the first CUDA GPU when torch sees one (under torchrun, this process's GPU: LOCAL_RANK), else the CPU;
+    anything else must exist here."""
+    if device in ("auto", "cuda") and torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

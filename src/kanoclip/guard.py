@@ -1,6 +1,7 @@
 """What the server trusts before a request reaches a route: its Host, its origin and its size (README "Security").
 
-- DNS rebinding: a `Host` that is not the bound address, a loopback name or one the operator allows is refused (400).
+- DNS rebinding: a `Host` that is not an IP address, a loopback name or a name the operator allows is refused (400):
+  rebinding needs a DNS name, so IP literals (a server on 0.0.0.0 reached by its LAN address) stay usable.
 - Cross-site requests: a request that can change state (POST, PUT, PATCH, DELETE) whose `Origin` is not the
   server's own, or whose `Sec-Fetch-Site` says another site sent it, is refused (403), API key or none. Clients that
   are not browsers send neither header and are let through (the API key guards them).
@@ -14,6 +15,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import time
@@ -106,13 +108,22 @@ class RequestGuard:
         self.allowed = {host_name(h) for h in allowed_hosts if h not in ("0.0.0.0", "::")} | set(LOOPBACK)
         self.max_body, self.body_timeout = max_body_bytes, body_timeout
 
+    def _host_allowed(self, name: str) -> bool:
+        if name in self.allowed:
+            return True
+        try:
+            ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return True
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         host = headers.get("host", "")
-        if host_name(host) not in self.allowed:
+        if not self._host_allowed(host_name(host)):
             await _reply(send, 400, f"Host {host!r} is not served here; the operator may allow it with --allowed-host")
             return
         if scope["method"] in UNSAFE_METHODS and not _same_origin(headers, host):
