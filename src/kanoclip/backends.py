@@ -71,8 +71,11 @@ class TorchBackend:
         self.checkpoint = Path(run.checkpoint) if run.checkpoint is not None else None
         if self.checkpoint is not None:
             self.model = checkpoint.load(self.checkpoint, **dict(run.model_changes))
-            self.thresholds = Thresholds.from_calibration(checkpoint.read_document(self.checkpoint).get("calibration"))
-            self.checkpoint_sha256: str | None = checkpoint.weights_sha256(self.checkpoint)
+            document = checkpoint.read_document(self.checkpoint)
+            self.thresholds = Thresholds.from_calibration(document.get("calibration"))
+            # load() checked the file against the recorded hash: no second pass over the weights
+            recorded = document.get("weights_sha256")
+            self.checkpoint_sha256: str | None = recorded or checkpoint.weights_sha256(self.checkpoint)
         else:
             self.model = KAnoCLIP(run.model_config())
             self.thresholds, self.checkpoint_sha256 = Thresholds(), None
