@@ -80,6 +80,7 @@ class TorchBackend:
             self.model = KAnoCLIP(run.model_config())
             self.thresholds, self.checkpoint_sha256 = Thresholds(), None
         self.config = self.model.config
+        self.owner: object | None = None  # the detector whose text and bank the model holds now (`Detector._apply`)
         self.model.eval().to(self.device)
         self._forward = torch.compile(self.model) if run.compile else self.model
 
@@ -111,13 +112,17 @@ class TorchBackend:
             "checkpoint_sha256": self.checkpoint_sha256,
         }
 
+    def on_device(self, levels: list[torch.Tensor]) -> list[torch.Tensor]:
+        """A bank as the model searches it: on the device, in fp16 on a GPU (SPEC §9). Done once per bank, not per
+        forward, so switching between detectors that share this model costs nothing."""
+        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        return [t.to(self.device, dtype) for t in levels]
+
     def setup(self, **parts: Any) -> None:
-        """Text features and banks reach the model through its one public set-up (`KAnoCLIP.setup`); banks move to
-        the device, in fp16 on a GPU (SPEC §9)."""
+        """Text features and banks reach the model through its one public set-up (`KAnoCLIP.setup`)."""
         bank = parts.get("bank", ...)
         if isinstance(bank, list):
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            parts["bank"] = [t.to(self.device, dtype) for t in bank]
+            parts["bank"] = self.on_device(bank)
         self.model.setup(**parts)
 
     def describe(self) -> dict[str, Any]:

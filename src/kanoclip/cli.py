@@ -645,7 +645,68 @@ def add_serve_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=8, help="images of concurrent requests run together")
     parser.add_argument("--max-wait-ms", type=float, default=10.0, help="how long a batch waits for more images")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="per file (413 above)")
+    add_station_options(parser)
+    group = parser.add_argument_group("what the station keeps (history, profiles, banks, thresholds)")
+    group.add_argument(
+        "--no-state",
+        action="store_true",
+        help="keep nothing: no history, and what the server is taught is lost at exit",
+    )
+    group.add_argument("--keep-days", type=float, help="prune results older than this many days (default: keep all)")
+    group.add_argument("--max-store-gb", type=float, help="prune the oldest results while their files hold more")
     add_run_options(parser)
+
+
+def add_station_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the station")
+    group.add_argument(
+        "--state",
+        metavar="DIR",
+        help=f"the state folder: its SQLite database and the stored images, maps and banks (default {default_state()})",
+    )
+    group.add_argument(
+        "--database",
+        metavar="URL",
+        help="keep profiles and history in this database instead (postgresql://user@host/db, for several instances "
+        "sharing one --state folder); pip install 'kanoclip[postgres]'",
+    )
+    group.add_argument(
+        "--profile",
+        default="default",
+        metavar="NAME",
+        help="the profile the model flags create or change, and that /v1/detect uses (default: default)",
+    )
+
+
+def default_state() -> Path:
+    from platformdirs import user_data_path
+
+    return user_data_path("kanoclip") / "station"
+
+
+def open_station(args: argparse.Namespace, keep: bool = True) -> Any:
+    """The station the flags name, with the `--profile` created or changed by the model flags."""
+    from .database import check_profile_name, hidden
+    from .station import Station
+
+    check_profile_name(args.profile)
+    run = run_config(args)
+    if not keep and args.database:
+        raise ConfigError("--no-state keeps nothing: drop --database (or --no-state)")
+    state = Path(args.state).expanduser() if args.state else default_state()
+    base = run.replace(class_name=None, references=(), calibration=None, image_threshold=None)
+    station = Station.open(base, state if keep else None, args.database)
+    if keep:
+        where = hidden(args.database) if args.database else str(state)
+        print(f"kanoclip: state in {state} (database: {where})", flush=True)
+    profile = station.configure(args.profile, run)
+    det = station.detector(args.profile)
+    bank = det.references
+    print(
+        f"profile {profile.name!r}: {profile.class_name or 'object'}, "
+        f"{bank.images if bank else 0} good part(s), threshold {det.thresholds.image_threshold}"
+    )
+    return station
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -677,7 +738,55 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"warning: serving on {args.host} without an API key: anyone who can reach it can use it", file=sys.stderr
         )
     sock = listen(args.host, args.port)  # a port in use is said before the model loads
-    serve(detector(args), sock, config)
+    serve(open_station(args, keep=not args.no_state), sock, config, args.profile)
+    return 0
+
+
+def add_history_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("where", metavar="DIR|URL", help="a --state folder, or a --database URL")
+    parser.add_argument("--profile", help="one profile's results")
+    parser.add_argument("--since", help="from this time (ISO 8601, UTC unless it says otherwise)")
+    parser.add_argument("--until", help="before this time")
+    parser.add_argument("--label", type=int, choices=(0, 1), help="only good (0) or defect (1) results")
+    parser.add_argument("--limit", type=int, default=20, help="the newest N rows (default 20; --csv: all)")
+    parser.add_argument("--csv", action="store_true", help="every matching row as CSV on stdout")
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from sqlalchemy import Engine
+
+    from . import database
+    from .serve import history_csv
+    from .station import Station, iso, parse_time
+
+    if "://" in args.where:
+        url, folder = args.where, None
+    else:
+        folder = Path(args.where).expanduser()
+        if not (folder / database.DATABASE_FILE).is_file():
+            raise ConfigError(f"{folder} holds no station database ({database.DATABASE_FILE}): give a --state folder")
+        url = database.database_url(folder)
+    engine: Engine = database.connect(url, upgrade=False)
+    if database.current_revision(engine) != database.head_revision():
+        raise ConfigError(f"{database.hidden(url)} has an older schema: start `kanoclip serve` on it once to migrate")
+    station = Station(RunConfig(), engine, None)
+    filters = {
+        "profile": args.profile,
+        "since": parse_time(args.since),
+        "until": parse_time(args.until),
+        "label": args.label,
+    }
+    if args.csv:
+        for chunk in history_csv(station.iter_results(**filters)):
+            sys.stdout.write(chunk)
+        return 0
+    rows, _ = station.results(**filters, limit=args.limit)
+    for row in rows:
+        label = {None: "-", 0: "good", 1: "DEFECT"}[row["label"]] if row["error"] is None else "error"
+        score = "-" if row["score"] is None else f"{row['score']:.4f}"
+        print(f"{row['id']:>8}  {iso(row['created_at'])}  {row['profile']:<16} {score:>8}  {label:<6}  {row['source']}")
+    if not rows:
+        print("no results match")
     return 0
 
 
@@ -705,8 +814,18 @@ SERVE_EPILOG = """examples:
   kanoclip serve --host 0.0.0.0 --api-key-file /etc/kanoclip/key --allowed-host inspect.example.com   shared
   curl -F files=@part.png http://127.0.0.1:8000/v1/detect
 
+  kanoclip serve --profile bottle --class-name bottle --reference good_bottles/   a profile, kept in the state folder
+  kanoclip serve --state /srv/kanoclip --database postgresql://kanoclip@db/kanoclip --port 8001   a second instance
+
 POST /v1/detect (multipart field "files", one or more; ?return_map=true adds the raw map), GET /v1/health (no key),
-GET /v1/info; the OpenAPI schema at /openapi.json. Requests from other sites' pages and unknown Host names are refused.
+GET /v1/info, /v1/profiles, /v1/results, /metrics; the OpenAPI schema at /openapi.json. Every detection is recorded
+(`kanoclip history`). Requests from other sites' pages and unknown Host names are refused.
+"""
+
+HISTORY_EPILOG = """examples:
+  kanoclip history ~/.local/share/kanoclip/station                      the newest 20 results
+  kanoclip history /srv/kanoclip --profile bottle --since 2026-12-01 --label 1
+  kanoclip history postgresql://kanoclip@db/kanoclip --csv > results.csv
 """
 
 CALIBRATE_EPILOG = """examples:
@@ -793,6 +912,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("train", "train prompts, Bi-CMCI and adapter on auxiliary data", add_train_options, cmd_train, TRAIN_EPILOG),
         ("serve", "an HTTP inspection service with a web page", add_serve_options, cmd_serve, SERVE_EPILOG),
+        ("history", "what the station inspected", add_history_options, cmd_history, HISTORY_EPILOG),
         ("calibrate", "choose image and map thresholds", add_calibrate_options, cmd_calibrate, CALIBRATE_EPILOG),
         ("reference", "few-shot: build a bank of good parts", add_reference_options, cmd_reference, REFERENCE_EPILOG),
         ("export", "ONNX / OpenVINO for CPUs and edge boxes", add_export_options, cmd_export, EXPORT_EPILOG),

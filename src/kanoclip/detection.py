@@ -120,6 +120,8 @@ class Detector:
         self.limits = ImageLimits(max_pixels=run.max_pixels)
         self.thresholds = backend.thresholds
         self.references: ReferenceBank | None = None
+        self._text: torch.Tensor | None = None  # training-free text features (2, D); None: the learned prompts
+        self._bank_levels: list[torch.Tensor] | None = None  # the bank on the backend's device
         self._class_text: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
         self.text_record: dict[str, Any] = (
             {"source": "learned prompts (checkpoint)"}
@@ -128,12 +130,13 @@ class Detector:
         )
 
     @classmethod
-    def from_config(cls, run: RunConfig | None = None) -> Detector:
-        """The one factory: the backend, then the class text, thresholds and references the run asks for."""
+    def from_config(cls, run: RunConfig | None = None, backend: Backend | None = None) -> Detector:
+        """The one factory: the backend (or one already loaded for the same model, which detectors for several
+        products share: `backend_key`), then the class text, thresholds and references the run asks for."""
         run = run or RunConfig()
         if run.references and run.engine == "torch":
             expand_inputs([r for r in run.references if not r.endswith(".kref")])  # a missing path fails first
-        det = cls(build_backend(run), run)
+        det = cls(backend or build_backend(run), run)
         if det.training_free:
             det.set_class(run.class_name or "object")
         if run.calibration:
@@ -191,8 +194,8 @@ class Detector:
         backend = self._torch("set_class")
         if name not in self._class_text:
             self._class_text[name] = training_free_text(backend.model, name)
-        text, self.text_record = self._class_text[name]
-        backend.setup(text=text)
+        self._text, self.text_record = self._class_text[name]
+        self._apply()
 
     def use_references(self, bank: ReferenceBank | None) -> None:
         """Score against this bank from now on (None: zero-shot); a bank made for another model is refused."""
@@ -200,8 +203,9 @@ class Detector:
         if bank is not None:
             bank.check(backend.reference_identity())
             bank.check_shape(len(self.config.tap_layers or ()), backend.model.feature_dim)
-        backend.setup(bank=None if bank is None else bank.levels)
+        self._bank_levels = None if bank is None else backend.on_device(bank.levels)
         self.references = bank
+        self._apply()
 
     def clear_references(self) -> None:
         self.use_references(None)
@@ -287,9 +291,20 @@ class Detector:
             "references": references,
         }
 
+    def _apply(self) -> None:
+        """Condition the (possibly shared) model with this detector's text and bank, and say so: a detector
+        whose backend another detector conditioned since re-applies its own before its next forward. Callers that
+        share a backend run set-up and forwards on one thread (serve's forward thread)."""
+        backend = self.backend
+        if isinstance(backend, TorchBackend):
+            backend.setup(text=self._text, bank=self._bank_levels)
+            backend.owner = self
+
     # -- running ---------------------------------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] at the run size -> pred_score (B,) and anomaly_map (B, S, S), float32 on the CPU."""
+        if isinstance(self.backend, TorchBackend) and self.backend.owner is not self:
+            self._apply()
         return self.backend.forward(pixels)
 
     def predict(self, image: ImageLike) -> tuple[float, NDArray[np.float32]]:

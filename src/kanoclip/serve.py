@@ -9,37 +9,48 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import dataclasses
 import errno
+import io
+import logging
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, HTTPException, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from numpy.typing import NDArray
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool
 
 from . import __version__
 from ._files import npy_bytes
 from .backends import REFERENCES
+from .database import check_profile_name
 from .detection import Detector, Prediction
 from .errors import ConfigError, ImageReadError, ImageTooLarge
 from .guard import GuardedH11Protocol, RequestGuard
 from .images import ImageLimits, decode, image_size
+from .station import DEFAULT_PROFILE, HISTORY_COLUMNS, Conflict, Detection, NotFound, Station, parse_time, public
+from .store import DiskFull
+from .telemetry import CountRequests, ServeMetrics
 from .visualize import mask_image, overlay, to_png
 
 if TYPE_CHECKING:
     import uvicorn
 
+log = logging.getLogger("kanoclip.serve")
 API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="the server's --api-key")
 
 
@@ -58,6 +69,10 @@ class ServeConfig:
     max_wait_ms: float = 10.0
     max_upload_bytes: int = 20 * 1024 * 1024  # per file; pixels are bounded by the detector's decoder limits
     max_files: int = 64
+    poll_s: float = 1.0  # how often profile changes made through other instances are looked for
+    keep_days: float | None = None  # results older than this are pruned (None: kept)
+    max_store_bytes: int | None = None  # the oldest results are pruned while their files hold more
+    prune_every_s: float = 600.0
 
 
 class PixelBudget:
@@ -85,11 +100,13 @@ class PixelBudget:
 
 
 class MicroBatcher:
-    """Images from concurrent requests, run together: up to `max_batch`, waiting `max_wait_ms` after the first."""
+    """Images from concurrent requests, run together: up to `max_batch`, waiting `max_wait_ms` after the first. A
+    batch of several profiles runs as one forward pass per profile, each with its own text and bank."""
 
-    def __init__(self, detector: Detector, max_batch: int, max_wait_ms: float) -> None:
-        self.detector, self.max_batch, self.max_wait = detector, max(1, max_batch), max_wait_ms / 1000
-        self.queue: asyncio.Queue[tuple[NDArray[np.uint8], asyncio.Future[Any]]] = asyncio.Queue()
+    def __init__(self, station: Station, max_batch: int, max_wait_ms: float, metrics: ServeMetrics) -> None:
+        self.station, self.max_batch, self.max_wait = station, max(1, max_batch), max_wait_ms / 1000
+        self.metrics = metrics
+        self.queue: asyncio.Queue[tuple[str, NDArray[np.uint8], asyncio.Future[Any]]] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kanoclip-forward")
         self.task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -104,14 +121,16 @@ class MicroBatcher:
         self.executor.shutdown(wait=False)
 
     async def exclusive(self, work: Any, *args: Any) -> Any:
-        """Run `work` on the forward thread, between batches: a reference update never meets a forward halfway."""
+        """Run `work` on the forward thread, between batches: a profile or bank update never meets a forward
+        halfway, and detectors that share a model are conditioned there only."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, work, *args)
 
-    async def submit(self, rgb: NDArray[np.uint8]) -> tuple[Prediction, int, dict[str, Any]]:
-        """The image's prediction, how many images shared its forward pass, and which bank it was scored with."""
+    async def submit(self, profile: str, rgb: NDArray[np.uint8]) -> Scored:
+        """The image's prediction under the profile, with the detector and bank it was scored with."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((rgb, future))
-        result: tuple[Prediction, int, dict[str, Any]] = await future
+        await self.queue.put((profile, rgb, future))
+        self.metrics.queue_depth.set(self.queue.qsize())
+        result: Scored = await future
         return result
 
     async def _run(self) -> None:
@@ -127,27 +146,39 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self.queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            batch = [(rgb, future) for rgb, future in batch if not future.done()]  # a client that left: dropped
-            if not batch:
-                continue
-            arrays = [rgb for rgb, _ in batch]
-            try:
-                results, bank = await loop.run_in_executor(self.executor, self._forward, arrays)
-            except Exception as e:  # a failed forward fails its requests, never the server
-                for _, future in batch:
+            self.metrics.queue_depth.set(self.queue.qsize())
+            batch = [item for item in batch if not item[2].done()]  # a client that left: dropped
+            for profile in dict.fromkeys(name for name, _, _ in batch):
+                group = [(rgb, future) for name, rgb, future in batch if name == profile]
+                try:
+                    scored = await loop.run_in_executor(self.executor, self._forward, profile, [g[0] for g in group])
+                except Exception as e:  # a failed forward fails its requests, never the server
+                    for _, future in group:
+                        if not future.done():
+                            future.set_exception(e)
+                    continue
+                self.batches += 1
+                self.images += len(group)
+                self.metrics.batch_size.observe(len(group))
+                for (_, future), one in zip(group, scored, strict=True):
                     if not future.done():
-                        future.set_exception(e)
-                continue
-            self.batches += 1
-            self.images += len(batch)
-            for (_, future), prediction in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result((prediction, len(batch), bank))
+                        future.set_result(one)
 
-    def _forward(self, arrays: list[NDArray[np.uint8]]) -> tuple[list[Prediction], dict[str, Any]]:
-        """On the forward thread, where banks are swapped too: the predictions and the bank they were scored with."""
-        bank = self.detector.references
-        return self.detector.predict_many(arrays), {"images": bank.images if bank else 0, "id": bank and bank.id}
+    def _forward(self, profile: str, arrays: list[NDArray[np.uint8]]) -> list[Scored]:
+        """On the forward thread, where banks are swapped too: each prediction with what it was scored with."""
+        detector = self.station.detector(profile)
+        bank = detector.references
+        used = {"images": bank.images if bank else 0, "id": bank and bank.id}
+        predictions = detector.predict_many(arrays)
+        return [Scored(p, len(arrays), used, detector) for p in predictions]
+
+
+@dataclass
+class Scored:
+    prediction: Prediction
+    batched_with: int
+    references: dict[str, Any]
+    detector: Detector
 
 
 def decode_upload(data: bytes, name: str, limits: ImageLimits) -> NDArray[np.uint8]:
@@ -162,16 +193,45 @@ def decode_upload(data: bytes, name: str, limits: ImageLimits) -> NDArray[np.uin
         raise HTTPException(400, str(e)) from None
 
 
-def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI:
-    """The service around one loaded Detector."""
+def create_app(
+    station: Station | Detector, config: ServeConfig | None = None, default: str = DEFAULT_PROFILE
+) -> FastAPI:
+    """The service around a station (a bare Detector: a station that keeps nothing, with it as the default
+    profile). `/v1/detect` and `/v1/references` act on the `default` profile, as before profiles existed."""
     cfg = config or ServeConfig()
-    batcher = MicroBatcher(detector, cfg.max_batch, cfg.max_wait_ms)
-    limits = dataclasses.replace(detector.limits, max_bytes=cfg.max_upload_bytes)
+    station = station if isinstance(station, Station) else Station.around(station, default)
+    metrics = ServeMetrics()
+    batcher = MicroBatcher(station, cfg.max_batch, cfg.max_wait_ms, metrics)
+    limits = dataclasses.replace(ImageLimits(max_pixels=station.base.max_pixels), max_bytes=cfg.max_upload_bytes)
+
+    async def follow_other_instances() -> None:
+        """Profiles, banks and thresholds changed through another instance, reloaded here between batches."""
+        while True:
+            await asyncio.sleep(cfg.poll_s)
+            try:
+                await batcher.exclusive(station.changed_profiles)
+            except Exception as e:  # an unreachable database for a moment: the next poll tries again
+                log.warning("could not poll the database for profile changes: %s", e)
+
+    async def prune_history() -> None:
+        while True:
+            try:
+                removed = await run_in_threadpool(station.prune, cfg.keep_days, cfg.max_store_bytes)
+                if removed:
+                    log.info("retention: removed %d result(s)", removed)
+            except Exception as e:
+                log.warning("retention failed this time: %s", e)
+            await asyncio.sleep(cfg.prune_every_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         batcher.start()
+        tasks = [asyncio.create_task(follow_other_instances())] if station.keeps else []
+        if station.keeps and (cfg.keep_days is not None or cfg.max_store_bytes is not None):
+            tasks.append(asyncio.create_task(prune_history()))
         yield
+        for task in tasks:
+            task.cancel()
         await batcher.stop()
 
     app = FastAPI(
@@ -182,13 +242,17 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         docs_url=None,  # Swagger UI loads its script from a CDN: blank offline, and third-party code beside the key
         redoc_url=None,
     )
-    app.state.batcher = batcher
+    app.state.batcher, app.state.station, app.state.metrics = batcher, station, metrics
+
+    app.add_middleware(CountRequests, metrics=metrics)
     app.add_middleware(
         RequestGuard,
         allowed_hosts=cfg.allowed_hosts,
         max_body_bytes=cfg.max_request_bytes,
         body_timeout=cfg.body_timeout_s,
     )
+    for kind, status in ((NotFound, 404), (Conflict, 409), (DiskFull, 507), (ConfigError, 400)):
+        app.add_exception_handler(kind, _answer(status))
 
     def authorize(request: Request, key: Annotated[str | None, Security(API_KEY_HEADER)] = None) -> None:
         if cfg.api_key is None:
@@ -196,6 +260,8 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         given = key or request.headers.get("authorization", "").removeprefix("Bearer ")
         if not secrets.compare_digest(given.encode(), cfg.api_key.encode()):
             raise HTTPException(401, "missing or wrong API key (send it as the X-API-Key header)")
+
+    guarded = [Depends(authorize)]
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> str:
@@ -206,8 +272,18 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         """Liveness, without the key: load balancers probe it."""
         return {"status": "ok"}
 
-    @app.get("/v1/info", dependencies=[Depends(authorize)])
+    @app.get("/metrics", dependencies=guarded, include_in_schema=False)
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def detector_of(name: str) -> Detector:
+        station.profile(name)  # 400/404 before the forward thread is asked
+        detector: Detector = await batcher.exclusive(station.detector, name)
+        return detector
+
+    @app.get("/v1/info", dependencies=guarded)
     async def info() -> dict[str, Any]:
+        detector = await detector_of(default)
         described = detector.describe()
         return {
             "version": __version__,
@@ -219,22 +295,25 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
             "mode": "checkpoint" if described["checkpoint"] else "training-free",
             "threshold": detector.thresholds.image_threshold,
             "map_threshold": detector.thresholds.pixel_threshold,
-            "threshold_warning": threshold_warning(),
+            "threshold_warning": threshold_warning(detector),
             "resolution": detector.image_size,
             "device": str(detector.device),
             "max_batch": cfg.max_batch,
             "max_wait_ms": cfg.max_wait_ms,
             "max_upload_bytes": cfg.max_upload_bytes,
             "max_pixels": limits.max_pixels,
-            "references": bank_info(),
+            "references": bank_info(detector),
+            "profile": default,
+            "profiles": sorted(station.profiles),
+            "keeps_history": station.keeps,
         }
 
-    def threshold_warning() -> str | None:
+    def threshold_warning(detector: Detector) -> str | None:
         """Thresholds set on another bank or text (the bank changed since): labels are flagged until recalibrated."""
         stale = detector.stale_thresholds()
         return f"labels may be wrong: the thresholds do not fit ({stale}); recalibrate" if stale else None
 
-    def bank_info() -> dict[str, Any]:
+    def bank_info(detector: Detector) -> dict[str, Any]:
         bank = detector.describe()["references"]
         empty: dict[str, Any] = {
             "id": None,
@@ -247,14 +326,13 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
         return {**(bank or empty), "limits": {"images": cfg.max_reference_images, "bytes": cfg.max_reference_bytes}}
 
     bank_lock = asyncio.Lock()  # one bank update at a time: a clear never lands between a reduction and its swap
-
     pixels = PixelBudget(cfg.max_inflight_pixels, cfg.pixel_wait_s)
 
     @asynccontextmanager
-    async def decoded(files: list[UploadFile]) -> AsyncIterator[list[tuple[bytes, NDArray[np.uint8]]]]:
-        """Each upload's bytes and pixels, under the same limits and errors for detections and references: the
-        request's pixels are counted from the headers against its budget, then held in the process's budget until
-        the request is answered."""
+    async def decoded(files: list[UploadFile]) -> AsyncIterator[list[tuple[str, bytes, NDArray[np.uint8]]]]:
+        """Each upload's name, bytes and pixels, under the same limits and errors for detections and references:
+        the request's pixels are counted from the headers against its budget, then held in the process's budget
+        until the request is answered."""
         if len(files) > cfg.max_files:
             raise HTTPException(413, f"{len(files)} files in one request; the limit is {cfg.max_files}")
         uploads, total = [], 0
@@ -277,76 +355,288 @@ def create_app(detector: Detector, config: ServeConfig | None = None) -> FastAPI
                 )
             uploads.append((name, data))
         async with pixels.hold(total):
-            yield [(data, await run_in_threadpool(decode_upload, data, name, limits)) for name, data in uploads]
+            yield [(name, data, await run_in_threadpool(decode_upload, data, name, limits)) for name, data in uploads]
 
-    @app.get("/v1/references", dependencies=[Depends(authorize)])
-    async def list_references() -> dict[str, Any]:
-        """The few-shot bank: how many good parts, their sha256, patches per level and memory."""
-        return bank_info()
-
-    @app.post("/v1/references", dependencies=[Depends(authorize)])
-    async def add_references(files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
-        """Add good parts to the bank (SPEC §9); later detections are scored against it. Images are encoded between
-        forward batches; the coreset that keeps a full bank bounded runs beside the forward passes, and the new bank
-        is swapped in whole, so a detection waits for at most the encoding, never the reduction. An image the bank
-        already holds is not added again."""
+    async def add_good_parts(name: str, parts: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Add good parts to a profile's bank (SPEC §9); later detections are scored against it. Images are encoded
+        between forward batches; the coreset that keeps a full bank bounded runs beside the forward passes; the bank
+        and its images are committed, then swapped in whole, so a detection waits for at most the encoding, never the
+        reduction. An image the bank already holds is not added again."""
+        detector = await detector_of(name)
         if not detector.supports(REFERENCES):
             raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
-        async with decoded(files) as uploads, bank_lock:
+        async with bank_lock:
             held = detector.references.images if detector.references else 0
-            if held + len(uploads) > cfg.max_reference_images:
+            if held + len(parts) > cfg.max_reference_images:
                 raise HTTPException(
                     413, f"the bank holds {held} of at most {cfg.max_reference_images} good parts; clear it first"
                 )
             # sha256 of the files, as `kanoclip reference build` records them
-            parts = await batcher.exclusive(detector.encode_references, [data for data, _ in uploads])
-            bank = await run_in_threadpool(detector.extended_bank, parts)
+            encoded = await batcher.exclusive(detector.encode_references, [data for _, data in parts])
+            bank = await run_in_threadpool(detector.extended_bank, encoded)
             if bank.nbytes() > cfg.max_reference_bytes:
                 raise HTTPException(
                     413, f"the bank would hold {bank.nbytes():,} bytes, over {cfg.max_reference_bytes:,}"
                 )
+            await run_in_threadpool(station.save_bank, name, bank, parts)
             await batcher.exclusive(detector.use_references, bank)
-        return bank_info()
+        return bank_info(detector)
 
-    @app.delete("/v1/references", dependencies=[Depends(authorize)])
-    async def clear_references() -> dict[str, Any]:
-        """Empty the bank: back to zero-shot."""
+    async def clear_good_parts(name: str) -> dict[str, Any]:
+        detector = await detector_of(name)
         if not detector.supports(REFERENCES):
             raise HTTPException(409, "an exported engine's bank is baked in: export again without --reference")
         async with bank_lock:
+            await run_in_threadpool(station.save_bank, name, None)
             await batcher.exclusive(detector.clear_references)
-        return bank_info()
+        return bank_info(detector)
 
-    @app.post("/v1/detect", dependencies=[Depends(authorize)])
-    async def detect(
-        request: Request, files: Annotated[list[UploadFile], File()], return_map: bool = False
-    ) -> dict[str, Any]:
-        """Score each uploaded image; heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map. Work
-        queued for a client that hung up is dropped."""
+    async def detect_on(name: str, request: Request, files: list[UploadFile], return_map: bool) -> dict[str, Any]:
+        """Score each uploaded image with the profile's model, bank and thresholds, and record it: a 200 means its
+        row is committed and its files are on disk (507 when the disk is full: nothing recorded, nothing labelled).
+        Heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map. Work queued for a client that hung up
+        is dropped."""
         start = time.perf_counter()
+        station.profile(name)
         async with decoded(files) as uploads:
-            arrays = [rgb for _, rgb in uploads]
             decoded_at = time.perf_counter()
-            outputs = await _unless_gone(request, [batcher.submit(a) for a in arrays])
+            scored: list[Scored] = await _unless_gone(request, [batcher.submit(name, rgb) for _, _, rgb in uploads])
             inferred = time.perf_counter()
-            results = []
-            for upload, rgb, (prediction, shared, bank) in zip(files, arrays, outputs, strict=True):
-                name = upload.filename or "upload"
-                result = await run_in_threadpool(_result, name, rgb, prediction, return_map, shared)
-                results.append({**result, "references": bank})
+            detections = [
+                Detection(source, data, rgb, s.prediction)
+                for (source, data, rgb), s in zip(uploads, scored, strict=True)
+            ]
+            detector = scored[0].detector
+            await run_in_threadpool(station.record, name, detector, detections, 1000 * (inferred - start))
+            for d in detections:
+                metrics.observe_detection(name, d.prediction.pred_score, d.prediction.pred_label)
+            results = [
+                {**await run_in_threadpool(_result, d, return_map, s.batched_with), "references": s.references}
+                for d, s in zip(detections, scored, strict=True)
+            ]
         timing = {
             "decode_ms": 1000 * (decoded_at - start),
             "inference_ms": 1000 * (inferred - decoded_at),
             "total_ms": 1000 * (time.perf_counter() - start),
         }
         return {
+            "profile": name,
             "results": results,
             "threshold": detector.thresholds.image_threshold,
-            "threshold_warning": threshold_warning(),
+            "threshold_warning": threshold_warning(detector),
             "timing": timing,
         }
 
+    # -- the default profile, as before profiles ---------------------------------------------------------------------
+    @app.get("/v1/references", dependencies=guarded)
+    async def list_references() -> dict[str, Any]:
+        """The default profile's few-shot bank: how many good parts, their sha256, patches per level and memory."""
+        return bank_info(await detector_of(default))
+
+    @app.post("/v1/references", dependencies=guarded)
+    async def add_references(files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
+        """Add good parts to the default profile's bank (see POST /v1/profiles/{name}/references)."""
+        async with decoded(files) as uploads:
+            return await add_good_parts(default, [(source, data) for source, data, _ in uploads])
+
+    @app.delete("/v1/references", dependencies=guarded)
+    async def clear_references() -> dict[str, Any]:
+        """Empty the default profile's bank: back to zero-shot."""
+        return await clear_good_parts(default)
+
+    @app.post("/v1/detect", dependencies=guarded)
+    async def detect(
+        request: Request, files: Annotated[list[UploadFile], File()], return_map: bool = False
+    ) -> dict[str, Any]:
+        """Score images with the default profile (see POST /v1/profiles/{name}/detect)."""
+        return await detect_on(default, request, files, return_map)
+
+    # -- profiles ------------------------------------------------------------------------------------------------------
+    @app.get("/v1/profiles", dependencies=guarded)
+    async def list_profiles() -> dict[str, Any]:
+        names = sorted(station.profiles)
+        described = [await run_in_threadpool(station.describe, n) for n in names]
+        return {"default": default, "profiles": described}
+
+    def trusted_model(body: ProfileBody) -> dict[str, Any]:
+        """The fields a request sets. A checkpoint, engine or exported folder must be one a profile started from the
+        command line already uses: a web request never makes the server load a file of its choosing."""
+        fields = body.model_dump(exclude_unset=True)
+        model = {k: fields[k] for k in ("checkpoint", "engine", "exported") if k in fields}
+        if model:
+            known = [
+                {k: getattr(p, k) for k in ("checkpoint", "engine", "exported")} for p in station.profiles.values()
+            ]
+            wanted = {"checkpoint": None, "engine": "torch", "exported": None, **model}
+            if wanted not in known:
+                raise HTTPException(
+                    403,
+                    "a profile may use only a model that another profile already serves; start the server with "
+                    "`kanoclip serve --profile NAME --checkpoint ...` to add one",
+                )
+        return fields
+
+    @app.post("/v1/profiles", dependencies=guarded, status_code=201)
+    async def create_profile(body: ProfileBody) -> dict[str, Any]:
+        """A new profile: `{"name": "bottle-line-2", "class_name": "bottle"}`, on a model the server already serves."""
+        fields = trusted_model(body)
+        name = fields.pop("name", None)
+        if not name:
+            raise HTTPException(400, "a profile needs a name")
+        await batcher.exclusive(station.put_profile, name, fields, True)
+        return await run_in_threadpool(station.describe, name)
+
+    @app.get("/v1/profiles/{name}", dependencies=guarded)
+    async def get_profile(name: str) -> dict[str, Any]:
+        return await run_in_threadpool(station.describe, name)
+
+    @app.patch("/v1/profiles/{name}", dependencies=guarded)
+    async def change_profile(name: str, body: ProfileBody) -> dict[str, Any]:
+        """Change a profile's class name (its thresholds become stale) or model (its bank is rebuilt from its
+        stored good parts)."""
+        fields = trusted_model(body)
+        if fields.pop("name", name) != name:
+            raise HTTPException(400, "a profile's name cannot change: create another and delete this one")
+        await batcher.exclusive(station.put_profile, name, fields, False)
+        return await run_in_threadpool(station.describe, name)
+
+    @app.delete("/v1/profiles/{name}", dependencies=guarded)
+    async def delete_profile(name: str) -> dict[str, Any]:
+        """Delete a profile (its history stays); the default profile cannot go."""
+        if name == default:
+            raise HTTPException(409, f"{name!r} is this server's default profile (--profile): it cannot be deleted")
+        await batcher.exclusive(station.delete_profile, name)
+        return {"deleted": name}
+
+    @app.post("/v1/profiles/{name}/detect", dependencies=guarded)
+    async def profile_detect(
+        name: str, request: Request, files: Annotated[list[UploadFile], File()], return_map: bool = False
+    ) -> dict[str, Any]:
+        return await detect_on(name, request, files, return_map)
+
+    @app.get("/v1/profiles/{name}/references", dependencies=guarded)
+    async def profile_references(name: str) -> dict[str, Any]:
+        return bank_info(await detector_of(name))
+
+    @app.post("/v1/profiles/{name}/references", dependencies=guarded)
+    async def profile_add_references(name: str, files: Annotated[list[UploadFile], File()]) -> dict[str, Any]:
+        station.profile(name)
+        async with decoded(files) as uploads:
+            return await add_good_parts(name, [(source, data) for source, data, _ in uploads])
+
+    @app.delete("/v1/profiles/{name}/references", dependencies=guarded)
+    async def profile_clear_references(name: str) -> dict[str, Any]:
+        return await clear_good_parts(name)
+
+    @app.post("/v1/profiles/{name}/calibrate", dependencies=guarded)
+    async def calibrate(name: str, body: CalibrateBody | None = None) -> dict[str, Any]:
+        """Thresholds from the profile's good parts (leave-one-out) and the results marked defect."""
+        station.profile(name)
+        rate = (body or CalibrateBody()).false_alarm_rate
+        async with bank_lock:
+            calibration: dict[str, Any] = await batcher.exclusive(station.calibrate, name, rate)
+        return calibration
+
+    # -- history -------------------------------------------------------------------------------------------------------
+    @app.get("/v1/results", dependencies=guarded)
+    async def results(
+        profile: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        label: int | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+        format: str = "json",
+    ) -> Any:
+        """The history, newest first: `?profile=&since=&until=&label=&limit=&cursor=`; `format=csv` streams every
+        matching row."""
+        if profile is not None:
+            check_profile_name(profile)
+        if not 1 <= limit <= 1000:
+            raise HTTPException(400, f"limit must be 1..1000, got {limit}")
+        filters: dict[str, Any] = {
+            "profile": profile,
+            "since": parse_time(since),
+            "until": parse_time(until),
+            "label": label,
+        }
+        if format == "csv":
+            return StreamingResponse(
+                iterate_in_threadpool(history_csv(station.iter_results(**filters))),
+                media_type="text/csv",
+                headers={"Content-Disposition": 'attachment; filename="kanoclip-results.csv"'},
+            )
+        if format != "json":
+            raise HTTPException(400, f"format is json or csv, got {format!r}")
+        rows, next_cursor = await run_in_threadpool(station.results, **filters, limit=limit, cursor=cursor)
+        return {"results": [public(r) for r in rows], "next_cursor": next_cursor}
+
+    @app.get("/v1/results/{result_id}", dependencies=guarded)
+    async def result(result_id: int, include_map: bool = True) -> dict[str, Any]:
+        """One result with its feedback, its overlay (base64 PNG) and its map (base64 float16 .npy)."""
+        row = await run_in_threadpool(station.result, result_id)
+        out = {**public(row), "feedback": row["feedback"]}
+        overlay_png = await run_in_threadpool(station.blob, row["overlay_sha256"])
+        out["overlay_png"] = overlay_png and base64.b64encode(overlay_png).decode()
+        if include_map:
+            amap = await run_in_threadpool(station.blob, row["map_sha256"])
+            out["map"] = amap and {"dtype": "float16", "npy_base64": base64.b64encode(amap).decode()}
+        return out
+
+    @app.post("/v1/results/{result_id}/feedback", dependencies=guarded)
+    async def feedback(result_id: int, body: FeedbackBody) -> dict[str, Any]:
+        """A verdict on a result, recorded; "good" also adds its image to the profile's bank."""
+        row = await run_in_threadpool(station.feedback, result_id, body.verdict, body.note)
+        answer: dict[str, Any] = {"result": result_id, "verdict": body.verdict, "profile": row["profile"]}
+        if body.verdict == "good" and row["profile"] in station.profiles and row["image_sha256"]:
+            data = await run_in_threadpool(station.blob, row["image_sha256"])
+            if data is not None and (await detector_of(row["profile"])).supports(REFERENCES):
+                answer["references"] = await add_good_parts(row["profile"], [(row["source"], data)])
+        return answer
+
     return app
+
+
+class ProfileBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    class_name: str | None = Field(default=None, max_length=200)
+    checkpoint: str | None = None
+    engine: str | None = None
+    exported: str | None = None
+
+
+class CalibrateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: Literal["good", "defect"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
+def _answer(status: int) -> Any:
+    async def handler(request: Request, error: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=status)
+
+    return handler
+
+
+def history_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The history as CSV, a row at a time (the columns of HISTORY_COLUMNS)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(HISTORY_COLUMNS)
+    for row in rows:
+        shown = public(row)
+        writer.writerow(["" if shown[k] is None else shown[k] for k in HISTORY_COLUMNS])
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
 
 
 async def _unless_gone(request: Request, waits: list[Any]) -> list[Any]:
@@ -363,16 +653,19 @@ async def _unless_gone(request: Request, waits: list[Any]) -> list[Any]:
             raise HTTPException(499, "the client closed the request")
 
 
-def _result(name: str, rgb: NDArray[np.uint8], p: Prediction, return_map: bool, shared: int) -> dict[str, Any]:
+def _result(d: Detection, return_map: bool, shared: int) -> dict[str, Any]:
+    p = d.prediction
     if p.error is not None or p.anomaly_map is None:  # a non-finite score or map: an error, never a label
-        return {"filename": name, "error": p.error, "batched_with": shared}
+        return {"filename": d.source, "error": p.error, "batched_with": shared, "result_id": d.result_id}
     amap, mask = p.anomaly_map, p.pred_mask
+    overlay_png = d.overlay_png or to_png(overlay(d.rgb, amap, mask=mask))
     out: dict[str, Any] = {
-        "filename": name,
-        "width": int(rgb.shape[1]),
-        "height": int(rgb.shape[0]),
+        "filename": d.source,
+        "result_id": d.result_id,
+        "width": int(d.rgb.shape[1]),
+        "height": int(d.rgb.shape[0]),
         "score": p.pred_score,
-        "overlay_png": base64.b64encode(to_png(overlay(rgb, amap, mask=mask))).decode(),
+        "overlay_png": base64.b64encode(overlay_png).decode(),
         "batched_with": shared,
     }
     if p.pred_label is not None:
@@ -404,7 +697,9 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def make_server(detector: Detector, config: ServeConfig, **where: Any) -> uvicorn.Server:
+def make_server(
+    station: Station | Detector, config: ServeConfig, default: str = DEFAULT_PROFILE, **where: Any
+) -> uvicorn.Server:
     """The uvicorn server every entry point runs (`where`: host and port, when no socket is given): idle keep-alive
     connections close after 5 s, half-sent requests after `HEADER_TIMEOUT`, and past `limit_concurrency`
     connections new ones get 503 instead of queueing without bound."""
@@ -418,13 +713,12 @@ def make_server(detector: Detector, config: ServeConfig, **where: Any) -> uvicor
         "h11_max_incomplete_event_size": 64 * 1024,
         **where,
     }
-    return uvicorn.Server(uvicorn.Config(create_app(detector, config), **settings))
+    return uvicorn.Server(uvicorn.Config(create_app(station, config, default), **settings))
 
 
-def serve(detector: Detector, sock: socket.socket, config: ServeConfig) -> None:
-    """Run on a socket from `listen` until interrupted; stale thresholds are refused at start."""
-    detector.check_thresholds()  # later bank changes are flagged instead
-    server = make_server(detector, config)
+def serve(station: Station, sock: socket.socket, config: ServeConfig, default: str = DEFAULT_PROFILE) -> None:
+    """Run on a socket from `listen` until interrupted."""
+    server = make_server(station, config, default)
     host, port = sock.getsockname()[:2]
     print(
         f"kanoclip: listening on http://{host if ':' not in host else f'[{host}]'}:{port}/ (the web page)", flush=True

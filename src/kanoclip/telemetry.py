@@ -1,0 +1,77 @@
+"""What `/metrics` exposes, in Prometheus' text format (prometheus_client): one registry per app, so that two
+servers in one process (tests, benchmarks) count apart."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
+
+
+class ServeMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "kanoclip_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.errors = Counter(
+            "kanoclip_request_errors", "answers with status >= 400, by endpoint", ["endpoint"], registry=r
+        )
+        self.latency = Histogram(
+            "kanoclip_request_seconds", "request latency by endpoint", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram(
+            "kanoclip_batch_images", "images per forward pass", buckets=(1, 2, 4, 8, 16, 32, 64), registry=r
+        )
+        self.queue_depth = Gauge("kanoclip_queue_depth", "images waiting for a forward pass", registry=r)
+        self.detections = Counter(
+            "kanoclip_detections", "images scored, by profile and label", ["profile", "label"], registry=r
+        )
+        self.scores = Histogram(
+            "kanoclip_score", "image anomaly scores, by profile", ["profile"], buckets=SCORE_BUCKETS, registry=r
+        )
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.labels(endpoint, str(status)).inc()
+        self.latency.labels(endpoint).observe(seconds)
+        if status >= 400:
+            self.errors.labels(endpoint).inc()
+
+    def observe_detection(self, profile: str, score: float | None, label: int | None) -> None:
+        shown = "error" if score is None else ("unlabelled" if label is None else ("defect" if label else "good"))
+        self.detections.labels(profile, shown).inc()
+        if score is not None:
+            self.scores.labels(profile).observe(score)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class CountRequests:
+    """ASGI middleware: each HTTP request's endpoint (its route's path template), status and latency. Plain ASGI,
+    not Starlette's BaseHTTPMiddleware, which would hide a client's disconnect from the endpoints."""
+
+    def __init__(self, app: Any, metrics: ServeMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), [500]
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = scope.get("route")
+            self.metrics.observe_request(getattr(route, "path", "other"), status[0], time.perf_counter() - start)
