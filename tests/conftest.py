@@ -87,3 +87,10 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.fail(DATA_SOURCES.format(where=SHARED_DATA), pytrace=False)
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _user_folders_in_a_temporary_place(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`serve` keeps its state under the user's data folder by default: in tests that is a temporary one (children
+    inherit it), never the home of whoever runs them."""
+    os.environ["XDG_DATA_HOME"] = str(tmp_path_factory.mktemp("xdg-data"))

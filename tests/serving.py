@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+
+import httpx
 
 from kanoclip.detection import Detector
 from kanoclip.serve import ServeConfig, make_server
@@ -38,3 +43,43 @@ def running_server(detector: Detector, config: ServeConfig) -> Iterator[str]:
         _APPS.pop(url, None)
         server.should_exit = True
         thread.join(timeout=10)
+
+
+TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
+
+
+@contextmanager
+def serve_process(*args: str, timeout: float = 120) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`kanoclip serve` in its own process on 127.0.0.1 at a free port: the process and its URL once it answers
+    /v1/health; terminated (killed past 30 s) at the end."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kanoclip", "serve", "--port", "0", *TINY_FLAGS, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        url = None
+        while url is None:
+            line = proc.stdout.readline()
+            if not line or time.monotonic() > deadline:
+                raise RuntimeError(f"kanoclip serve did not start (exit {proc.poll()})")
+            found = re.search(r"listening on (http://[\d.]+:\d+)", line)
+            url = found.group(1) if found else None
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=30)

@@ -21,7 +21,7 @@ from kanoclip.serve import ServeConfig
 from kanoclip.thresholds import Thresholds
 
 from .conftest import randomize_learnable, tiny_detector
-from .serving import running_server
+from .serving import running_server, serve_process
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -559,30 +559,8 @@ def test_bombs_and_endless_bodies_leave_a_real_servers_memory_bounded(tmp_path: 
     """`kanoclip serve` in its own process: four 7000 x 7000 1-bit PNGs in one request and a 200 MB chunked body; its
     peak RSS (VmHWM) grows by well under a decoded image's worth."""
     import re
-    import subprocess
-    import sys
-    import time
 
-    flags = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "kanoclip", "serve", "--port", "0", *flags],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = re.search(r"http://[\d.]+:\d+", line)
-        assert url, line
-        base = url.group(0)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{base}/v1/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+    with serve_process("--no-state") as (proc, base):
 
         def peak_kb() -> int:
             status = Path(f"/proc/{proc.pid}/status").read_text()
@@ -606,9 +584,6 @@ def test_bombs_and_endless_bodies_leave_a_real_servers_memory_bounded(tmp_path: 
         grown = peak_kb() - before
         print(f"peak RSS grew by {grown} kB")
         assert grown < 150_000, grown  # one decoded 7000 x 7000 RGB image alone is 147 MB, as floats 588 MB
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -120,7 +120,10 @@ def create(url: str) -> Engine:
     """An engine for `url`; SQLite in WAL mode with full syncs (a committed row survives a crash of the process and
     of the machine) and foreign keys on."""
     try:
-        engine = create_engine(url, pool_pre_ping=True)
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):  # psycopg 3, the driver the postgres extra installs
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = create_engine(parsed, pool_pre_ping=True)
     except NoSuchModuleError as e:
         raise ConfigError(f"{hidden(url)}: not a database URL kanoclip knows (sqlite:///FILE, postgresql://...)") from e
     except ArgumentError as e:

@@ -455,6 +455,8 @@ def create_app(
     @app.get("/v1/profiles", dependencies=guarded)
     async def list_profiles() -> dict[str, Any]:
         names = sorted(station.profiles)
+        for n in names:
+            await detector_of(n)  # staleness is the detector's: build each (once) on the forward thread
         described = [await run_in_threadpool(station.describe, n) for n in names]
         return {"default": default, "profiles": described}
 
@@ -484,10 +486,12 @@ def create_app(
         if not name:
             raise HTTPException(400, "a profile needs a name")
         await batcher.exclusive(station.put_profile, name, fields, True)
+        await detector_of(name)
         return await run_in_threadpool(station.describe, name)
 
     @app.get("/v1/profiles/{name}", dependencies=guarded)
     async def get_profile(name: str) -> dict[str, Any]:
+        await detector_of(name)
         return await run_in_threadpool(station.describe, name)
 
     @app.patch("/v1/profiles/{name}", dependencies=guarded)
@@ -498,6 +502,7 @@ def create_app(
         if fields.pop("name", name) != name:
             raise HTTPException(400, "a profile's name cannot change: create another and delete this one")
         await batcher.exclusive(station.put_profile, name, fields, False)
+        await detector_of(name)
         return await run_in_threadpool(station.describe, name)
 
     @app.delete("/v1/profiles/{name}", dependencies=guarded)

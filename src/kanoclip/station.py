@@ -145,8 +145,12 @@ class Station:
         """The station in `state` (its SQLite database, or the one at `url`), migrated to this version's schema."""
         if state is None:
             return cls(base, None, None)
+        if url is not None:
+            engine = db.connect(url)  # an unreachable or newer database is refused before the folder is made
+            state.mkdir(parents=True, exist_ok=True)
+            return cls(base, engine, state)
         state.mkdir(parents=True, exist_ok=True)
-        return cls(base, db.connect(url or db.database_url(state)), state)
+        return cls(base, db.connect(db.database_url(state)), state)
 
     @property
     def keeps(self) -> bool:
@@ -378,7 +382,13 @@ class Station:
         if self.engine is None or self.store is None:
             raise Conflict("this server keeps no state (--no-state): its good parts are not stored")
         with self.engine.connect() as c:
-            rows = list(c.execute(select(db.references).where(db.references.c.profile == name)))
+            rows = list(
+                c.execute(
+                    select(db.references)
+                    .where(db.references.c.profile == name)
+                    .order_by(db.references.c.added_at, db.references.c.source)
+                )
+            )
         return [(r.source, self.store.get(r.sha256)) for r in rows]
 
     # -- history ---------------------------------------------------------------------------------------------------
@@ -447,15 +457,16 @@ class Station:
         engine = self._history()
         r = db.results.c
         query = select(db.results)
-        for condition, clause in (
-            (profile is not None, r.profile == profile),
-            (since is not None, r.created_at >= since),
-            (until is not None, r.created_at < until),
-            (label is not None, r.label == label),
-            (cursor is not None, r.id < cursor),
-        ):
-            if condition:
-                query = query.where(clause)
+        if profile is not None:
+            query = query.where(r.profile == profile)
+        if since is not None:
+            query = query.where(r.created_at >= since)
+        if until is not None:
+            query = query.where(r.created_at < until)
+        if label is not None:
+            query = query.where(r.label == label)
+        if cursor is not None:
+            query = query.where(r.id < cursor)
         query = query.order_by(r.id.desc()).limit(limit + 1)
         with engine.connect() as c:
             rows = [dict(row._mapping) for row in c.execute(query)]
@@ -534,7 +545,8 @@ class Station:
         det = self.detector(name)
         if not det.supports(REFERENCES):
             raise Conflict("an exported engine's thresholds are baked in: calibrate before `kanoclip export`")
-        goods = [data for _, data in self.reference_images(name)]
+        references = self.reference_images(name)
+        goods = [data for _, data in references]
         if len(goods) < 2:
             raise Conflict(
                 f"profile {name!r} has {len(goods)} good part(s): calibration needs at least 2 (add references or "
@@ -564,7 +576,10 @@ class Station:
             "basis": thresholds.basis,
             "good_parts": len(goods),
             "defects": len(defect_scores),
-            "leave_one_out_scores": [float(s) for s in normal_scores],
+            "leave_one_out": [
+                {"source": source, "sha256": _sha256(data), "score": float(score)}
+                for (source, data), score in zip(references, normal_scores, strict=True)
+            ],
         }
 
     def set_thresholds(self, name: str, thresholds: Thresholds) -> None:
