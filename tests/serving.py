@@ -15,6 +15,7 @@ import httpx
 
 from kanoclip.detection import Detector
 from kanoclip.serve import ServeConfig, make_server
+from kanoclip.station import DEFAULT_PROFILE, Station
 
 _APPS: dict[str, object] = {}
 
@@ -25,8 +26,8 @@ def app_of(url: str) -> Any:
 
 
 @contextmanager
-def running_server(detector: Detector, config: ServeConfig) -> Iterator[str]:
-    server = make_server(detector, config, host="127.0.0.1", port=0, log_level="warning")  # as `kanoclip serve`
+def running_server(served: Detector | Station, config: ServeConfig, default: str = DEFAULT_PROFILE) -> Iterator[str]:
+    server = make_server(served, config, default, host="127.0.0.1", port=0, log_level="warning")  # as `kanoclip serve`
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -83,3 +84,29 @@ def serve_process(*args: str, timeout: float = 120) -> Iterator[tuple[subprocess
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=30)
+
+
+def chromium() -> Any:
+    """Debian's headless chromium under chromium-driver (installed by .ci/run), with no background networking."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    driver_path = shutil.which("chromedriver")
+    assert driver_path is not None, "chromedriver not found: .ci/run installs Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,1400",
+    ):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver_path), options=options)

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import io
 import os
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from kanoclip.serve import ServeConfig
 from kanoclip.thresholds import Thresholds
 
 from .conftest import randomize_learnable, tiny_detector
-from .serving import running_server, serve_process
+from .serving import chromium, running_server, serve_process
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -143,32 +142,14 @@ def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(
 @pytest.mark.slow
 def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detector, shared_data: Path) -> None:
     """Debian's chromium + chromium-driver (installed by .ci/run) drive the real page; a screenshot is kept."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    driver_path = shutil.which("chromedriver")
-    assert driver_path is not None, "chromedriver not found: .ci/run installs Debian's chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1200,900",
-    ):
-        options.add_argument(flag)
     image = shared_data / "MVTec_derived_hazelnut_toy"
     path = sorted(image.rglob("*.jpg"))[0]
     want, _ = detector.predict(path)
     with running_server(detector, ServeConfig()) as url:
-        browser = webdriver.Chrome(service=Service(driver_path), options=options)
+        browser = chromium()
         try:
             browser.get(url + "/")
             WebDriverWait(browser, 30).until(lambda b: "kanoclip-tiny" in b.find_element(By.ID, "info").text)

@@ -223,7 +223,8 @@ def test_results_page_by_keyset_filter_and_stream_as_csv(tmp_path: Path, shared_
         detail = ok(c.get(f"/v1/results/{everything[1]['id']}"))
         overlay = Image.open(io.BytesIO(base64.b64decode(detail["overlay_png"])))
         amap = np.load(io.BytesIO(base64.b64decode(detail["map"]["npy_base64"])))
-        assert overlay.size == Image.open(images[1]).size and amap.shape == overlay.size[::-1]
+        assert overlay.size == Image.open(images[1]).size and amap.shape == (TINY.image_size, TINY.image_size)
+        assert amap.dtype == np.float16
         assert detail["backbone_fingerprint"] and detail["engine"] == "torch" and detail["latency_ms"] > 0
 
 
@@ -477,3 +478,71 @@ def test_two_instances_on_one_postgresql_share_banks_thresholds_and_history(
         history = ok(httpx.get(f"{a}/v1/results", params={"limit": 1000}, timeout=60))["results"]
     assert len({r["instance"] for r in history}) == 2
     print(f"B used A's bank {seen:.2f} s after A acknowledged it")
+
+
+@pytest.mark.slow
+def test_the_page_switches_profiles_shows_history_feedback_calibration_and_the_stale_banner(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """The real page in headless Chromium on a station with two profiles: each profile's history, a row's overlay,
+    the plot with its threshold line after calibrating from the page, "defect" feedback recorded, and the stale
+    banner once the bank changes. A screenshot is kept in test-artifacts/."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from .serving import chromium, running_server
+    from .test_serve import ARTIFACTS
+
+    station = Station.open(base_run(), tmp_path / "state")
+    station.configure("default", base_run())
+    station.configure("hazelnut", base_run(class_name="hazelnut"))
+    probe = probes(shared_data)[1]
+    parts = goods(shared_data, n=3)
+    with running_server(station, ServeConfig()) as url:
+        browser = chromium()
+        wait = WebDriverWait(browser, 60)
+        try:
+            browser.get(url + "/")
+            wait.until(lambda b: len(Select(b.find_element(By.ID, "profile")).options) == 2)
+            assert not browser.find_element(By.ID, "history").get_attribute("hidden")
+            browser.find_element(By.ID, "files").send_keys(str(probe))
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 1)
+            Select(browser.find_element(By.ID, "profile")).select_by_value("hazelnut")
+            wait.until(lambda b: not b.find_elements(By.CSS_SELECTOR, "#history-table tbody tr"))  # its own history
+            Select(browser.find_element(By.ID, "profile")).select_by_value("default")
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 1)
+            assert not browser.find_elements(By.CSS_SELECTOR, ".card")  # the view starts empty for each profile
+            browser.find_element(By.ID, "files").send_keys(str(probe))
+            wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")) == 2)
+            browser.find_element(By.ID, "good-files").send_keys("\n".join(str(p) for p in parts))
+            wait.until(lambda b: b.find_element(By.ID, "bank").text.startswith("bank: 3 good parts"))
+            browser.find_element(By.ID, "calibrate").click()
+            wait.until(lambda b: "threshold" in b.find_element(By.ID, "calibration").text)
+            wait.until(lambda b: b.find_elements(By.ID, "threshold-line"))
+            assert browser.find_element(By.ID, "warning").get_attribute("hidden")
+            wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card .mark-defect"))
+            wait.until(
+                lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card img.overlay"))
+                == len(b.find_elements(By.CSS_SELECTOR, ".card"))
+            )
+            browser.find_element(By.CSS_SELECTOR, ".card .mark-defect").click()
+            first_row = "#history-table tbody tr:first-child td:nth-child(5)"
+            wait.until(lambda b: b.find_element(By.CSS_SELECTOR, first_row).text == "defect")  # the verdict column
+            browser.find_elements(By.CSS_SELECTOR, "#history-table tbody tr")[0].click()  # the card's latest result
+            wait.until(lambda b: b.find_element(By.ID, "history-overlay").get_attribute("hidden") is None)
+            overlay = browser.find_element(By.ID, "history-overlay")
+            wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", overlay))
+            assert "feedback: defect" in browser.find_element(By.ID, "history-detail").text
+            assert browser.find_elements(By.CSS_SELECTOR, "#plot circle.point")
+            assert browser.find_elements(By.CSS_SELECTOR, "#plot rect.rate")
+            more = goods(shared_data, n=4)[3]
+            browser.find_element(By.ID, "good-files").send_keys(str(more))  # the bank changes: thresholds go stale
+            wait.until(lambda b: "recalibrate" in b.find_element(By.ID, "warning").text)
+            ARTIFACTS.mkdir(exist_ok=True)
+            assert browser.save_screenshot(str(ARTIFACTS / "station_page.png"))
+        finally:
+            browser.quit()
+    assert station.engine is not None
+    with station.engine.connect() as c:
+        verdicts = [row.verdict for row in c.execute(select(db.feedback))]
+    assert verdicts == ["defect"]

@@ -578,7 +578,8 @@ def create_app(
 
     @app.get("/v1/results/{result_id}", dependencies=guarded)
     async def result(result_id: int, include_map: bool = True) -> dict[str, Any]:
-        """One result with its feedback, its overlay (base64 PNG) and its map (base64 float16 .npy)."""
+        """One result with its feedback, its overlay (base64 PNG, at the image's size) and its map (base64 float16
+        .npy, at the model's resolution)."""
         row = await run_in_threadpool(station.result, result_id)
         out = {**public(row), "feedback": row["feedback"]}
         overlay_png = await run_in_threadpool(station.blob, row["overlay_sha256"])

@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -93,12 +95,17 @@ class Detection:
     result_id: int | None = None
 
 
-def artifacts(rgb: NDArray[np.uint8], p: Prediction) -> tuple[bytes, bytes] | None:
-    """The overlay PNG and the float16 map (.npy) of a prediction: what the answer shows and the history keeps."""
+def artifacts(rgb: NDArray[np.uint8], p: Prediction, size: int) -> tuple[bytes, bytes] | None:
+    """The overlay PNG (at the image's size, as the answer showed it) and the float16 map (.npy) at most at the run
+    resolution `size`, where the model computed it: a larger map is only its bilinear upsampling, so the history
+    keeps the smaller one."""
     if p.anomaly_map is None:
         return None
     png = to_png(overlay(rgb, p.anomaly_map, mask=p.pred_mask))
-    return png, npy_bytes(p.anomaly_map.astype(np.float16))
+    amap = torch.from_numpy(p.anomaly_map)
+    if max(amap.shape) > size:
+        amap = F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return png, npy_bytes(amap.numpy().astype(np.float16))
 
 
 def backend_key(run: RunConfig) -> RunConfig:
@@ -405,7 +412,7 @@ class Station:
         rows = []
         for d in detections:
             p = d.prediction
-            files = artifacts(d.rgb, p) if p.error is None else None
+            files = artifacts(d.rgb, p, det.image_size) if p.error is None else None
             image_sha = self.store.put(d.data)
             overlay_sha = map_sha = None
             stored = len(d.data)
@@ -470,8 +477,18 @@ class Station:
         query = query.order_by(r.id.desc()).limit(limit + 1)
         with engine.connect() as c:
             rows = [dict(row._mapping) for row in c.execute(query)]
-        more = len(rows) > limit
-        rows = rows[:limit]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            verdicts = {  # the latest verdict on each row of the page, by one query on the page's ids
+                result_id: verdict
+                for result_id, verdict in c.execute(
+                    select(db.feedback.c.result_id, db.feedback.c.verdict)
+                    .where(db.feedback.c.result_id.in_([row["id"] for row in rows]))
+                    .order_by(db.feedback.c.id)
+                )
+            }
+        for row in rows:
+            row["verdict"] = verdicts.get(row["id"])
         return rows, (rows[-1]["id"] if more and rows else None)
 
     def iter_results(self, **filters: Any) -> Iterator[dict[str, Any]]:
@@ -704,6 +721,7 @@ HISTORY_COLUMNS = (
     "source",
     "score",
     "label",
+    "verdict",
     "error",
     "image_threshold",
     "threshold_stale",
