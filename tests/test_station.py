@@ -546,3 +546,34 @@ def test_the_page_switches_profiles_shows_history_feedback_calibration_and_the_s
     with station.engine.connect() as c:
         verdicts = [row.verdict for row in c.execute(select(db.feedback))]
     assert verdicts == ["defect"]
+
+
+def test_serve_profile_flags_create_then_update_a_profile_and_no_flags_keep_it(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """`kanoclip serve --profile NAME --class-name ... --reference ...` at start, as the command line builds it."""
+    from kanoclip.cli import build_parser, open_station
+
+    from .serving import TINY_FLAGS
+
+    state = tmp_path / "state"
+    folder = shared_data / BOTTLE / "train" / "good"
+
+    def start(*flags: str) -> Station:
+        args = build_parser().parse_args(["serve", "--state", str(state), *TINY_FLAGS, "--device", "cpu", *flags])
+        station = open_station(args)
+        assert station.engine is not None
+        station.engine.dispose()
+        return station
+
+    first = start("--profile", "bottle", "--class-name", "bottle", "--reference", str(folder))
+    made = first.profiles["bottle"]
+    assert made.class_name == "bottle" and first.reference_count("bottle") == 10
+    again = start("--profile", "bottle")  # no flags: the profile as stored, its bank from the store
+    assert again.profiles["bottle"].version == made.version
+    bank = again.detector("bottle").references
+    assert bank is not None and bank.images == 10
+    changed = start("--profile", "bottle", "--class-name", "glass bottle", "--reference", str(folder))
+    assert changed.profiles["bottle"].class_name == "glass bottle"
+    assert changed.reference_count("bottle") == 10  # the same images again: not added twice
+    assert changed.detector("bottle").text_record["class"] == "glass bottle"

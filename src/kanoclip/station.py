@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
 from sqlalchemy import Engine, and_, delete, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from . import database as db
 from ._files import npy_bytes
@@ -40,7 +40,7 @@ from .detection import Detector, Prediction
 from .errors import ConfigError, KanoclipError
 from .inputs import expand_inputs
 from .references import ReferenceBank
-from .store import BlobStore
+from .store import BlobStore, DiskFull
 from .thresholds import Thresholds, read_standalone
 from .visualize import overlay, to_png
 
@@ -445,8 +445,13 @@ class Station:
                     "instance": self.instance,
                 }
             )
-        with self.engine.begin() as c:
-            ids = [c.execute(insert(db.results).values(**row)).inserted_primary_key[0] for row in rows]  # type: ignore[index]
+        try:
+            with self.engine.begin() as c:
+                ids = [c.execute(insert(db.results).values(**row)).inserted_primary_key[0] for row in rows]  # type: ignore[index]
+        except OperationalError as e:
+            if "full" in str(e.orig).lower() or "no space" in str(e.orig).lower():  # SQLITE_FULL, PostgreSQL's ENOSPC
+                raise DiskFull(f"the database's disk is full: nothing was recorded ({e.orig})") from e
+            raise
         for d, result_id in zip(detections, ids, strict=True):
             d.result_id = int(result_id)
 
