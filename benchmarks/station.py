@@ -168,8 +168,8 @@ def history(quick: bool, folder: Path) -> list[str]:
         "| migration | seconds |",
         "|---|---|",
         f"| empty -> 0001 | {empty_to_0001:.3f} |",
-        f"| empty -> head (0002) | {empty_to_head:.3f} |",
-        f"| 0001 with {n:,} results -> head (0002: feedback table, results.instance) | {upgrade:.3f} |",
+        f"| empty -> head ({db.head_revision()}) | {empty_to_head:.3f} |",
+        f"| 0001 with {n:,} results -> head ({db.head_revision()}) | {upgrade:.3f} |",
     ]
     return out
 

@@ -48,6 +48,7 @@ profiles = Table(
     Column("checkpoint", Text),
     Column("engine", String(16), nullable=False),
     Column("exported", Text),
+    Column("model_changes", JSON, nullable=False),  # [[field, value], ...]: the model options on the default config
     Column("bank_sha256", String(64)),  # the bank file (safetensors) in the store; None: zero-shot
     Column("thresholds", JSON, nullable=False),  # Thresholds.to_dict(): values and the basis they were set on
     Column("version", Integer, nullable=False),  # +1 on every change: how other instances notice one
@@ -89,6 +90,8 @@ results = Table(
     Column("precision", String(8)),
     Column("latency_ms", Float),
     Column("instance", String(64)),
+    Column("frame_index", BigInteger),  # a video's or stream's frame, when the result is one
+    Column("frame_time", Float),  # its time in the video (seconds), or when it was read from a stream
     Index("results_profile_id", "profile", "id"),
     Index("results_created_at", "created_at"),
 )
@@ -101,6 +104,31 @@ feedback = Table(
     Column("verdict", String(8), nullable=False),  # good | defect
     Column("note", Text),
     Column("created_at", Float, nullable=False),
+)
+
+
+claims = Table(
+    "claims",
+    metadata,
+    Column("key", String(64), primary_key=True),  # sha256 of profile, path and content: one file, one result
+    Column("profile", String(64), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("claimed_by", String(64), nullable=False),
+    Column("claimed_at", Float, nullable=False),
+    Column("result_id", BIG_ID),  # set in the transaction that records the result: done
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    Column("created_at", Float, nullable=False),
+    Column("profile", String(64)),
+    Column("source", Text, nullable=False),
+    Column("kind", String(32), nullable=False),  # stream_gap | webhook_failed | source_error | never_completed
+    Column("detail", Text),
+    Column("instance", String(64)),
+    Index("events_created_at", "created_at"),
 )
 
 

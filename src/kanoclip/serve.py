@@ -460,28 +460,29 @@ def create_app(
         described = [await run_in_threadpool(station.describe, n) for n in names]
         return {"default": default, "profiles": described}
 
-    def trusted_model(body: ProfileBody) -> dict[str, Any]:
-        """The fields a request sets. A checkpoint, engine or exported folder must be one a profile started from the
-        command line already uses: a web request never makes the server load a file of its choosing."""
+    def trusted_model(body: ProfileBody, creating: bool) -> dict[str, Any]:
+        """The fields a request sets. Its model (checkpoint, engine, exported folder) must be one a profile started
+        from the command line already serves, whose model options it then takes; a new profile that names none
+        takes the default profile's. A web request never makes the server load a file of its choosing."""
         fields = body.model_dump(exclude_unset=True)
-        model = {k: fields[k] for k in ("checkpoint", "engine", "exported") if k in fields}
-        if model:
-            known = [
-                {k: getattr(p, k) for k in ("checkpoint", "engine", "exported")} for p in station.profiles.values()
-            ]
-            wanted = {"checkpoint": None, "engine": "torch", "exported": None, **model}
-            if wanted not in known:
-                raise HTTPException(
-                    403,
-                    "a profile may use only a model that another profile already serves; start the server with "
-                    "`kanoclip serve --profile NAME --checkpoint ...` to add one",
-                )
-        return fields
+        named = {k: fields[k] for k in ("checkpoint", "engine", "exported") if k in fields}
+        if not named and not creating:
+            return fields
+        wanted = {"checkpoint": None, "engine": "torch", "exported": None, **named}
+        models = [p.model() for n, p in sorted(station.profiles.items(), key=lambda item: item[0] != default)]
+        matching = [m for m in models if all(m[k] == wanted[k] for k in wanted)] if named else models[:1]
+        if not matching:
+            raise HTTPException(
+                403,
+                "a profile may use only a model that another profile already serves; start the server with "
+                "`kanoclip serve --profile NAME --checkpoint ...` to add one",
+            )
+        return {**fields, **matching[0]}
 
     @app.post("/v1/profiles", dependencies=guarded, status_code=201)
     async def create_profile(body: ProfileBody) -> dict[str, Any]:
         """A new profile: `{"name": "bottle-line-2", "class_name": "bottle"}`, on a model the server already serves."""
-        fields = trusted_model(body)
+        fields = trusted_model(body, creating=True)
         name = fields.pop("name", None)
         if not name:
             raise HTTPException(400, "a profile needs a name")
@@ -498,7 +499,7 @@ def create_app(
     async def change_profile(name: str, body: ProfileBody) -> dict[str, Any]:
         """Change a profile's class name (its thresholds become stale) or model (its bank is rebuilt from its
         stored good parts)."""
-        fields = trusted_model(body)
+        fields = trusted_model(body, creating=False)
         if fields.pop("name", name) != name:
             raise HTTPException(400, "a profile's name cannot change: create another and delete this one")
         await batcher.exclusive(station.put_profile, name, fields, False)

@@ -45,7 +45,8 @@ from .thresholds import Thresholds, read_standalone
 from .visualize import overlay, to_png
 
 DEFAULT_PROFILE = "default"
-PROFILE_FIELDS = ("class_name", "checkpoint", "engine", "exported")
+PROFILE_FIELDS = ("class_name", "checkpoint", "engine", "exported", "model_changes")
+MODEL_FIELDS = ("checkpoint", "engine", "exported", "model_changes")  # what a profile's model is
 
 
 class NotFound(KanoclipError):
@@ -63,6 +64,7 @@ class Profile:
     checkpoint: str | None = None
     engine: str = "torch"
     exported: str | None = None
+    model_changes: tuple[tuple[str, Any], ...] = ()
     bank_sha256: str | None = None
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     version: int = 1
@@ -71,7 +73,8 @@ class Profile:
 
     @classmethod
     def from_row(cls, row: Any) -> Profile:
-        m = row._mapping
+        m = dict(row._mapping)
+        m["model_changes"] = tuple((k, _tuples(v)) for k, v in m["model_changes"])
         return cls(
             **{k: m[k] for k in ("name", *PROFILE_FIELDS, "bank_sha256", "version", "created_at", "updated_at")},
             thresholds=Thresholds.from_calibration(m["thresholds"]),
@@ -80,7 +83,11 @@ class Profile:
     def row(self) -> dict[str, Any]:
         fields = dataclasses.asdict(self)
         fields["thresholds"] = self.thresholds.to_dict()
+        fields["model_changes"] = [list(pair) for pair in self.model_changes]
         return fields
+
+    def model(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in MODEL_FIELDS}
 
 
 @dataclass
@@ -93,6 +100,9 @@ class Detection:
     prediction: Prediction
     overlay_png: bytes | None = None
     result_id: int | None = None
+    key: str | None = None  # the claim this detection completes (`Station.claim`)
+    frame_index: int | None = None
+    frame_time: float | None = None
 
 
 def artifacts(rgb: NDArray[np.uint8], p: Prediction, size: int) -> tuple[bytes, bytes] | None:
@@ -141,7 +151,13 @@ class Station:
         run = detector.run_config
         station = cls(run, None, None)
         station.profiles[name] = Profile(
-            name, run.class_name, run.checkpoint, run.engine, run.exported, thresholds=detector.thresholds
+            name,
+            run.class_name,
+            run.checkpoint,
+            run.engine,
+            run.exported,
+            run.model_changes,
+            thresholds=detector.thresholds,
         )
         station.detectors[name] = detector
         station.backends[backend_key(run)] = detector.backend
@@ -176,6 +192,7 @@ class Station:
             checkpoint=p.checkpoint,
             engine=p.engine,
             exported=p.exported,
+            model_changes=p.model_changes,
             references=(),
             calibration=None,
             image_threshold=None,
@@ -215,7 +232,7 @@ class Station:
         self.run_of(new)  # an impossible combination (a checkpoint with an exported engine...) is refused here
         if exists and new == dataclasses.replace(old, updated_at=now, version=old.version + 1):
             return old  # nothing changed: no new version for other instances to reload
-        model_changed = any(getattr(new, k) != getattr(old, k) for k in PROFILE_FIELDS if k != "class_name")
+        model_changed = new.model() != old.model()
         if model_changed:
             new = dataclasses.replace(new, bank_sha256=None)
         self._write_profile(new, exists, old.version)
@@ -351,8 +368,8 @@ class Station:
         checkpoint, engine and exported folder together), then add `--reference` images or replace the bank with a
         `.kref`, and take `--calibration`/`--threshold`. No flags: the profile as stored."""
         fields: dict[str, Any] = {} if run.class_name is None else {"class_name": run.class_name}
-        if run.checkpoint is not None or run.exported is not None or run.engine != "torch":
-            fields |= {"checkpoint": run.checkpoint, "engine": run.engine, "exported": run.exported}
+        if run.checkpoint is not None or run.exported is not None or run.engine != "torch" or run.model_changes:
+            fields |= {k: getattr(run, k) for k in MODEL_FIELDS}
         if name not in self.profiles or fields:
             self.put_profile(name, fields)
         det = self.detector(name)
@@ -443,17 +460,76 @@ class Station:
                     "precision": described["precision"],
                     "latency_ms": latency_ms,
                     "instance": self.instance,
+                    "frame_index": d.frame_index,
+                    "frame_time": d.frame_time,
                 }
             )
         try:
             with self.engine.begin() as c:
                 ids = [c.execute(insert(db.results).values(**row)).inserted_primary_key[0] for row in rows]  # type: ignore[index]
+                for d, result_id in zip(detections, ids, strict=True):
+                    if d.key is not None:  # the claim is done in the same transaction as its result
+                        c.execute(update(db.claims).where(db.claims.c.key == d.key).values(result_id=result_id))
         except OperationalError as e:
             if "full" in str(e.orig).lower() or "no space" in str(e.orig).lower():  # SQLITE_FULL, PostgreSQL's ENOSPC
                 raise DiskFull(f"the database's disk is full: nothing was recorded ({e.orig})") from e
             raise
         for d, result_id in zip(detections, ids, strict=True):
             d.result_id = int(result_id)
+
+    def claim(self, name: str, key: str, source: str, timeout_s: float) -> str:
+        """Take a file for scoring, once across restarts and watchers: "mine" (score it, then `record` with this
+        key), "done" (its result is recorded), or "busy" (another watcher took it less than `timeout_s` ago; a claim
+        older than that, never finished, is taken over)."""
+        engine, now = self._history(), time.time()
+        c_ = db.claims.c
+        with engine.begin() as c:
+            row = c.execute(select(db.claims).where(c_.key == key)).first()
+            if row is None:
+                try:
+                    with c.begin_nested():
+                        c.execute(
+                            insert(db.claims).values(
+                                key=key, profile=name, source=source, claimed_by=self.instance, claimed_at=now
+                            )
+                        )
+                    return "mine"
+                except IntegrityError:  # another watcher inserted it between our look and our insert
+                    row = c.execute(select(db.claims).where(c_.key == key)).first()
+            assert row is not None
+            if row.result_id is not None:
+                return "done"
+            if now - row.claimed_at < timeout_s and row.claimed_by != self.instance:
+                return "busy"
+            taken = c.execute(
+                update(db.claims)
+                .where(and_(c_.key == key, c_.claimed_at == row.claimed_at, c_.result_id.is_(None)))
+                .values(claimed_by=self.instance, claimed_at=now)
+            )
+            return "mine" if taken.rowcount == 1 else "busy"
+
+    def event(self, name: str | None, source: str, kind: str, detail: str) -> None:
+        """Something the history should show that is not a result: a stream gap, an undelivered webhook."""
+        if self.engine is None:
+            return
+        with self.engine.begin() as c:
+            c.execute(
+                insert(db.events).values(
+                    created_at=time.time(),
+                    profile=name,
+                    source=source,
+                    kind=kind,
+                    detail=detail,
+                    instance=self.instance,
+                )
+            )
+
+    def events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        query = select(db.events).order_by(db.events.c.id.desc()).limit(limit)
+        if name is not None:
+            query = query.where(db.events.c.profile == name)
+        with self._history().connect() as c:
+            return [dict(row._mapping) for row in c.execute(query)]
 
     def results(
         self,
@@ -689,6 +765,11 @@ def leave_one_out(det: Detector, goods: Sequence[bytes]) -> tuple[NDArray[np.flo
     return np.asarray(scores, dtype=np.float64), maps
 
 
+def _tuples(value: Any) -> Any:
+    """JSON lists back into the tuples a config holds (tap layers...), so equal profiles compare equal."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
 def _bank_bytes(bank: ReferenceBank) -> bytes:
     with tempfile.TemporaryDirectory() as tmp:
         return bank.save(Path(tmp) / "bank.kref").read_bytes()
@@ -738,6 +819,8 @@ HISTORY_COLUMNS = (
     "latency_ms",
     "image_sha256",
     "instance",
+    "frame_index",
+    "frame_time",
 )
 
 
