@@ -684,8 +684,9 @@ def default_state() -> Path:
     return user_data_path("kanoclip") / "station"
 
 
-def open_station(args: argparse.Namespace, keep: bool = True) -> Any:
-    """The station the flags name, with the `--profile` created or changed by the model flags."""
+def open_station(args: argparse.Namespace, keep: bool = True, must_exist: bool = False) -> Any:
+    """The station the flags name, with the `--profile` created or changed by the model flags (`must_exist`: an
+    unknown profile without model flags is an error, not a new training-free profile)."""
     from .database import check_profile_name, hidden
     from .station import Station
 
@@ -699,6 +700,13 @@ def open_station(args: argparse.Namespace, keep: bool = True) -> Any:
     if keep:
         where = hidden(args.database) if args.database else str(state)
         print(f"kanoclip: state in {state} (database: {where})", flush=True)
+    defaults = RunConfig(**{k: getattr(run, k) for k in ("device", "precision", "batch_size", "workers", "compile")})
+    if must_exist and args.profile not in station.profiles and run.replace(max_pixels=defaults.max_pixels) == defaults:
+        known = ", ".join(sorted(station.profiles)) or "none yet"
+        raise ConfigError(
+            f"no profile {args.profile!r} in {state} (profiles: {known}): give model flags (--class-name, "
+            "--checkpoint, --reference, ...) to create it"
+        )
     profile = station.configure(args.profile, run)
     det = station.detector(args.profile)
     bank = det.references
@@ -739,6 +747,82 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     sock = listen(args.host, args.port)  # a port in use is said before the model loads
     serve(open_station(args, keep=not args.no_state), sock, config, args.profile)
+    return 0
+
+
+def add_watch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "sources",
+        nargs="+",
+        metavar="SOURCE",
+        help="a folder to watch, a video file, a camera (/dev/video0) or a stream (rtsp://..., http://... MJPEG)",
+    )
+    parser.add_argument("--server", metavar="URL", help="score through a running `kanoclip serve` instead of here")
+    parser.add_argument("--api-key-file", metavar="FILE", help="the --server's API key (or env KANOCLIP_API_KEY)")
+    parser.add_argument("--threshold", type=float, help="the profile's image threshold from now on")
+    group = parser.add_argument_group("folders")
+    group.add_argument("--existing", choices=("score", "skip"), default="score", help="files there at start")
+    group.add_argument("--settle-s", type=float, default=1.0, help="a file is complete once unchanged this long")
+    group.add_argument("--max-wait-s", type=float, default=300.0, help="record a file still changing after this")
+    group.add_argument(
+        "--claim-timeout-s", type=float, default=300.0, help="retry a file whose watcher died this long ago"
+    )
+    group.add_argument("--poll", action="store_true", help="poll instead of OS events (network filesystems)")
+    group.add_argument("--ok-dir", type=Path, metavar="DIR", help="move each good (label 0) file here")
+    group.add_argument("--ng-dir", type=Path, metavar="DIR", help="move each defective (label 1) file here")
+    group.add_argument("--copy", action="store_true", help="copy into --ok-dir/--ng-dir instead of moving")
+    group = parser.add_argument_group("video and cameras")
+    group.add_argument("--fps", type=float, default=1.0, help="frames scored per second of video (0: every frame)")
+    group = parser.add_argument_group("sinks")
+    group.add_argument("--webhook", metavar="URL", help="POST each result as JSON here (retried; never blocks scoring)")
+    group.add_argument("--webhook-on", choices=("all", "ng"), default="all", help="every result, or NG only")
+    group.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on 127.0.0.1:PORT")
+    group.add_argument("--quiet", action="store_true", help="no live progress line")
+    add_station_options(parser)
+    add_run_options(parser)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import os
+
+    from .watch import LocalScorer, RemoteScorer, WatchConfig, Watcher
+
+    cfg = WatchConfig(
+        profile=args.profile,
+        existing=args.existing,
+        settle_s=args.settle_s,
+        max_wait_s=args.max_wait_s,
+        claim_timeout_s=args.claim_timeout_s,
+        poll=args.poll,
+        ok_dir=args.ok_dir,
+        ng_dir=args.ng_dir,
+        copy=args.copy,
+        fps=args.fps or None,
+        batch=args.batch_size,
+        webhook=args.webhook,
+        webhook_on=args.webhook_on,
+        progress=not args.quiet,
+    )
+    scorer: Any
+    if args.server:
+        key = os.environ.get("KANOCLIP_API_KEY") or None
+        if args.api_key_file:
+            key = Path(args.api_key_file).expanduser().read_text().strip() or None
+        scorer = RemoteScorer(args.server, args.profile, key, args.claim_timeout_s)
+    else:
+        scorer = LocalScorer(open_station(args, must_exist=True), args.profile)
+    watcher = Watcher(scorer, args.sources, cfg)
+    if args.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        from .telemetry import ServeMetrics
+
+        metrics = ServeMetrics()
+        start_http_server(args.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+        watcher.on_result = lambda r: metrics.observe_detection(args.profile, r.get("score"), r.get("label"))
+    print(f"kanoclip watch: {', '.join(args.sources)} -> profile {args.profile!r} (Ctrl-C stops)", flush=True)
+    counts = watcher.run()
+    print(f"{counts['scored']} scored, {counts['ng']} NG, {counts['failed']} failed, {counts['skipped']} already done")
     return 0
 
 
@@ -820,6 +904,18 @@ SERVE_EPILOG = """examples:
 POST /v1/detect (multipart field "files", one or more; ?return_map=true adds the raw map), GET /v1/health (no key),
 GET /v1/info, /v1/profiles, /v1/results, /metrics; the OpenAPI schema at /openapi.json. Every detection is recorded
 (`kanoclip history`). Requests from other sites' pages and unknown Host names are refused.
+"""
+
+WATCH_EPILOG = """examples:
+  kanoclip watch /srv/camera3 --profile bottle --ok-dir /srv/ok --ng-dir /srv/ng     a hot folder, sorted by label
+  kanoclip watch /srv/camera3 --profile bottle --class-name bottle --reference good/   create the profile at start
+  kanoclip watch rtsp://10.0.0.5/stream --profile bottle --fps 2 --webhook http://mes.local/hook --webhook-on ng
+  kanoclip watch line3.mp4 /dev/video0 --profile bottle
+  kanoclip watch /srv/camera3 --profile bottle --server http://127.0.0.1:8000   through a running `kanoclip serve`
+
+every file and frame becomes a result in the station's history (`kanoclip history`); a file is scored once it is
+complete, exactly once across restarts and across watchers on one database; a stream that drops is reopened with
+backoff and the gap is recorded.
 """
 
 HISTORY_EPILOG = """examples:
@@ -912,6 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         ("train", "train prompts, Bi-CMCI and adapter on auxiliary data", add_train_options, cmd_train, TRAIN_EPILOG),
         ("serve", "an HTTP inspection service with a web page", add_serve_options, cmd_serve, SERVE_EPILOG),
+        ("watch", "score hot folders, videos and cameras into the station", add_watch_options, cmd_watch, WATCH_EPILOG),
         ("history", "what the station inspected", add_history_options, cmd_history, HISTORY_EPILOG),
         ("calibrate", "choose image and map thresholds", add_calibrate_options, cmd_calibrate, CALIBRATE_EPILOG),
         ("reference", "few-shot: build a bank of good parts", add_reference_options, cmd_reference, REFERENCE_EPILOG),

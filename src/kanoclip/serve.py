@@ -25,7 +25,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
-from fastapi import Depends, FastAPI, File, HTTPException, Request, Security, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Security, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
@@ -391,21 +391,38 @@ def create_app(
             await batcher.exclusive(detector.clear_references)
         return bank_info(detector)
 
-    async def detect_on(name: str, request: Request, files: list[UploadFile], return_map: bool) -> dict[str, Any]:
+    async def detect_on(
+        name: str, request: Request, files: list[UploadFile], return_map: bool, source: Source | None = None
+    ) -> dict[str, Any]:
         """Score each uploaded image with the profile's model, bank and thresholds, and record it: a 200 means its
         row is committed and its files are on disk (507 when the disk is full: nothing recorded, nothing labelled).
         Heatmap overlays as base64 PNG; raw maps (base64 .npy) with return_map. Work queued for a client that hung up
         is dropped."""
         start = time.perf_counter()
         station.profile(name)
+        if source is not None and source.source_key is not None:
+            if len(files) != 1:
+                raise HTTPException(400, "source_key names one file: send one file per request")
+            claimed = await run_in_threadpool(
+                station.claim, name, source.source_key, files[0].filename or "upload", source.claim_timeout_s
+            )
+            if claimed == "busy":
+                raise HTTPException(409, "another watcher is scoring this file now (its claim is fresh)")
+            if claimed == "done":  # recorded before: the same answer, not a second row
+                row = await run_in_threadpool(station.claimed_result, source.source_key)
+                assert row is not None
+                return {"profile": name, "duplicate": True, "results": [{**public(row), "result_id": row["id"]}]}
         async with decoded(files) as uploads:
             decoded_at = time.perf_counter()
             scored: list[Scored] = await _unless_gone(request, [batcher.submit(name, rgb) for _, _, rgb in uploads])
             inferred = time.perf_counter()
             detections = [
-                Detection(source, data, rgb, s.prediction)
-                for (source, data, rgb), s in zip(uploads, scored, strict=True)
+                Detection(filename, data, rgb, s.prediction)
+                for (filename, data, rgb), s in zip(uploads, scored, strict=True)
             ]
+            if source is not None:
+                detections[0].key, detections[0].frame_index = source.source_key, source.frame_index
+                detections[0].frame_time = source.frame_time
             detector = scored[0].detector
             await run_in_threadpool(station.record, name, detector, detections, 1000 * (inferred - start))
             for d in detections:
@@ -516,9 +533,29 @@ def create_app(
 
     @app.post("/v1/profiles/{name}/detect", dependencies=guarded)
     async def profile_detect(
-        name: str, request: Request, files: Annotated[list[UploadFile], File()], return_map: bool = False
+        name: str,
+        request: Request,
+        files: Annotated[list[UploadFile], File()],
+        source: Annotated[Source, Query()],
+        return_map: bool = False,
     ) -> dict[str, Any]:
-        return await detect_on(name, request, files, return_map)
+        """Score images with this profile. `source_key` (one file, from `kanoclip watch --server`) makes it
+        exactly-once: a key already recorded answers its recorded result, a key another watcher holds 409."""
+        return await detect_on(name, request, files, return_map, source)
+
+    @app.post("/v1/events", dependencies=guarded)
+    async def event(body: EventBody) -> dict[str, Any]:
+        """Something a watcher saw that is not a result (a stream gap, an undelivered webhook), into the history."""
+        if body.profile is not None:
+            station.profile(body.profile)
+        await run_in_threadpool(station.event, body.profile, body.source, body.kind, body.detail)
+        return {"recorded": True}
+
+    @app.get("/v1/events", dependencies=guarded)
+    async def events(profile: str | None = None, limit: int = 100) -> dict[str, Any]:
+        if profile is not None:
+            check_profile_name(profile)
+        return {"events": await run_in_threadpool(station.events, profile, min(max(limit, 1), 1000))}
 
     @app.get("/v1/profiles/{name}/references", dependencies=guarded)
     async def profile_references(name: str) -> dict[str, Any]:
@@ -611,6 +648,23 @@ class ProfileBody(BaseModel):
     checkpoint: str | None = None
     engine: str | None = None
     exported: str | None = None
+
+
+class Source(BaseModel):
+    """Where an upload came from, when a watcher sends it: its claim key and frame."""
+
+    source_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    claim_timeout_s: float = Field(default=300.0, gt=0)
+    frame_index: int | None = Field(default=None, ge=0)
+    frame_time: float | None = None
+
+
+class EventBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    profile: str | None = None
+    source: str = Field(max_length=2000)
+    kind: Literal["stream_gap", "webhook_failed", "source_error", "never_completed"]
+    detail: str = Field(default="", max_length=4000)
 
 
 class CalibrateBody(BaseModel):

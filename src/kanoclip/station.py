@@ -508,6 +508,25 @@ class Station:
             )
             return "mine" if taken.rowcount == 1 else "busy"
 
+    def claimed_label(self, key: str) -> int | None:
+        """The label recorded for a finished claim (None: unlabelled, failed, or not finished)."""
+        with self._history().connect() as c:
+            row = c.execute(
+                select(db.results.c.label)
+                .join(db.claims, db.claims.c.result_id == db.results.c.id)
+                .where(db.claims.c.key == key)
+            ).first()
+        return None if row is None else row.label
+
+    def claimed_result(self, key: str) -> dict[str, Any] | None:
+        with self._history().connect() as c:
+            row = c.execute(
+                select(db.results)
+                .join(db.claims, db.claims.c.result_id == db.results.c.id)
+                .where(db.claims.c.key == key)
+            ).first()
+        return None if row is None else dict(row._mapping)
+
     def event(self, name: str | None, source: str, kind: str, detail: str) -> None:
         """Something the history should show that is not a result: a stream gap, an undelivered webhook."""
         if self.engine is None:
