@@ -522,8 +522,10 @@ def test_the_page_switches_profiles_shows_history_feedback_calibration_and_the_s
             assert browser.find_element(By.ID, "warning").get_attribute("hidden")
             wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, ".card .mark-defect"))
             wait.until(
-                lambda b: len(b.find_elements(By.CSS_SELECTOR, ".card img.overlay"))
-                == len(b.find_elements(By.CSS_SELECTOR, ".card"))
+                lambda b: (
+                    len(b.find_elements(By.CSS_SELECTOR, ".card img.overlay"))
+                    == len(b.find_elements(By.CSS_SELECTOR, ".card"))
+                )
             )
             browser.find_element(By.CSS_SELECTOR, ".card .mark-defect").click()
             first_row = "#history-table tbody tr:first-child td:nth-child(5)"
