@@ -116,20 +116,8 @@ def test_a_generated_video_gives_one_row_per_sampled_frame_and_pasted_defects_sc
 ) -> None:
     """3 s at 10 fps of a real good bottle, a piece of a hazelnut pasted on frames 10-19; sampled at 5 fps; one
     reference (the clean frame): the defect frames score above every clean one (random weights: a pipeline check)."""
-    import cv2
-
-    clean = np.asarray(
-        Image.open(shared_data / BOTTLE / "train" / "good" / "000.png").convert("RGB").resize((224, 224))
-    )
-    nut = sorted((shared_data / "MVTec_derived_hazelnut_toy" / "hazelnut" / "test").rglob("*.jpg"))[0]
-    patch = np.asarray(Image.open(nut).convert("RGB").resize((224, 224)))
-    defect = clean.copy()
-    defect[80:150, 80:150] = patch[77:147, 77:147]  # a piece of another object pasted on the bottle
     video = tmp_path / "line.mp4"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (224, 224))
-    for i in range(30):
-        writer.write(cv2.cvtColor(defect if 10 <= i < 20 else clean, cv2.COLOR_RGB2BGR))
-    writer.release()
+    clean, _ = write_video(video, shared_data)
     reference = tmp_path / "good.png"
     Image.fromarray(clean).save(reference)
     station = station_at(tmp_path / "state", references=(str(reference),))
@@ -144,6 +132,41 @@ def test_a_generated_video_gives_one_row_per_sampled_frame_and_pasted_defects_sc
     assert (
         Watcher(LocalScorer(station, "default"), [str(video)], WatchConfig(**{**FAST, "fps": 5.0})).run()["scored"] == 0
     )  # run again: every frame is already recorded
+
+
+def write_video(path: Path, shared_data: Path, frames: int = 30) -> tuple[np.ndarray, list[int]]:
+    """`frames` frames at 10 fps of a real good bottle with a piece of a hazelnut pasted on frames 10-19."""
+    import cv2
+
+    clean = np.asarray(
+        Image.open(shared_data / BOTTLE / "train" / "good" / "000.png").convert("RGB").resize((224, 224))
+    )
+    nut = sorted((shared_data / "MVTec_derived_hazelnut_toy" / "hazelnut" / "test").rglob("*.jpg"))[0]
+    patch = np.asarray(Image.open(nut).convert("RGB").resize((224, 224)))
+    defect = clean.copy()
+    defect[80:150, 80:150] = patch[77:147, 77:147]  # a piece of another object pasted on the bottle
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (224, 224))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(defect if 10 <= i < 20 else clean, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return clean, list(range(10, 20))
+
+
+def test_detect_on_a_video_writes_per_frame_scores_and_an_annotated_video(tmp_path: Path, shared_data: Path) -> None:
+    import csv
+
+    import cv2
+
+    video, out = tmp_path / "line.mp4", tmp_path / "out"
+    write_video(video, shared_data)
+    assert main(["detect", str(video), "--out", str(out), *TINY_FLAGS, "--fps", "5", "--annotate"]) == 0
+    table = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["path"] for r in table] == [f"{video}#frame={i}" for i in range(0, 30, 2)]
+    assert all(0 <= float(r["score"]) <= 1 for r in table)
+    annotated = cv2.VideoCapture(str(out / "annotated.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 15 and annotated.read()[0]
+    annotated.release()
+    assert (out / "maps" / "frame_000010.overlay.png").is_file()
 
 
 def test_an_mjpeg_stream_is_read_dropped_and_resumed_and_the_gap_is_recorded(tmp_path: Path) -> None:

@@ -209,6 +209,9 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace another run's outputs in --out (rerunning the same run resumes it instead)",
     )
+    group = parser.add_argument_group("a video file (pip install 'kanoclip[video]')")
+    group.add_argument("--fps", type=float, default=1.0, help="frames scored per second of video (0: every frame)")
+    group.add_argument("--annotate", action="store_true", help="also write annotated.mp4: overlay and score per frame")
     group = parser.add_argument_group("many machines (Ray Data; pip install 'kanoclip[ray]')")
     group.add_argument(
         "--ray",
@@ -226,7 +229,8 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from .inputs import expand_inputs
-    from .outputs import detect_files
+    from .outputs import detect_files, detect_video
+    from .video import is_live, is_video
 
     run = run_config(args)
     if args.ray is not None:
@@ -241,6 +245,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
             args.gpus_per_worker,
             not args.no_maps,
             overwrite=args.overwrite,
+        )
+    elif any(is_video(i) for i in args.inputs):
+        if len(args.inputs) != 1:
+            raise ConfigError("detect takes one video at a time (or images only): give the video alone")
+        if not is_live(args.inputs[0]) and not Path(args.inputs[0]).is_file():
+            raise ConfigError(f"{args.inputs[0]}: no such video file")
+        summary = detect_video(
+            detector(args), args.inputs[0], args.out, args.fps or None, not args.no_maps, args.annotate, args.overwrite
         )
     else:
         expand_inputs(args.inputs)  # a missing input fails before the model is built
@@ -939,6 +951,7 @@ DETECT_EPILOG = """examples:
   kanoclip detect part.tif --pretrained /models/ViT-L-14-336px.pt
   kanoclip detect line3/ --reference good_parts/ --class-name screw   few-shot: a few good parts as references
   kanoclip detect examples --backbone kanoclip-tiny --pretrained none --image-size 112   offline smoke run
+  kanoclip detect line3.mp4 --fps 2 --annotate --reference good_parts/     per-frame scores and an annotated video
 
 writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.png (heatmap overlay) and DIR/maps/<name>.npy (the map
 at the image's own size). A file that cannot be read is reported and skipped; exit status 1 if any was skipped, 2 for

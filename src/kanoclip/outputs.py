@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from ._files import atomic_write_bytes, atomic_write_json, npy_bytes, read_json_object
@@ -195,3 +197,63 @@ def detect_files(
     failed = folder.write_scores((rows[str(p)] for p in paths), labelled)
     partial.unlink()
     return DetectSummary(len(paths), failed, skipped, folder.out / SCORES)
+
+
+def detect_video(
+    detector: Detector,
+    video: str,
+    out_dir: str | Path,
+    fps: float | None = 1.0,
+    save_maps: bool = True,
+    annotate: bool = False,
+    overwrite: bool = False,
+) -> DetectSummary:
+    """`kanoclip detect VIDEO`: one row per sampled frame (`VIDEO#frame=N`) in `scores.csv`, each frame's files as
+    for an image (`maps/frame_NNNNNN...`), and with `annotate` `annotated.mp4`: the overlay and score on each sampled
+    frame, at the sampled rate."""
+    from .video import frames, opencv
+
+    detector.check_thresholds()
+    folder = RunFolder(out_dir, save_maps)
+    identity = run_identity(detector.run_config, [video], save_maps, basis=detector.threshold_basis(), fps=fps)
+    folder.prepare(identity, overwrite)  # a video is scored whole: a rerun starts it over
+    folder.write_run([video], {**detector.describe(), "fps": fps}, identity)
+    labelled = detector.thresholds.image_threshold is not None
+    rows: list[Row] = []
+    writer: Any = None
+    cv2 = opencv() if annotate else None
+    bar = tqdm(desc="detect", unit="frame")
+    try:
+        batch: list[Any] = []
+        for frame in itertools.chain(frames(video, fps), [None]):  # None: flush the last batch
+            if frame is not None:
+                if frame.rgb is None:
+                    rows.append(Row(f"{video}#frame={frame.index}", error=f"frame {frame.index}: {frame.error}"))
+                    continue
+                batch.append(frame)
+                if len(batch) < detector.batch_size:
+                    continue
+            if not batch:
+                break
+            for f, p in zip(batch, detector.predict_many([f.rgb for f in batch]), strict=True):
+                p.source, p.image = f"{video}#frame={f.index}", f.rgb
+                rows.append(folder.write_image(f"frame_{f.index:06d}", p))
+                if cv2 is not None and p.anomaly_map is not None:
+                    picture = np.ascontiguousarray(overlay(f.rgb, p.anomaly_map, mask=p.pred_mask)[:, :, ::-1])
+                    text = f"{p.pred_score:.4f}" + ("" if p.pred_label is None else (" NG" if p.pred_label else " OK"))
+                    cv2.putText(picture, text, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
+                    if writer is None:
+                        size = (picture.shape[1], picture.shape[0])
+                        rate = fps or 25.0
+                        writer = cv2.VideoWriter(
+                            str(folder.out / "annotated.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), rate, size
+                        )
+                    writer.write(picture)
+            bar.update(len(batch))
+            batch = []
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.release()
+    failed = folder.write_scores(rows, labelled)
+    return DetectSummary(len(rows), failed, 0, folder.out / SCORES)
