@@ -22,6 +22,7 @@ from kanoclip.detection import Detector
 from kanoclip.errors import ImageReadError
 from kanoclip.images import read_image
 from kanoclip.inputs import expand_inputs
+from kanoclip.visualize import bar_height
 
 from .conftest import randomize_learnable, tiny_detector
 
@@ -86,7 +87,8 @@ def test_detect_writes_a_score_and_a_map_of_its_own_size_for_every_shared_image(
         amap = np.load(tmp_path / row["map"])
         width, height = size_of(row["path"])
         assert amap.shape == (height, width)
-        assert size_of(tmp_path / row["map"].replace(".npy", ".overlay.png")) == (width, height)
+        overlay = size_of(tmp_path / row["map"].replace(".npy", ".overlay.png"))
+        assert overlay == (width, height + bar_height(width))  # the image, with the colour bar below
     assert not (tmp_path / "scores.csv.partial").exists()
 
 

@@ -18,6 +18,7 @@ from PIL import Image
 from kanoclip.detection import Detector
 from kanoclip.serve import ServeConfig
 from kanoclip.thresholds import Thresholds
+from kanoclip.visualize import bar_height
 
 from .conftest import randomize_learnable, tiny_detector
 from .serving import chromium, running_server, serve_process
@@ -58,7 +59,7 @@ def test_detect_returns_every_field_for_real_images(detector: Detector, shared_d
         assert result["score"] == pytest.approx(score, abs=1e-5)
         assert result["label"] == int(score >= 0.5)
         overlay = Image.open(io.BytesIO(base64.b64decode(result["overlay_png"])))
-        assert overlay.format == "PNG" and overlay.size == (width, height)
+        assert overlay.format == "PNG" and overlay.size == (width, height + bar_height(width))  # the colour bar below
         mask = np.asarray(Image.open(io.BytesIO(base64.b64decode(result["mask_png"]))).convert("L")) > 0
         raw = np.load(io.BytesIO(base64.b64decode(result["map"]["npy_base64"])))
         assert raw.shape == (height, width) and result["map"]["shape"] == [height, width]

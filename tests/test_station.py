@@ -27,6 +27,7 @@ from kanoclip.config import RunConfig
 from kanoclip.errors import ConfigError
 from kanoclip.serve import ServeConfig, create_app
 from kanoclip.station import Station
+from kanoclip.visualize import bar_height
 
 from .conftest import TINY, tiny_detector
 from .postgres import Cluster, throwaway_cluster
@@ -223,7 +224,8 @@ def test_results_page_by_keyset_filter_and_stream_as_csv(tmp_path: Path, shared_
         detail = ok(c.get(f"/v1/results/{everything[1]['id']}"))
         overlay = Image.open(io.BytesIO(base64.b64decode(detail["overlay_png"])))
         amap = np.load(io.BytesIO(base64.b64decode(detail["map"]["npy_base64"])))
-        assert overlay.size == Image.open(images[1]).size and amap.shape == (TINY.image_size, TINY.image_size)
+        width, height = Image.open(images[1]).size
+        assert overlay.size == (width, height + bar_height(width)) and amap.shape == (TINY.image_size, TINY.image_size)
         assert amap.dtype == np.float16
         assert detail["backbone_fingerprint"] and detail["engine"] == "torch" and detail["latency_ms"] > 0
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .config import ENGINES, PRECISIONS, KAnoCLIPConfig, RunConfig, TrainConfig
+from .config import ENGINES, OVERLAY_SCALES, PRECISIONS, KAnoCLIPConfig, RunConfig, TrainConfig
 from .errors import ConfigError, KanoclipError
 
 EXIT_DISK_FULL = 3  # 1: some images unreadable, 2: a usage or input error
@@ -158,6 +158,14 @@ def add_run_options(
         default=RunConfig.max_pixels,
         help=f"refuse images over this many pixels, before decoding them (default {RunConfig.max_pixels:,})",
     )
+    group.add_argument(
+        "--overlay-scale",
+        choices=OVERLAY_SCALES,
+        default=RunConfig.overlay_scale,
+        help="the overlays' colour scale: threshold (the pixel threshold at the middle), run (the first batch's "
+        "1st..99th percentiles, fixed for the run), fixed (0..1); auto: threshold when calibrated, else run. "
+        "Recorded in run.json; each overlay carries its colour bar",
+    )
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -179,6 +187,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         calibration=args.calibration,
         image_threshold=getattr(args, "threshold", None),
         max_pixels=args.max_pixels,
+        overlay_scale=args.overlay_scale,
     )
 
 
@@ -204,6 +213,15 @@ def add_detect_options(parser: argparse.ArgumentParser) -> None:
         help="label images with score >= T as anomalous (1); default: the checkpoint's calibration, if any",
     )
     parser.add_argument("--no-maps", action="store_true", help="write scores.csv only")
+    parser.add_argument(
+        "--report",
+        nargs="?",
+        const=8,
+        type=int,
+        metavar="N",
+        help="also write report.html: score histogram, the N (default 8) most and least anomalous overlays, "
+        "unreadable files, the run's settings",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -233,6 +251,8 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from .video import is_live, is_video
 
     run = run_config(args)
+    if args.report is not None and (args.no_maps or args.report < 1):
+        raise ConfigError("--report N shows N >= 1 overlays of each end: give N >= 1, without --no-maps")
     if args.ray is not None:
         from .scale_out import detect_on_ray
 
@@ -262,6 +282,10 @@ def cmd_detect(args: argparse.Namespace) -> int:
         f"{done} of {summary.images} images scored -> {summary.scores_csv}"
         + ("" if args.no_maps else f"; overlays and maps in {Path(args.out) / 'maps'}")
     )
+    if args.report is not None:
+        from .outputs import RunFolder, write_report
+
+        print(f"report -> {write_report(RunFolder(args.out), args.report, summary.failed)}")
     if summary.skipped_masks:
         print(f"skipped {summary.skipped_masks} ground-truth mask files (in ground_truth/ or masks/, or named *_mask)")
     for _, reason in summary.failed:

@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 T = TypeVar("T", bound="_JsonConfig")
 
+OVERLAY_SCALES = ("auto", "fixed", "run", "threshold")  # see visualize
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # auto: bf16 (fp16 on older GPUs) autocast on a GPU, fp32 on a CPU
 
 
@@ -281,6 +282,7 @@ class RunConfig:
     calibration: str | None = None  # a standalone calibration file (training-free)
     image_threshold: float | None = None  # replaces the calibrated image threshold
     max_pixels: int = 50_000_000  # per decoded image, everywhere
+    overlay_scale: str = "auto"  # the overlays' colour scale: auto | fixed | run | threshold (visualize)
 
     @classmethod
     def with_model(cls, config: KAnoCLIPConfig, **fields: Any) -> RunConfig:
@@ -299,6 +301,7 @@ class RunConfig:
         _one_of("precision", self.precision, (*PRECISIONS, "int8"))
         _positive("batch_size", self.batch_size)
         _positive("max_pixels", self.max_pixels)
+        _one_of("overlay_scale", self.overlay_scale, OVERLAY_SCALES)
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         changed = [name for name, _ in self.model_changes]

@@ -31,6 +31,7 @@ from .inputs import expand_inputs
 from .model import KAnoCLIP
 from .references import ReferenceBank, encode_good_parts
 from .thresholds import Thresholds, read_standalone
+from .visualize import OverlayScale, check_scale, choose_scale, needs_spread, overlay, spread, with_colour_bar
 
 NON_FINITE = (
     "the model gave a non-finite score or map (NaN or inf): its weights, checkpoint or reference bank are damaged"
@@ -123,6 +124,7 @@ class Detector:
         self._text: torch.Tensor | None = None  # training-free text features (2, D); None: the learned prompts
         self._bank_levels: list[torch.Tensor] | None = None  # the bank on the backend's device
         self._class_text: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
+        self._spread: tuple[float, float] | None = None  # the maps' robust spread in the first batch (visualize)
         self.text_record: dict[str, Any] = (
             {"source": "learned prompts (checkpoint)"}
             if isinstance(backend, TorchBackend)
@@ -147,6 +149,7 @@ class Detector:
             det.use_references(ReferenceBank.load(run.references[0]))
         elif run.references:
             det.add_references(expand_inputs(run.references)[0])
+        check_scale(run.overlay_scale, det.thresholds.pixel_threshold)
         return det
 
     # -- what runs -------------------------------------------------------------------------------------------------
@@ -289,6 +292,7 @@ class Detector:
             "thresholds": self.thresholds.to_dict(),
             "random_weights": self.config.pretrained == "none",
             "references": references,
+            "overlay_scale": self.overlay_record(),
         }
 
     def _apply(self) -> None:
@@ -300,12 +304,46 @@ class Detector:
             backend.setup(text=self._text, bank=self._bank_levels)
             backend.owner = self
 
+    # -- overlays ---------------------------------------------------------------------------------------------------
+    @property
+    def overlay_scale(self) -> OverlayScale:
+        """The colour scale of this detector's overlays (`visualize`): its ends are fixed by the first batch it ran,
+        or by `resume_overlay_scale`, and follow the pixel threshold in `threshold` mode."""
+        return choose_scale(self.run_config.overlay_scale, self._spread, self.thresholds.pixel_threshold)
+
+    def overlay_record(self) -> dict[str, Any]:
+        """The scale as `run.json` records it, with the spread it came from, so a resumed run keeps it."""
+        return {**self.overlay_scale.to_dict(), "spread": None if self._spread is None else list(self._spread)}
+
+    def resume_overlay_scale(self, record: dict[str, Any] | None) -> None:
+        """Take the spread a run recorded (`overlay_record`) instead of fitting one on this process's first batch."""
+        if record and record.get("spread"):
+            lo, hi = record["spread"]
+            self._spread = float(lo), float(hi)
+
+    def fit_overlay_scale(self, images: Sequence[ImageLike]) -> None:
+        """Fix the scale from these images' maps (the run's first batch) before anything else runs: what each Ray
+        actor does so that all of them paint on the scale a local run would have."""
+        if self._spread is None and needs_spread(self.run_config.overlay_scale) and images:
+            self.predict_many(images)
+
+    def paint(self, rgb: NDArray[np.uint8], p: Prediction) -> NDArray[np.uint8]:
+        """The overlay people see: the map on the image on the run's scale, the predicted mask outlined, and the
+        colour bar that names the scale's ends and threshold."""
+        assert p.anomaly_map is not None
+        scale = self.overlay_scale
+        return with_colour_bar(overlay(rgb, p.anomaly_map, scale, mask=p.pred_mask), scale)
+
     # -- running ---------------------------------------------------------------------------------------------------
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, S, S) in [0, 1] at the run size -> pred_score (B,) and anomaly_map (B, S, S), float32 on the CPU."""
+        """(B, 3, S, S) in [0, 1] at the run size -> pred_score (B,) and anomaly_map (B, S, S), float32 on the CPU.
+        The first batch also fixes the overlay scale's spread."""
         if isinstance(self.backend, TorchBackend) and self.backend.owner is not self:
             self._apply()
-        return self.backend.forward(pixels)
+        scores, maps = self.backend.forward(pixels)
+        if self._spread is None and needs_spread(self.run_config.overlay_scale):
+            self._spread = spread(maps.numpy())
+        return scores, maps
 
     def predict(self, image: ImageLike) -> tuple[float, NDArray[np.float32]]:
         """One image (array (H, W, 3) uint8, PIL image, path or encoded bytes) -> (score, map at its own size)."""

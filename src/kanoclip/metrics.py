@@ -90,8 +90,44 @@ def f1_max_threshold(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float
 
 def curve_metrics(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float, float]:
     """(AUROC, AP, F1-max) from one sort: for pixels, three separate calls would sort every pixel three times."""
+    return summarize(labels, scores)[0]
+
+
+@dataclass
+class CurvePoints:
+    """ROC and precision-recall curves thinned for a plot, with the areas computed on the full curves."""
+
+    fpr: NDArray[np.float64]
+    tpr: NDArray[np.float64]
+    recall: NDArray[np.float64]
+    precision: NDArray[np.float64]
+    auroc: float
+    ap: float
+    f1_max_threshold: float
+
+
+def summarize(
+    labels: ArrayLike, scores: ArrayLike, points: int = 0
+) -> tuple[tuple[float, float, float], CurvePoints | None]:
+    """(AUROC, AP, F1-max) and, with `points` > 0, the curves thinned to about that many points, from one sort
+    (None where the curves are undefined: one label only)."""
     curve = _curve(labels, scores)
-    return _auroc(curve), _average_precision(curve), _f1_max(curve)[0]
+    f1, at = _f1_max(curve)
+    values = (_auroc(curve), _average_precision(curve), f1)
+    if curve is None or points <= 0:
+        return values, None
+    keep = np.unique(np.linspace(0, len(curve.thresholds) - 1, points).round().astype(np.int64))
+    tp, fp = curve.tp[keep], curve.fp[keep]
+    drawn = CurvePoints(
+        fpr=np.concatenate([[0.0], fp / curve.negatives]),
+        tpr=np.concatenate([[0.0], tp / curve.positives]),
+        recall=tp / curve.positives,
+        precision=tp / (tp + fp),
+        auroc=values[0],
+        ap=values[1],
+        f1_max_threshold=at,
+    )
+    return values, drawn
 
 
 def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:

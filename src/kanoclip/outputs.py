@@ -23,12 +23,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from . import plots
 from ._files import atomic_write_bytes, atomic_write_json, npy_bytes, read_json_object
 from .config import RunConfig
 from .detection import Detector, Prediction
 from .errors import ConfigError
+from .images import read_image
 from .inputs import expand_inputs, output_names
-from .visualize import mask_image, overlay, to_png
+from .report import config_table, esc, figure, page, random_weights_banner, score_digits, thumbnail
+from .visualize import mask_image, to_png
 
 RUN = "run.json"
 SCORES = "scores.csv"
@@ -94,14 +97,14 @@ class RunFolder:
         """A label column exactly when the run had an image threshold."""
         return self.read_run()["thresholds"]["image_threshold"] is not None
 
-    def write_image(self, name: str, p: Prediction) -> Row:
-        """One image's files (map, overlay, mask), each atomically, and its row."""
+    def write_image(self, name: str, p: Prediction, detector: Detector) -> Row:
+        """One image's files (map, overlay on the detector's colour scale, mask), each atomically, and its row."""
         if p.error is not None or p.pred_score is None or p.anomaly_map is None:
             return Row(p.source, error=p.error or "unknown error")
         map_file = f"maps/{name}.npy"
         if self.save_maps and p.image is not None:
             atomic_write_bytes(self.out / map_file, npy_bytes(p.anomaly_map))
-            picture = overlay(p.image, p.anomaly_map, mask=p.pred_mask)
+            picture = detector.paint(p.image, p)
             atomic_write_bytes(self.out / f"maps/{name}.overlay.png", to_png(picture))
             if p.pred_mask is not None:
                 atomic_write_bytes(self.out / f"maps/{name}.mask.png", to_png(mask_image(p.pred_mask)))
@@ -151,6 +154,54 @@ class RunFolder:
         return failed
 
 
+def write_report(folder: RunFolder, count: int, failed: Sequence[tuple[str, str]]) -> Path:
+    """`detect --report`: `report.html` beside `scores.csv`, built from the finished run's files, so local, Ray and
+    video runs (and resumed ones) get the same page: the score histogram with the threshold, the `count` most and
+    least anomalous overlays, the files that could not be read and `run.json`'s facts. Memory: the scores, and the
+    2 x `count` thumbnails it shows, whatever the number of images."""
+    facts = folder.read_run()
+    labelled = folder.labelled()
+    rows = list(folder.scored_rows(labelled).values())
+    if rows and not folder.save_maps:
+        raise ConfigError("--report shows overlays: run without --no-maps")
+    threshold = facts["thresholds"]["image_threshold"]
+    scores = np.array([r.score for r in rows], dtype=np.float64)
+    order = np.argsort(-scores, kind="stable")
+    top, bottom = order[:count], order[::-1][:count]
+    digits = score_digits(scores[np.r_[top, bottom]].tolist())
+
+    def gallery(picks: np.ndarray) -> str:
+        shown = []
+        for i in picks:
+            row = rows[int(i)]
+            assert row.map is not None and row.score is not None
+            name = row.map.removeprefix("maps/").removesuffix(".npy")
+            picture = read_image(folder.out / f"maps/{name}.overlay.png")
+            label = "" if row.label is None else (" NG" if row.label else " OK")
+            caption = f"<b>{esc(name)}</b>, score {row.score:.{digits}f}{label}"
+            shown.append(figure(to_png(thumbnail(picture)), caption, f"overlay of {name}"))
+        return "".join(shown)
+
+    lines = {"image threshold": threshold}
+    histogram = plots.histogram_png({"images": scores}, lines, f"{len(rows)} image scores") if rows else b""
+    unreadable = "".join(f"<li>{esc(reason)}</li>" for _, reason in failed)
+    body = f"""<h1>kanoclip detect</h1>{random_weights_banner(bool(facts.get("random_weights")))}
+<p>{len(rows)} images scored, {len(failed)} could not be read{
+        ""
+        if threshold is None
+        else f", {int(sum(r.label or 0 for r in rows))} at or above the image threshold {threshold:.4g}"
+    }. Scores and labels in
+<code>{SCORES}</code>; each overlay (on the run's colour scale, bar below it) is in <code>maps/</code>.</p>
+{figure(histogram, "score histogram", "score histogram") if rows else ""}
+<h2>Most anomalous</h2><div>{gallery(top)}</div>
+<h2>Least anomalous (to spot false alarms among them: they should all be good parts)</h2><div>{gallery(bottom)}</div>
+<h2>Unreadable files</h2>{f"<ul>{unreadable}</ul>" if unreadable else "<p>none</p>"}
+<h2>Run</h2>{config_table(facts)}"""
+    path = folder.out / "report.html"
+    atomic_write_bytes(path, page("kanoclip detect", body).encode())
+    return path
+
+
 def run_identity(run: RunConfig, inputs: Sequence[str | Path], save_maps: bool, **more: Any) -> str:
     """What makes two runs the same run: every run option but the decoding workers, the inputs as given, the map
     option and `more` (e.g. the detector's threshold basis, or that it ran on Ray)."""
@@ -174,8 +225,12 @@ def detect_files(
     paths, skipped = expand_inputs(inputs, exclude=folder.out)
     identity = run_identity(detector.run_config, inputs, save_maps, basis=detector.threshold_basis(), on="local")
     labelled = detector.thresholds.image_threshold is not None
-    done = folder.scored_rows(labelled) if folder.prepare(identity, overwrite) else {}
+    resumed = folder.prepare(identity, overwrite)
+    done = folder.scored_rows(labelled) if resumed else {}
+    if resumed:  # the overlays of a resumed run keep the scale its first batch set
+        detector.resume_overlay_scale(folder.read_run().get("overlay_scale"))
     folder.write_run(inputs, detector.describe(), identity)
+    scale_recorded = detector.overlay_record()["spread"] is not None
     todo = [p for p in paths if str(p) not in done]
     if done:
         print(f"{len(paths)} images; {len(paths) - len(todo)} already scored in {folder.out}; {len(todo)} to score")
@@ -189,7 +244,10 @@ def detect_files(
     with partial.open("a", newline="") as f:
         writer = csv.writer(f)
         for path, p in zip(todo, detector.run(todo, keep_image=save_maps, progress=bar), strict=True):
-            rows[str(path)] = row = folder.write_image(names[path], p)
+            if not scale_recorded:  # the first batch fixed the overlay scale: run.json says which
+                folder.write_run(inputs, detector.describe(), identity)
+                scale_recorded = True
+            rows[str(path)] = row = folder.write_image(names[path], p, detector)
             if row.error is None:
                 writer.writerow(folder.line(row, labelled))
                 f.flush()
@@ -237,9 +295,9 @@ def detect_video(
                 break
             for f, p in zip(batch, detector.predict_many([f.rgb for f in batch]), strict=True):
                 p.source, p.image = f"{video}#frame={f.index}", f.rgb
-                rows.append(folder.write_image(f"frame_{f.index:06d}", p))
+                rows.append(folder.write_image(f"frame_{f.index:06d}", p, detector))
                 if cv2 is not None and p.anomaly_map is not None:
-                    picture = np.ascontiguousarray(overlay(f.rgb, p.anomaly_map, mask=p.pred_mask)[:, :, ::-1])
+                    picture = np.ascontiguousarray(detector.paint(f.rgb, p)[:, :, ::-1])
                     text = f"{p.pred_score:.4f}" + ("" if p.pred_label is None else (" NG" if p.pred_label else " OK"))
                     cv2.putText(picture, text, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
                     if writer is None:
@@ -255,5 +313,6 @@ def detect_video(
         bar.close()
         if writer is not None:
             writer.release()
+    folder.write_run([video], {**detector.describe(), "fps": fps}, identity)  # with the scale the first batch set
     failed = folder.write_scores(rows, labelled)
     return DetectSummary(len(rows), failed, 0, folder.out / SCORES)

@@ -114,13 +114,21 @@ class _Scorer:
     image's files through the one writer, and returns the rows."""
 
     def __init__(
-        self, run: RunConfig, inputs: list[str], out: str, save_maps: bool, threads: int, identity: str
+        self,
+        run: RunConfig,
+        inputs: list[str],
+        out: str,
+        save_maps: bool,
+        threads: int,
+        identity: str,
+        first_batch: list[str],
     ) -> None:
         import torch
 
         torch.set_num_threads(threads)  # Ray pins an actor to its CPU count (1): the forward may use its share
         self.detector = Detector.from_config(run)
         self.detector.check_thresholds()
+        self.detector.fit_overlay_scale(_readable(first_batch, self.detector))  # the scale a local run sets
         self.folder = RunFolder(out, save_maps)
         described = self.detector.describe()
         described["engine"] = f"{described['engine']} on Ray"
@@ -137,9 +145,20 @@ class _Scorer:
                 if error is None:
                     p = next(predictions)
                     p.source, p.image = path, rgb
-                for key, value in asdict(self.folder.write_image(name, p)).items():
+                for key, value in asdict(self.folder.write_image(name, p, self.detector)).items():
                     rows[key].append(value)
         return rows
+
+
+def _readable(paths: list[str], detector: Detector) -> list[np.ndarray]:
+    """The images of `paths` that decode (the ones a local run's first batch scores)."""
+    out = []
+    for path in paths:
+        try:
+            out.append(decode(_read_bytes(path), path, detector.limits))
+        except (KanoclipError, OSError):
+            continue
+    return out
 
 
 def done_rows(out: Path, identity: str) -> dict[str, Row]:
@@ -216,6 +235,7 @@ def detect_on_ray(
                 "save_maps": save_maps,
                 "threads": threads_per_worker or max(1, int(cpus // workers)),
                 "identity": identity,
+                "first_batch": paths[: run.batch_size],
             },
             batch_size=1,  # one batch of images per call: the same batches, so the same numbers, as a local run
             concurrency=workers,

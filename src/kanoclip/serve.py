@@ -45,7 +45,7 @@ from .images import ImageLimits, decode, image_size
 from .station import DEFAULT_PROFILE, HISTORY_COLUMNS, Conflict, Detection, NotFound, Station, parse_time, public
 from .store import DiskFull
 from .telemetry import CountRequests, ServeMetrics
-from .visualize import mask_image, overlay, to_png
+from .visualize import mask_image, to_png
 
 if TYPE_CHECKING:
     import uvicorn
@@ -428,7 +428,10 @@ def create_app(
             for d in detections:
                 metrics.observe_detection(name, d.prediction.pred_score, d.prediction.pred_label)
             results = [
-                {**await run_in_threadpool(_result, d, return_map, s.batched_with), "references": s.references}
+                {
+                    **await run_in_threadpool(_result, d, detector, return_map, s.batched_with),
+                    "references": s.references,
+                }
                 for d, s in zip(detections, scored, strict=True)
             ]
         timing = {
@@ -714,12 +717,12 @@ async def _unless_gone(request: Request, waits: list[Any]) -> list[Any]:
             raise HTTPException(499, "the client closed the request")
 
 
-def _result(d: Detection, return_map: bool, shared: int) -> dict[str, Any]:
+def _result(d: Detection, det: Detector, return_map: bool, shared: int) -> dict[str, Any]:
     p = d.prediction
     if p.error is not None or p.anomaly_map is None:  # a non-finite score or map: an error, never a label
         return {"filename": d.source, "error": p.error, "batched_with": shared, "result_id": d.result_id}
     amap, mask = p.anomaly_map, p.pred_mask
-    overlay_png = d.overlay_png or to_png(overlay(d.rgb, amap, mask=mask))
+    overlay_png = d.overlay_png or to_png(det.paint(d.rgb, p))
     out: dict[str, Any] = {
         "filename": d.source,
         "result_id": d.result_id,
@@ -727,6 +730,7 @@ def _result(d: Detection, return_map: bool, shared: int) -> dict[str, Any]:
         "height": int(d.rgb.shape[0]),
         "score": p.pred_score,
         "overlay_png": base64.b64encode(overlay_png).decode(),
+        "overlay_scale": det.overlay_scale.to_dict(),
         "batched_with": shared,
     }
     if p.pred_label is not None:

@@ -42,7 +42,7 @@ from .inputs import expand_inputs
 from .references import ReferenceBank
 from .store import BlobStore, DiskFull
 from .thresholds import Thresholds, read_standalone
-from .visualize import overlay, to_png
+from .visualize import to_png
 
 DEFAULT_PROFILE = "default"
 PROFILE_FIELDS = ("class_name", "checkpoint", "engine", "exported", "model_changes")
@@ -105,13 +105,13 @@ class Detection:
     frame_time: float | None = None
 
 
-def artifacts(rgb: NDArray[np.uint8], p: Prediction, size: int) -> tuple[bytes, bytes] | None:
-    """The overlay PNG (at the image's size, as the answer showed it) and the float16 map (.npy) at most at the run
-    resolution `size`, where the model computed it: a larger map is only its bilinear upsampling, so the history
-    keeps the smaller one."""
+def artifacts(rgb: NDArray[np.uint8], p: Prediction, det: Detector) -> tuple[bytes, bytes] | None:
+    """The overlay PNG (at the image's size, on the detector's colour scale, as the answer showed it) and the float16
+    map (.npy) at most at the run resolution, where the model computed it: a larger map is only its bilinear
+    upsampling, so the history keeps the smaller one."""
     if p.anomaly_map is None:
         return None
-    png = to_png(overlay(rgb, p.anomaly_map, mask=p.pred_mask))
+    png, size = to_png(det.paint(rgb, p)), det.image_size
     amap = torch.from_numpy(p.anomaly_map)
     if max(amap.shape) > size:
         amap = F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
@@ -429,7 +429,7 @@ class Station:
         rows = []
         for d in detections:
             p = d.prediction
-            files = artifacts(d.rgb, p, det.image_size) if p.error is None else None
+            files = artifacts(d.rgb, p, det) if p.error is None else None
             image_sha = self.store.put(d.data)
             overlay_sha = map_sha = None
             stored = len(d.data)

@@ -1,0 +1,161 @@
+"""Pictures people read: the evaluation report's plots, per-defect tables and captions, `detect --report`, and the
+overlays' colour scale."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from kanoclip.cli import main
+from kanoclip.datasets import load_dataset
+from kanoclip.datasets.base import sample_mask
+from kanoclip.datasets.synthetic import generate
+from kanoclip.evaluation import evaluate
+from kanoclip.outputs import RunFolder, detect_files, write_report
+from kanoclip.visualize import choose_scale, colour_bar, overlay, spread
+
+from .conftest import randomize_learnable, tiny_detector
+from .serving import TINY_FLAGS, chromium
+
+
+def _images(html: str) -> dict[str, list[Image.Image]]:
+    """Every inline picture of a page, decoded, by its alt text."""
+    found: dict[str, list[Image.Image]] = {}
+    for data, alt in re.findall(r'<img src="data:image/png;base64,([^"]+)" alt="([^"]*)"', html):
+        found.setdefault(alt, []).append(Image.open(io.BytesIO(base64.b64decode(data))))
+    return found
+
+
+def test_the_hazelnut_report_has_curves_a_per_defect_table_full_paths_and_the_random_weights_banner(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    root = shared_data / "MVTec_derived_hazelnut_toy"
+    assert main(["evaluate", str(root), "--out", str(tmp_path), *TINY_FLAGS]) == 0
+    html = (tmp_path / "report.html").read_text()
+    pictures = _images(html)
+    for kind in ("roc", "pr", "histogram"):
+        (picture,) = pictures[f"{kind} hazelnut"]  # one per class, a decodable PNG
+        picture.load()
+        assert picture.size[0] > 200 and picture.size[1] > 200
+    table = html.split("class='defects'>")[1].split("</table>")[0]
+    assert re.findall(r"<tr><td>(\w+)</td><td>(\d+)</td>", table) == [("good", "6"), ("colour", "17")]
+    captions = re.findall(r"<figcaption>(?:best|worst): <b>([^<]+)</b>", html)
+    assert captions and all(re.fullmatch(r"hazelnut/test/(good|colour)/\d+\.jpg", c) for c in captions)
+    scores = re.findall(r"score (\d\.\d+)</figcaption>", html)
+    assert len(set(scores)) == len(scores)  # enough digits to tell the cases apart
+    assert 'id="random-weights"' in html and "not the method" in html
+    assert "config.image_size •" in html  # changed from the default: marked
+    rows = (tmp_path / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("dataset,class,defect,images,image_auroc")
+    assert any(r.startswith("MVTec_derived_hazelnut_toy,hazelnut,colour,17,") for r in rows)
+    assert "http" not in html.replace("http-equiv", "")  # self-contained: nothing fetched
+
+
+def test_per_defect_metrics_equal_sklearn_on_each_subset(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    generate(root, size=64, train=0, good=4, per_defect=3, seed=7)
+    detector = tiny_detector()
+    randomize_learnable(detector.model)
+    index = load_dataset(root)
+    results = evaluate(detector, [index], tmp_path / "ev", cases=1)
+    checked = 0
+    for r in results:
+        samples = index.by_class()[r.cls]
+        detector.set_class(r.cls)
+        predictions = list(detector.run([s.image for s in samples], own_size=False))
+        scores = np.array([p.pred_score for p in predictions])
+        maps = np.stack([p.anomaly_map for p in predictions]).astype(np.float16).astype(np.float64)
+        masks = np.stack([sample_mask(s, detector.image_size) for s in samples])
+        defects = np.array([s.defect for s in samples])
+        labels = np.array([s.label for s in samples])
+        rows = {row["defect"]: row for row in r.defects}
+        assert rows["good"]["images"] == int((labels == 0).sum())
+        for defect in sorted(set(defects[labels == 1])):
+            subset = (labels == 0) | (defects == defect)
+            assert rows[defect]["images"] == int((defects == defect).sum())
+            assert rows[defect]["image_auroc"] == pytest.approx(roc_auc_score(labels[subset], scores[subset]), abs=1e-9)
+            want = roc_auc_score(masks[subset].ravel(), maps[subset].ravel())
+            assert rows[defect]["pixel_auroc"] == pytest.approx(want, abs=1e-6)
+            checked += 1
+    assert checked >= 2
+
+
+def test_detect_report_on_1000_images_keeps_memory_bounded_and_shows_both_ends(tmp_path: Path) -> None:
+    """Python-side peak (tracemalloc: numpy and PIL buffers included, torch's own allocator not) over the whole
+    run and report, against a bound far below what keeping every picture would take (1000 overlays at 32 x 32 and
+    their maps: about 10 MB as arrays, many times that as the report's inline PNGs)."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1000):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:04d}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    detector = tiny_detector(batch_size=16)
+    tracemalloc.start()
+    try:
+        summary = detect_files(detector, [folder], tmp_path / "out")
+        report = write_report(RunFolder(tmp_path / "out"), 5, summary.failed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+    html = report.read_text()
+    pictures = _images(html)
+    assert sum(len(v) for k, v in pictures.items() if k.startswith("overlay of")) == 10
+    assert "broken.png" in html and "1000 images scored, 1 could not be read" in html
+    assert len(pictures["score histogram"]) == 1
+
+
+def test_a_narrow_band_of_map_values_spans_the_colour_map_and_a_threshold_sits_at_its_middle() -> None:
+    rng = np.random.default_rng(0)
+    maps = rng.uniform(0.45, 0.55, size=(4, 64, 64))
+    image = np.zeros((64, 64, 3), np.uint8)
+    low, high = np.unravel_index(maps[0].argmin(), (64, 64)), np.unravel_index(maps[0].argmax(), (64, 64))
+
+    def painted(scale_mode: str, threshold: float | None = None) -> np.ndarray:
+        scale = choose_scale(scale_mode, spread(maps), threshold)
+        return overlay(image, maps[0], scale, alpha=1.0).astype(int)
+
+    fixed = painted("fixed")  # 0..1: every pixel green-ish, blue and red channels close
+    assert np.abs(fixed[..., 0] - fixed[..., 2]).max() < 120
+    run = painted("run")  # the run's spread: the lowest value is jet's dark blue (0, 0, 128), the highest dark red
+    assert run[low][2] >= 120 and run[low][0] < 10
+    assert run[high][0] >= 120 and run[high][2] < 10
+    spans = [np.abs(run[..., c].max() - run[..., c].min()) for c in range(3)]
+    assert min(spans) > 200  # every channel swings across the map: visible contrast
+    scale = choose_scale("threshold", spread(maps), 0.52)
+    assert (scale.vmin + scale.vmax) / 2 == pytest.approx(0.52)
+    middle = overlay(image, np.full((8, 8), 0.52), scale, alpha=1.0)[0, 0]
+    # jet's middle colour: r = b = 1.5 - |4 * 0.5 - 3| = 0.5, g = 1 (to one level: 0.52 is not exact in float32)
+    assert np.abs(middle.astype(int) - (128, 255, 128)).max() <= 1
+    bar = colour_bar(400, scale)
+    white = np.flatnonzero((bar[0] == 255).all(axis=1))  # the threshold's tick on the bar's first row
+    assert white.size and abs(white.mean() - 199.5) <= 2
+
+
+def test_the_report_lays_out_kolektor_parts_tall_in_chromium(shared_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    assert main(["evaluate", str(shared_data / "KolektorSDD"), "--out", str(out), "--cases", "2", *TINY_FLAGS]) == 0
+    browser = chromium()
+    try:
+        browser.get((out / "report.html").as_uri())
+        sizes = browser.execute_script(
+            "return [...document.querySelectorAll('.cases img')].map(i => [i.naturalWidth, i.naturalHeight, "
+            "i.getBoundingClientRect().width, i.getBoundingClientRect().height])"
+        )
+        browser.save_screenshot(str(tmp_path / "report.png"))
+    finally:
+        browser.quit()
+    assert len(sizes) == 4
+    for natural_w, natural_h, shown_w, shown_h in sizes:
+        assert shown_w / shown_h == pytest.approx(natural_w / natural_h, rel=0.02)  # laid out unsquashed
+        assert natural_w < natural_h * 1.6  # three tall panels (500 x ~1250 each), not three squares
+    assert Image.open(tmp_path / "report.png").size[0] > 0
