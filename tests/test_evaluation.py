@@ -62,7 +62,7 @@ def test_per_class_metrics_equal_references_on_the_detectors_outputs(synthetic: 
         assert len(r.cases) == 4 and all((tmp_path / c.picture).is_file() for c in r.cases)
         assert {c.kind for c in r.cases} == {"best", "worst"}
     assert "| **mean** |" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("dataset,class,images,image_auroc")
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("dataset,class,defect,images,image_auroc")
 
 
 def _mask(path: Path | None, size: int) -> np.ndarray:

@@ -976,10 +976,13 @@ DETECT_EPILOG = """examples:
   kanoclip detect line3/ --reference good_parts/ --class-name screw   few-shot: a few good parts as references
   kanoclip detect examples --backbone kanoclip-tiny --pretrained none --image-size 112   offline smoke run
   kanoclip detect line3.mp4 --fps 2 --annotate --reference good_parts/     per-frame scores and an annotated video
+  kanoclip detect line3/ --class-name screw --report 12       report.html: histogram, 12 most/least anomalous
+  kanoclip detect line3/ --calibration cal.json --overlay-scale threshold     the pixel threshold mid-scale
 
-writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.png (heatmap overlay) and DIR/maps/<name>.npy (the map
-at the image's own size). A file that cannot be read is reported and skipped; exit status 1 if any was skipped, 2 for
-a usage or input error, 3 when the disk filled up. Rerunning the same command resumes an interrupted run; another
+writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.overlay.png (heatmap overlay with its colour bar) and
+DIR/maps/<name>.npy (the map at the image's own size); the overlays' colour scale is in DIR/run.json. A file that
+cannot be read is reported and skipped; exit status 1 if any was skipped, 2 for a usage or input error, 3 when the
+disk filled up. Rerunning the same command resumes an interrupted run; another
 run's outputs in DIR are refused unless --overwrite.
 """
 
@@ -988,8 +991,9 @@ EVALUATE_EPILOG = """examples:
   kanoclip evaluate /data/KolektorSDD --layout kolektor-thirds --aupro anomalyclip
   kanoclip evaluate /data/mvtec --shots 4 --shot-seeds 0,1,2        few-shot: 4 train images per class as references
 
-writes results.md, results.csv, results.json (per class and mean: image AUROC/AP/F1-max, pixel AUROC/AP/F1-max,
-AUPRO) and report.html with the best and worst images of each class.
+writes results.md, results.csv, results.json (per class, per defect type and mean: image AUROC/AP/F1-max, pixel
+AUROC/AP/F1-max, AUPRO) and a self-contained report.html: per class ROC and PR curves, a score histogram with the
+thresholds, the per-defect table and the best and worst images; with --shots, error bars over the seeds.
 """
 
 EXPORT_EPILOG = """examples:
