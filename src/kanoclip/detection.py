@@ -31,7 +31,7 @@ from .inputs import expand_inputs
 from .model import KAnoCLIP
 from .references import ReferenceBank, encode_good_parts
 from .thresholds import Thresholds, read_standalone
-from .visualize import OverlayScale, check_scale, choose_scale, needs_spread, overlay, spread, with_colour_bar
+from .visualize import OverlayScale, check_scale, choose_scale, overlay, spread, with_colour_bar
 
 NON_FINITE = (
     "the model gave a non-finite score or map (NaN or inf): its weights, checkpoint or reference bank are damaged"
@@ -315,6 +315,11 @@ class Detector:
         """The scale as `run.json` records it, with the spread it came from, so a resumed run keeps it."""
         return {**self.overlay_scale.to_dict(), "spread": None if self._spread is None else list(self._spread)}
 
+    @property
+    def overlay_scale_fitted(self) -> bool:
+        """Whether the scale's ends are settled (a `fixed` scale always is)."""
+        return self._spread is not None or self.run_config.overlay_scale == "fixed"
+
     def resume_overlay_scale(self, record: dict[str, Any] | None) -> None:
         """Take the spread a run recorded (`overlay_record`) instead of fitting one on this process's first batch."""
         if record and record.get("spread"):
@@ -324,7 +329,7 @@ class Detector:
     def fit_overlay_scale(self, images: Sequence[ImageLike]) -> None:
         """Fix the scale from these images' maps (the run's first batch) before anything else runs: what each Ray
         actor does so that all of them paint on the scale a local run would have."""
-        if self._spread is None and needs_spread(self.run_config.overlay_scale) and images:
+        if not self.overlay_scale_fitted and images:
             self.predict_many(images)
 
     def paint(self, rgb: NDArray[np.uint8], p: Prediction) -> NDArray[np.uint8]:
@@ -341,7 +346,7 @@ class Detector:
         if isinstance(self.backend, TorchBackend) and self.backend.owner is not self:
             self._apply()
         scores, maps = self.backend.forward(pixels)
-        if self._spread is None and needs_spread(self.run_config.overlay_scale):
+        if not self.overlay_scale_fitted:
             self._spread = spread(maps.numpy())
         return scores, maps
 

@@ -230,7 +230,7 @@ def detect_files(
     if resumed:  # the overlays of a resumed run keep the scale its first batch set
         detector.resume_overlay_scale(folder.read_run().get("overlay_scale"))
     folder.write_run(inputs, detector.describe(), identity)
-    scale_recorded = detector.overlay_record()["spread"] is not None
+    scale_recorded = detector.overlay_scale_fitted
     todo = [p for p in paths if str(p) not in done]
     if done:
         print(f"{len(paths)} images; {len(paths) - len(todo)} already scored in {folder.out}; {len(todo)} to score")
@@ -244,7 +244,7 @@ def detect_files(
     with partial.open("a", newline="") as f:
         writer = csv.writer(f)
         for path, p in zip(todo, detector.run(todo, keep_image=save_maps, progress=bar), strict=True):
-            if not scale_recorded:  # the first batch fixed the overlay scale: run.json says which
+            if not scale_recorded and detector.overlay_scale_fitted:  # run.json says which scale the first batch set
                 folder.write_run(inputs, detector.describe(), identity)
                 scale_recorded = True
             rows[str(path)] = row = folder.write_image(names[path], p, detector)

@@ -14,6 +14,7 @@ The chosen scale is recorded (`run.json`, answers) and every overlay carries a c
 
 from __future__ import annotations
 
+import functools
 import io
 from dataclasses import asdict, dataclass
 
@@ -49,10 +50,6 @@ def spread(maps: NDArray[np.floating]) -> tuple[float, float]:
         return 0.0, 1.0
     lo, hi = np.percentile(values, SPREAD_PERCENTILES)
     return float(lo), float(hi)
-
-
-def needs_spread(mode: str) -> bool:
-    return mode != "fixed"
 
 
 def check_scale(mode: str, threshold: float | None) -> None:
@@ -107,14 +104,17 @@ def overlay(
     return out
 
 
+@functools.lru_cache(maxsize=64)
 def bar_height(width: int) -> int:
     """The height of the colour bar under a picture `width` wide (an overlay is its image plus this)."""
     bar_h = max(8, width // 48)
     return bar_h + int(_font(max(10, bar_h)).getbbox("0.0")[3]) + 4
 
 
+@functools.lru_cache(maxsize=64)
 def colour_bar(width: int, scale: OverlayScale) -> NDArray[np.uint8]:
-    """A strip `width` wide: the colour map from `vmin` to `vmax`, the threshold ticked, the three values written."""
+    """A strip `width` wide: the colour map from `vmin` to `vmax`, the threshold ticked, the three values written.
+    Cached: a run draws the same bar under every overlay of one width."""
     bar_h = max(8, width // 48)
     values = np.linspace(scale.vmin, scale.vmax, width, dtype=np.float32)[None, :].repeat(bar_h, axis=0)
     bar = colorize(values, scale.vmin, scale.vmax)
@@ -131,7 +131,9 @@ def colour_bar(width: int, scale: OverlayScale) -> NDArray[np.uint8]:
         draw.line([(x, 0), (x, bar_h - 1)], fill=(255, 255, 255), width=max(1, width // 200))
         label = f"t={scale.threshold:.{digits}f}"
         draw.text((x - draw.textlength(label, font=font) / 2, bar_h + 1), label, fill=(255, 255, 255), font=font)
-    return np.asarray(strip)
+    out = np.asarray(strip).copy()
+    out.flags.writeable = False  # shared by the cache
+    return out
 
 
 def with_colour_bar(picture: NDArray[np.uint8], scale: OverlayScale) -> NDArray[np.uint8]:
@@ -145,6 +147,7 @@ def _digits(scale: OverlayScale) -> int:
     return int(min(6, max(2, np.ceil(-np.log10(width)) + 2)))
 
 
+@functools.lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
