@@ -23,6 +23,7 @@ from sqlalchemy import select
 from kanoclip import database as db
 from kanoclip.cli import main
 from kanoclip.errors import ConfigError
+from kanoclip.hotfolder import HotFolder
 from kanoclip.station import Station
 from kanoclip.thresholds import Thresholds
 from kanoclip.watch import LocalScorer, WatchConfig, Watcher
@@ -92,6 +93,29 @@ def test_files_copied_in_slowly_are_scored_once_and_complete(tmp_path: Path, sha
     recorded = rows(station)
     assert len(recorded) == 1 and recorded[0]["error"] is None
     assert recorded[0]["image_sha256"] == hashlib.sha256(data).hexdigest()  # the whole file, not a part
+
+
+def test_a_file_that_arrives_before_the_observer_runs_is_neither_missed_nor_skipped(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """A watcher is built (the folder listed), then started: a file written in between must still be scored."""
+    data = bottles(shared_data, 1)[0].read_bytes()
+    for existing in ("score", "skip"):
+        inbox = tmp_path / existing
+        inbox.mkdir()
+        (inbox / "before.png").write_bytes(data)
+        hot = HotFolder(inbox, settle_s=0.2, max_wait_s=30, poll=False, existing=existing)
+        (inbox / "between.png").write_bytes(data)
+        hot.start()
+        try:
+            found: list[str] = []
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and len(found) < 2:
+                found += [p.name for p in hot.ready()[0]]
+                time.sleep(0.05)
+        finally:
+            hot.stop()
+        assert sorted(found) == (["before.png", "between.png"] if existing == "score" else ["between.png"]), existing
 
 
 def test_ng_dir_receives_exactly_the_ng_files_and_ok_dir_the_rest(tmp_path: Path, shared_data: Path) -> None:

@@ -20,6 +20,14 @@ WRITES = ("created", "modified", "moved", "closed")  # watchdog's event types th
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".filepart")
 
 
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 @dataclass
 class _Pending:
     first_seen: float
@@ -39,11 +47,9 @@ class HotFolder:
         self.lock = threading.Lock()
         self.poll = poll
         self.observer: object | None = None
-        if existing == "score":
-            now = time.monotonic()
-            for path in sorted(self.folder.rglob("*")):
-                if self.wanted(path):
-                    self.pending[path] = _Pending(now)
+        # With `skip`, what is here now is left alone; the folder is scanned again once the observer runs, so a file
+        # that arrives between now and then is neither skipped nor missed.
+        self.skipped = {path: _identity(path) for path in self._files()} if existing == "skip" else {}
 
     def wanted(self, path: Path) -> bool:
         rel = path.relative_to(self.folder) if path.is_relative_to(self.folder) else path
@@ -70,6 +76,14 @@ class HotFolder:
         observer.daemon = True
         observer.start()
         self.observer = observer
+        now = time.monotonic()
+        with self.lock:
+            for path in self._files():
+                if self.skipped.get(path) != _identity(path):
+                    self.pending.setdefault(path, _Pending(now))
+
+    def _files(self) -> list[Path]:
+        return [path for path in sorted(self.folder.rglob("*")) if self.wanted(path)]
 
     def stop(self) -> None:
         if self.observer is not None:
