@@ -81,6 +81,7 @@ class HotFolder:
             for path in self._files():
                 if self.skipped.get(path) != _identity(path):
                     self.pending.setdefault(path, _Pending(now))
+        self.skipped.clear()  # later changes to a skipped file arrive as events
 
     def _files(self) -> list[Path]:
         return [path for path in sorted(self.folder.rglob("*")) if self.wanted(path)]
