@@ -366,6 +366,8 @@ def add_knowledge_options(parser: argparse.ArgumentParser) -> None:
     images = sub.add_parser("images", help="one description per image of an auxiliary dataset from a vision model")
     images.add_argument("dataset", metavar="DIR", help="the auxiliary dataset (its test split, as in training)")
     images.add_argument("--layout", help="dataset layout, when detection is ambiguous")
+    check = sub.add_parser("check", help="lint a knowledge file (no server): lengths, articles, repeats, naming")
+    check.add_argument("file", nargs="?", metavar="FILE", help="a general-knowledge JSON (default: the shipped base)")
     for p in (general, images):
         p.add_argument("--out", required=True, metavar="FILE", help="the knowledge JSON to write")
         p.add_argument(
@@ -393,6 +395,8 @@ def cmd_knowledge(args: argparse.Namespace) -> int:
     from .knowledge.client import ChatClient, ServerConfig
     from .knowledge.generate import generate_general, generate_images, load_templates
 
+    if args.what == "check":
+        return _check_knowledge(args.file)
     client = ChatClient(ServerConfig(args.base_url, args.model, args.api_key, args.timeout, args.retries))
     cache, templates = AnswerCache(args.cache), load_templates(args.templates)
     if args.what == "general":
@@ -411,6 +415,20 @@ def cmd_knowledge(args: argparse.Namespace) -> int:
     for failure in progress.failures:
         print(f"  failed: {failure['item']}: {failure['reason']}", file=sys.stderr)
     return 1 if progress.failed else 0
+
+
+def _check_knowledge(path: str | None) -> int:
+    from .knowledge.base import KnowledgeBase
+    from .knowledge.lint import defect_types, lint_base
+
+    knowledge = KnowledgeBase.load(path)
+    problems = lint_base(knowledge.classes, defect_types())
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    counts = sum(len(e.normal) + len(e.abnormal) for e in knowledge.classes.values())
+    where = path or "the shipped knowledge base"
+    print(f"{where}: {len(knowledge.classes)} classes, {counts} sentences, {len(problems)} problem(s)")
+    return 1 if problems else 0
 
 
 def add_train_options(parser: argparse.ArgumentParser, data: bool = True) -> None:
@@ -1022,8 +1040,10 @@ KNOWLEDGE_EPILOG = """examples:
   kanoclip knowledge general bottle screw --base-url http://localhost:11434/v1 --model llama3.1 --out k.json
   kanoclip knowledge images /data/mvtec --base-url http://localhost:8000/v1 --model Llama-3.2-11B-Vision \\
       --out mvtec_vqa.json
+  kanoclip knowledge check k.json                     lint a file you wrote or edited (no server)
 
-the package ships a general knowledge base for every class of the field; these commands rebuild it with your server.
+the package ships a general knowledge base for every class of the field's benchmarks, written by hand (its header says
+how); these commands rebuild it with your server, and what the server answers passes the same lint as `check`.
 """
 
 

@@ -1,13 +1,15 @@
 """The knowledge base: normal/abnormal sentences per class (LLM) and one sentence per image (VQA) (SPEC §3.2.1, I6).
 
-A general-knowledge file is {"header": {...}, "classes": {name: {"normal": [...], "abnormal": [...], "aliases": [...]}},
-"failures": [...]}; an image-knowledge file is {"header": {...}, "images": {path: {"label": 0|1, "text": ...}},
-"failures": [...]}. The package ships a general file for every class of the field plus class-agnostic "object".
+A general-knowledge file is {"header": {...}, "classes": {key: {"subject", "datasets", "names", "aliases", "terms",
+"normal": [...], "abnormal": [...]}}, "failures": [...]}; an image-knowledge file is {"header": {...}, "images": {path:
+{"label": 0|1, "text": ...}}, "failures": [...]}. The package ships a general file for every class of the field's
+benchmarks plus class-agnostic "object", and beside it the published defect types per entry (`defect_types.json`).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,9 +23,28 @@ AGNOSTIC = "object"
 
 @dataclass
 class ClassKnowledge:
+    """One entry. `subject` fills the prompts' {name} ("metal nut"); `names` are class names served exactly (VisA's
+    pcb1..pcb3 share one entry); `aliases` are folder-name fragments ("kvasir" in "kvasir_seg"); `terms` are the
+    words by which a sentence names the object (the lint's check)."""
+
     normal: list[str]
     abnormal: list[str]
     aliases: list[str] = field(default_factory=list)
+    subject: str = ""
+    datasets: list[str] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    terms: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "datasets": self.datasets,
+            "names": self.names,
+            "aliases": self.aliases,
+            "terms": self.terms,
+            "normal": self.normal,
+            "abnormal": self.abnormal,
+        }
 
 
 @dataclass
@@ -54,28 +75,42 @@ class KnowledgeBase:
             normal, abnormal = entry.get("normal") or [], entry.get("abnormal") or []
             if not normal or not abnormal:
                 raise KnowledgeError(f"{where}: class {name!r} needs both normal and abnormal sentences")
-            classes[name] = ClassKnowledge(list(normal), list(abnormal), list(entry.get("aliases", [])))
+            classes[name] = ClassKnowledge(
+                list(normal),
+                list(abnormal),
+                list(entry.get("aliases", [])),
+                str(entry.get("subject", "")),
+                list(entry.get("datasets", [])),
+                list(entry.get("names", [])),
+                list(entry.get("terms", [])),
+            )
         return cls(classes, document.get("header", {}))
 
     def lookup(self, name: str) -> tuple[str, ClassKnowledge]:
-        """The entry for a class name as a loader reports it: exact, case-insensitive, alias, else "object"."""
+        """The entry for a class name as a loader reports it: the key, one of its names (either exact or ignoring
+        case), the longest alias that starts a word of the name ("kvasir" in "kvasir_seg" but "hyperkvasir" in
+        "hyperkvasir"; "his" not in "this"), else "object"."""
         if name in self.classes:
             return name, self.classes[name]
         lowered = name.lower()
         for key, entry in self.classes.items():
-            if key.lower() == lowered:
+            if lowered in (n.lower() for n in [key, *entry.names]):
                 return key, entry
-        for key, entry in self.classes.items():
-            if any(alias in lowered for alias in entry.aliases):
-                return key, entry
+        matches = [
+            (len(alias), key)
+            for key, entry in self.classes.items()
+            for alias in entry.aliases
+            if re.search(rf"(?<![a-z]){re.escape(alias.lower())}", lowered)
+        ]
+        if matches:
+            key = max(matches)[1]
+            return key, self.classes[key]
         if AGNOSTIC not in self.classes:
             raise KnowledgeError(f"no knowledge for class {name!r} and no class-agnostic {AGNOSTIC!r} entry")
         return AGNOSTIC, self.classes[AGNOSTIC]
 
     def save(self, path: str | Path, failures: list[dict[str, str]] | None = None) -> None:
-        classes = {
-            k: {"aliases": v.aliases, "normal": v.normal, "abnormal": v.abnormal} for k, v in self.classes.items()
-        }
+        classes = {k: v.to_json() for k, v in self.classes.items()}
         document = {"header": self.header, "classes": classes, "failures": failures or []}
         atomic_write_json(Path(path), document)
 

@@ -59,19 +59,26 @@ def training_free_text(
     """[t_n, t_a] (2, D) for a class in training-free mode, and a record of what made them.
 
     `config.training_free_text`: "knowledge" = the mean of the class's knowledge sentences (the shipped base looks the
-    class up by name and alias, else "object"); "ensemble" = the mean of the WinCLIP-style prompt ensemble for the
-    class name; "knowledge+ensemble" = the normalised mean of the two unit means.
+    class up by name and alias, else "object"); "ensemble" = the mean of the WinCLIP-style prompt ensemble for what
+    the entry calls the class (BTAD's "01" is "industrial product"; an unknown class keeps its own name);
+    "knowledge+ensemble" = the normalised mean of the two unit means.
     """
     source = model.config.training_free_text
     knowledge = knowledge or KnowledgeBase.load()
-    key, _ = knowledge.lookup(cls)
+    key, entry = knowledge.lookup(cls)
+    called = entry.subject if key != AGNOSTIC and entry.subject else cls
     parts: list[torch.Tensor] = []
     if "knowledge" in source:
         parts.append(knowledge_targets(model, knowledge, key).means())
     if "ensemble" in source:
-        normal, abnormal = ensemble_sentences(cls)
+        normal, abnormal = ensemble_sentences(called)
         embeddings = encode_sentences(model, normal + abnormal)
         parts.append(KnowledgeTargets(embeddings[: len(normal)], embeddings[len(normal) :]).means())
     text = F.normalize(torch.stack(parts).mean(0), dim=-1)
-    record = {"class": cls, "source": source, "knowledge_entry": key if "knowledge" in source else None}
+    record = {
+        "class": cls,
+        "source": source,
+        "knowledge_entry": key if "knowledge" in source else None,
+        "ensemble_name": called if "ensemble" in source else None,
+    }
     return text, record

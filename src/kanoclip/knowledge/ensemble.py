@@ -2,10 +2,13 @@
 every state word (how a normal or a defective object is described) inside every template (how a photo is
 described), for the class name. The averaged embeddings are steadier than any one sentence.
 
-The lists are ours; the idea (state words x templates, averaged per state) is the paper's.
+The lists are ours; the idea (state words x templates, averaged per state) is the paper's. Articles follow the filled
+words ("an unblemished bottle", "an object").
 """
 
 from __future__ import annotations
+
+from .lint import agree
 
 NORMAL_STATES = (
     "{}",
@@ -48,6 +51,6 @@ def ensemble_sentences(name: str) -> tuple[list[str], list[str]]:
     word = name.replace("_", " ").strip() or "object"
 
     def fill(states: tuple[str, ...]) -> list[str]:
-        return [template.format(state.format(word)) for state in states for template in TEMPLATES]
+        return [agree(template.format(state.format(word))) for state in states for template in TEMPLATES]
 
     return fill(NORMAL_STATES), fill(ABNORMAL_STATES)

@@ -2,7 +2,8 @@
 
 Our prompts are in `templates/` (the paper's exact prompts are unknown, SPEC §3.2.1); `--templates DIR` replaces
 them. Answers pass through the cache, so a re-run asks only what is missing; an answer that parses to nothing is
-asked again and, if it stays unusable, recorded under "failures" with the reason.
+asked again and, if it stays unusable, recorded under "failures" with the reason. General sentences pass the lint
+(`lint.py`) before they are kept; a dropped sentence is recorded under "failures" with the lint's reason.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from ..datasets import DatasetIndex
 from ..errors import KnowledgeError
 from ..images import read_image
 from ..visualize import to_png
-from .base import ClassKnowledge, KnowledgeBase, image_key
+from .base import AGNOSTIC, ClassKnowledge, KnowledgeBase, image_key
 from .cache import AnswerCache, answer_key
 from .client import AnswerFailed, ChatClient
+from .lint import sentence_problems, with_article, words
 
 TEMPLATES = ("general_normal", "general_abnormal", "image_normal", "image_anomalous")
 MAX_TOKENS = 77
@@ -33,7 +35,8 @@ _BULLET = re.compile(r"^\s*(?:[-*•]+|\(?\d+[.)]|[a-z][.)])\s*")
 
 
 def load_templates(directory: str | Path | None = None) -> dict[str, str]:
-    """Our prompt templates, or a folder with files of the same names (`{name}` is the class)."""
+    """Our prompt templates, or a folder with files of the same names (`{name}` is the class, `{a_name}` the class
+    with its article: "an object", "a bottle")."""
     templates = {}
     for name in TEMPLATES:
         if directory is None:
@@ -45,6 +48,10 @@ def load_templates(directory: str | Path | None = None) -> dict[str, str]:
             text = path.read_text()
         templates[name] = " ".join(text.split())
     return templates
+
+
+def fill(template: str, name: str) -> str:
+    return template.format(name=name, a_name=with_article(name))
 
 
 def parse_sentences(answer: str, limit: int | None = None) -> list[str]:
@@ -89,30 +96,62 @@ def _answer(
     raise AnswerFailed(f"no usable sentence in the answer {answer[:80]!r}")
 
 
+def _asked_about(name: str, shipped: KnowledgeBase) -> ClassKnowledge:
+    """What the prompts call a class and the words its answers must name: the shipped entry's when the class is one
+    of the field's ("metal_nut" is asked about as "metal nut"), else the class name's own words and the generic
+    terms of the class-agnostic entry ("the part ...")."""
+    key, entry = shipped.lookup(name)
+    if key != AGNOSTIC or name == AGNOSTIC:
+        return ClassKnowledge([], [], entry.aliases, entry.subject, entry.datasets, entry.names, entry.terms)
+    own = [w for w in words(name.replace("_", " ")) if not w.isdigit()]
+    return ClassKnowledge([], [], subject=" ".join(own) or AGNOSTIC, terms=[*own, *entry.terms])
+
+
 def generate_general(
     client: ChatClient, classes: Iterable[str], cache: AnswerCache, templates: dict[str, str]
 ) -> tuple[KnowledgeBase, Progress]:
-    """Normal and abnormal sentences for each class (the class name fills `{name}`)."""
-    progress, entries = Progress(), {}
+    """Normal and abnormal sentences for each class; each kept sentence passes the lint for that class."""
+    progress, entries, shipped = Progress(), {}, KnowledgeBase.load()
     names = list(classes)
     bar = tqdm(total=2 * len(names), desc="general knowledge", unit="question")
     for name in names:
-        states: dict[str, list[str]] = {}
+        entry = _asked_about(name, shipped)
         for state in ("normal", "abnormal"):
-            prompt = templates[f"general_{state}"].format(name=name.replace("_", " "))
             try:
-                states[state] = [s for s in _answer(client, cache, prompt, None) if token_count(s) <= MAX_TOKENS]
+                kept = _linted(
+                    _answer(client, cache, fill(templates[f"general_{state}"], entry.subject), None),
+                    entry.terms,
+                    f"{name}/{state}",
+                    progress,
+                )
+                if not kept:
+                    raise AnswerFailed("no sentence passed the lint")
+                getattr(entry, state).extend(kept)
                 progress.done += 1
             except AnswerFailed as e:
                 progress.failed += 1
                 progress.failures.append({"item": f"{name}/{state}", "reason": str(e)})
             bar.update()
             bar.set_postfix(done=progress.done, failed=progress.failed)
-        if states.get("normal") and states.get("abnormal"):
-            entries[name] = ClassKnowledge(states["normal"], states["abnormal"])
+        if entry.normal and entry.abnormal:
+            entries[name] = entry
     bar.close()
     header = {"written_by": f"kanoclip knowledge general, model {client.model}", "templates": templates}
     return KnowledgeBase(entries, header), progress
+
+
+def _linted(sentences: list[str], terms: list[str], item: str, progress: Progress) -> list[str]:
+    """The sentences that fit CLIP's context and pass the lint; the others are recorded with the reason."""
+    kept = []
+    for sentence in sentences:
+        problems = sentence_problems(sentence, terms)
+        if token_count(sentence) > MAX_TOKENS:
+            problems.append(f"over {MAX_TOKENS} CLIP tokens")
+        if problems:
+            progress.failures.append({"item": item, "reason": f"dropped {sentence!r}: {'; '.join(problems)}"})
+        elif sentence not in kept:
+            kept.append(sentence)
+    return kept
 
 
 def generate_images(
@@ -123,7 +162,7 @@ def generate_images(
     bar = tqdm(index.test, desc="image knowledge", unit="image")
     for sample in bar:
         template = templates["image_anomalous" if sample.label else "image_normal"]
-        prompt = template.format(name=sample.cls.replace("_", " "))
+        prompt = fill(template, sample.cls.replace("_", " "))
         try:
             raw = sample.image.read_bytes()
         except OSError as e:
