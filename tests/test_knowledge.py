@@ -205,6 +205,7 @@ def test_image_questions_send_the_image_inline_as_a_data_url(tmp_path: Path) -> 
     for sample, request in zip(index.test, server.requests, strict=True):
         text, image = request["messages"][0]["content"]
         assert ("defect" in text["text"]) == bool(sample.label)
+        assert (f"image of a {sample.cls} contains" if sample.label else f"of the {sample.cls} in") in text["text"]
         url = image["image_url"]["url"]
         assert url.startswith("data:image/png;base64,")
         assert base64.b64decode(url.split(",", 1)[1]) == sample.image.read_bytes()

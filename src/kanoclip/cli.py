@@ -385,7 +385,9 @@ def add_knowledge_options(parser: argparse.ArgumentParser) -> None:
             metavar="FILE",
             help="answer cache: a re-run asks only what is missing",
         )
-        p.add_argument("--templates", metavar="DIR", help="prompt templates replacing ours (same file names)")
+        p.add_argument(
+            "--templates", metavar="DIR", help="prompt templates replacing ours (same file names; {name}, {a_name})"
+        )
 
 
 def cmd_knowledge(args: argparse.Namespace) -> int:

@@ -157,12 +157,13 @@ def _linted(sentences: list[str], terms: list[str], item: str, progress: Progres
 def generate_images(
     client: ChatClient, index: DatasetIndex, cache: AnswerCache, templates: dict[str, str]
 ) -> tuple[dict[str, Any], Progress]:
-    """One description per test image of an auxiliary dataset, with the image sent inline."""
-    progress, images = Progress(), {}
+    """One description per test image of an auxiliary dataset, with the image sent inline; the prompt calls the class
+    what its knowledge entry does (BTAD's "01" is an "industrial product")."""
+    progress, images, shipped = Progress(), {}, KnowledgeBase.load()
     bar = tqdm(index.test, desc="image knowledge", unit="image")
     for sample in bar:
         template = templates["image_anomalous" if sample.label else "image_normal"]
-        prompt = fill(template, sample.cls.replace("_", " "))
+        prompt = fill(template, _asked_about(sample.cls, shipped).subject)
         try:
             raw = sample.image.read_bytes()
         except OSError as e:
