@@ -177,3 +177,6 @@ def test_knowledge_check_lints_a_file_and_says_what_is_wrong(
     err = capsys.readouterr().err
     assert "'a' before 'object'" in err and "1 distinct sentences (at least 8)" in err
     assert main(["knowledge", "check", str(tmp_path / "missing.json")]) != 0
+    bad.write_text(json.dumps({"classes": {"gear": ["a gear."]}}))
+    assert main(["knowledge", "check", str(bad)]) != 0
+    assert "class 'gear' must be an object" in capsys.readouterr().err

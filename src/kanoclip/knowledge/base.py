@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,17 +34,6 @@ class ClassKnowledge:
     datasets: list[str] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
     terms: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "datasets": self.datasets,
-            "names": self.names,
-            "aliases": self.aliases,
-            "terms": self.terms,
-            "normal": self.normal,
-            "abnormal": self.abnormal,
-        }
 
 
 @dataclass
@@ -72,17 +61,14 @@ class KnowledgeBase:
             raise KnowledgeError(f"{where}: expected a 'classes' mapping (written by `kanoclip knowledge general`)")
         classes = {}
         for name, entry in entries.items():
+            if not isinstance(entry, dict):
+                raise KnowledgeError(f"{where}: class {name!r} must be an object with 'normal' and 'abnormal' lists")
             normal, abnormal = entry.get("normal") or [], entry.get("abnormal") or []
             if not normal or not abnormal:
                 raise KnowledgeError(f"{where}: class {name!r} needs both normal and abnormal sentences")
+            described = {f: list(entry.get(f, [])) for f in ("aliases", "datasets", "names", "terms")}
             classes[name] = ClassKnowledge(
-                list(normal),
-                list(abnormal),
-                list(entry.get("aliases", [])),
-                str(entry.get("subject", "")),
-                list(entry.get("datasets", [])),
-                list(entry.get("names", [])),
-                list(entry.get("terms", [])),
+                list(normal), list(abnormal), subject=str(entry.get("subject", "")), **described
             )
         return cls(classes, document.get("header", {}))
 
@@ -110,7 +96,7 @@ class KnowledgeBase:
         return AGNOSTIC, self.classes[AGNOSTIC]
 
     def save(self, path: str | Path, failures: list[dict[str, str]] | None = None) -> None:
-        classes = {k: v.to_json() for k, v in self.classes.items()}
+        classes = {k: asdict(v) for k, v in self.classes.items()}
         document = {"header": self.header, "classes": classes, "failures": failures or []}
         atomic_write_json(Path(path), document)
 

@@ -12,7 +12,7 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ def _asked_about(name: str, shipped: KnowledgeBase) -> ClassKnowledge:
     terms of the class-agnostic entry ("the part ...")."""
     key, entry = shipped.lookup(name)
     if key != AGNOSTIC or name == AGNOSTIC:
-        return ClassKnowledge([], [], entry.aliases, entry.subject, entry.datasets, entry.names, entry.terms)
+        return replace(entry, normal=[], abnormal=[])
     own = [w for w in words(name.replace("_", " ")) if not w.isdigit()]
     return ClassKnowledge([], [], subject=" ".join(own) or AGNOSTIC, terms=[*own, *entry.terms])
 

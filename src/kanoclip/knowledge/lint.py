@@ -97,13 +97,13 @@ def sentence_problems(sentence: str, terms: Iterable[str]) -> list[str]:
 
 def lint_entry(key: str, entry: ClassKnowledge, minimum: int = MIN_SENTENCES) -> list[Problem]:
     """Per-sentence problems, repeats within the entry and too few distinct sentences per state."""
-    found, seen = [], set()
+    found, seen, terms = [], set(), class_terms(key, entry)
     for state, sentences in (("normal", entry.normal), ("abnormal", entry.abnormal)):
         distinct = {_normalised(s) for s in sentences}
         if len(distinct) < minimum:
             found.append(Problem(key, state, "", f"{len(distinct)} distinct sentences (at least {minimum})"))
         for sentence in sentences:
-            found += [Problem(key, state, sentence, r) for r in sentence_problems(sentence, class_terms(key, entry))]
+            found += [Problem(key, state, sentence, r) for r in sentence_problems(sentence, terms)]
             if _normalised(sentence) in seen:
                 found.append(Problem(key, state, sentence, "repeated"))
             seen.add(_normalised(sentence))
