@@ -16,7 +16,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from benchmarks.common import append_results, machine_description
-from kanoclip import metrics
+from kanoclip.evaluation import metrics
 from tests.reference_metrics import aupro_200_loop
 
 

@@ -21,7 +21,7 @@ import torch
 
 from benchmarks.common import standalone
 from kanoclip import Detector, KAnoCLIPConfig, RunConfig
-from kanoclip.serve import ServeConfig
+from kanoclip.station.serve import ServeConfig
 from tests.serving import running_server
 
 

@@ -22,10 +22,10 @@ from scipy.stats import spearmanr
 
 from benchmarks.common import standalone
 from kanoclip import KAnoCLIPConfig
-from kanoclip.config import RunConfig
-from kanoclip.detection import Detector, to_tensor
-from kanoclip.export import export
-from kanoclip.images import read_image
+from kanoclip.data.images import read_image
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.detector import Detector, to_tensor
+from kanoclip.inference.export import export
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ENGINES = [

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from benchmarks.common import standalone, timed
-from kanoclip import KAnoCLIPConfig, metrics
-from kanoclip.config import RunConfig
-from kanoclip.datasets import load_dataset
-from kanoclip.datasets.base import sample_image, sample_mask
-from kanoclip.detection import Detector
-from kanoclip.references import ReferenceBank
+from kanoclip import KAnoCLIPConfig
+from kanoclip.data.datasets import load_dataset
+from kanoclip.data.datasets.base import sample_image, sample_mask
+from kanoclip.evaluation import metrics
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.detector import Detector
+from kanoclip.model.references import ReferenceBank
 
 SHOTS = (1, 4, 16)
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

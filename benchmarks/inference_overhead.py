@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.common import append_results, machine_description, timed
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
-from kanoclip.clip_vv import encode_image
+from kanoclip.model.clip_vv import encode_image
 
 
 def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:

@@ -19,10 +19,10 @@ import torch
 
 from benchmarks.common import standalone
 from kanoclip import KAnoCLIPConfig
-from kanoclip.config import RunConfig
-from kanoclip.detection import Detector
-from kanoclip.outputs import detect_files
-from kanoclip.scale_out import detect_on_ray
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.detector import Detector
+from kanoclip.inference.outputs import detect_files
+from kanoclip.inference.scale_out import detect_on_ray
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

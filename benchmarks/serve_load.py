@@ -19,7 +19,7 @@ import torch
 from benchmarks.common import append_results, machine_description
 from benchmarks.throughput import image_files
 from kanoclip import Detector, KAnoCLIPConfig, RunConfig
-from kanoclip.serve import ServeConfig
+from kanoclip.station.serve import ServeConfig
 from tests.serving import running_server
 
 

@@ -20,9 +20,9 @@ from benchmarks.common import standalone
 from benchmarks.serve_load import load
 from benchmarks.throughput import image_files
 from kanoclip import Detector, KAnoCLIPConfig, RunConfig
-from kanoclip import database as db
-from kanoclip.serve import ServeConfig
-from kanoclip.station import Station, backend_key
+from kanoclip.station import db
+from kanoclip.station.serve import ServeConfig
+from kanoclip.station.station import Station, backend_key
 from tests.serving import running_server
 
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from benchmarks.common import standalone, timed
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
-from kanoclip.losses import KnowledgeTargets, total_loss
+from kanoclip.model.losses import KnowledgeTargets, total_loss
 
 
 def measure(backbone: str, size: int, batch: int, repeats: int, device: torch.device) -> dict[str, float]:

@@ -20,9 +20,9 @@ import torch
 from benchmarks.common import standalone
 from benchmarks.throughput import image_files
 from kanoclip import Detector, KAnoCLIPConfig, RunConfig
-from kanoclip.outputs import detect_files
-from kanoclip.station import Station, backend_key
-from kanoclip.watch import LocalScorer, WatchConfig, Watcher
+from kanoclip.inference.outputs import detect_files
+from kanoclip.station.station import Station, backend_key
+from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 
 
 def run(quick: bool, device: torch.device) -> str:

@@ -11,8 +11,8 @@ import torch
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
 
 from kanoclip import Detector, KAnoCLIP, KAnoCLIPConfig
-from kanoclip.backbone import from_model
-from kanoclip.config import RunConfig
+from kanoclip.inference.config import RunConfig
+from kanoclip.model.backbone import from_model
 
 SHARED_DATA = Path(
     os.environ.get("KANOCLIP_TEST_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")

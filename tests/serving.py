@@ -13,9 +13,9 @@ from typing import Any
 
 import httpx
 
-from kanoclip.detection import Detector
-from kanoclip.serve import ServeConfig, make_server
-from kanoclip.station import DEFAULT_PROFILE, Station
+from kanoclip.inference.detector import Detector
+from kanoclip.station.serve import ServeConfig, make_server
+from kanoclip.station.station import DEFAULT_PROFILE, Station
 
 _APPS: dict[str, object] = {}
 

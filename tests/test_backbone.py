@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 import kanoclip
-import kanoclip.checkpoint
-from kanoclip import KAnoCLIP, KAnoCLIPConfig, backbone
-from kanoclip.backbone import from_model, load_backbone, resize_positional_embedding
+import kanoclip.model.checkpoint
+from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.errors import BackboneError, CheckpointError
+from kanoclip.model import backbone
+from kanoclip.model.backbone import from_model, load_backbone, resize_positional_embedding
 
 from .conftest import randomize_learnable, tiny_clip
 
@@ -232,7 +233,7 @@ def test_quick_gelu_weights_load_as_trained_from_every_file_format(
     assert_same_outputs(reference, loaded)
     assert loaded.config.quick_gelu is True  # resolved and recorded, so checkpoints rebuild it
     kanoclip.save(loaded, tmp_path / "ckpt")
-    assert kanoclip.checkpoint.read_document(tmp_path / "ckpt")["model"]["quick_gelu"] is True
+    assert kanoclip.model.checkpoint.read_document(tmp_path / "ckpt")["model"]["quick_gelu"] is True
 
 
 def test_a_file_without_any_hint_follows_its_architecture_and_quick_gelu_overrides(tmp_path: Path) -> None:

@@ -13,9 +13,9 @@ import httpx
 import numpy as np
 import pytest
 
-from kanoclip import checkpoint
-from kanoclip.calibration import f1_max_threshold, false_alarm_threshold
 from kanoclip.cli import main
+from kanoclip.evaluation.calibration import f1_max_threshold, false_alarm_threshold
+from kanoclip.model import checkpoint
 
 from .conftest import tiny_model
 
@@ -153,7 +153,7 @@ def test_thresholds_set_on_another_bank_are_refused_on_the_cli_and_flagged_over_
     shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Zero-shot thresholds once labelled every few-shot score (0.28-0.46 under 0.528) normal, defects included."""
-    from kanoclip.serve import ServeConfig
+    from kanoclip.station.serve import ServeConfig
 
     from .conftest import tiny_detector
     from .serving import running_server

@@ -6,8 +6,8 @@ import math
 
 import torch
 
-from kanoclip.clip_vv import dual_block, encode_image, vv_attention
-from kanoclip.model import KAnoCLIP
+from kanoclip.model.clip_vv import dual_block, encode_image, vv_attention
+from kanoclip.model.kanoclip import KAnoCLIP
 
 
 def explicit_layer_norm(ln: torch.nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:

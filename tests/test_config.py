@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from kanoclip.cli import main
-from kanoclip.config import RunConfig
 from kanoclip.errors import ConfigError
+from kanoclip.inference.config import RunConfig
 
 # Every flag that means something only to the PyTorch engine, with a value.
 TORCH_ONLY = [

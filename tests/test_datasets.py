@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kanoclip.datasets import detect_layout, load_dataset
-from kanoclip.datasets.meta import write_meta
-from kanoclip.datasets.synthetic import generate
+from kanoclip.data.datasets import detect_layout, load_dataset
+from kanoclip.data.datasets.meta import write_meta
+from kanoclip.data.datasets.synthetic import generate
 from kanoclip.errors import DatasetError
 
 

@@ -18,11 +18,11 @@ from PIL import Image
 
 import kanoclip
 from kanoclip.cli import main
-from kanoclip.detection import Detector
+from kanoclip.data.images import read_image
+from kanoclip.data.inputs import expand_inputs
 from kanoclip.errors import ImageReadError
-from kanoclip.images import read_image
-from kanoclip.inputs import expand_inputs
-from kanoclip.visualize import bar_height
+from kanoclip.inference.detector import Detector
+from kanoclip.inference.overlays import bar_height
 
 from .conftest import randomize_learnable, tiny_detector
 

@@ -16,11 +16,11 @@ from PIL import Image
 from torchvision import transforms
 
 from kanoclip.cli import main
-from kanoclip.datasets import load_dataset
-from kanoclip.datasets.base import sample_mask
-from kanoclip.datasets.synthetic import generate
-from kanoclip.evaluation import evaluate
-from kanoclip.images import read_mask
+from kanoclip.data.datasets import load_dataset
+from kanoclip.data.datasets.base import sample_mask
+from kanoclip.data.datasets.synthetic import generate
+from kanoclip.data.images import read_mask
+from kanoclip.evaluation.protocol import evaluate
 
 from .conftest import randomize_learnable, tiny_detector
 from .reference_metrics import auroc_by_thresholds, auroc_pairwise

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from kanoclip import __version__
-from kanoclip.backends import MANIFEST, read_manifest, require
 from kanoclip.cli import main
-from kanoclip.config import RunConfig
-from kanoclip.detection import Detector
 from kanoclip.errors import ConfigError
+from kanoclip.inference.backends import MANIFEST, read_manifest, require
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.detector import Detector
 
 from .conftest import tiny_detector
 

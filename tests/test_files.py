@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 import kanoclip
 from kanoclip.cli import main
-from kanoclip.references import ReferenceBank
+from kanoclip.model.references import ReferenceBank
 
 from .conftest import tiny_detector, tiny_model
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kanoclip.data.images import ImageLimits, decode
 from kanoclip.errors import ImageReadError, ImageTooLarge
-from kanoclip.images import ImageLimits, decode
-from kanoclip.serve import ServeConfig
+from kanoclip.station.serve import ServeConfig
 
 from .conftest import tiny_detector
 from .serving import running_server

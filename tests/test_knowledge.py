@@ -20,8 +20,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kanoclip.datasets import load_dataset
-from kanoclip.datasets.synthetic import generate
+from kanoclip.data.datasets import load_dataset
+from kanoclip.data.datasets.synthetic import generate
 from kanoclip.errors import KnowledgeError
 from kanoclip.knowledge import KnowledgeBase, encode_sentences, knowledge_targets
 from kanoclip.knowledge.cache import AnswerCache

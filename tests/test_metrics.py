@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
-from kanoclip import metrics
+from kanoclip.evaluation import metrics
 
 from . import reference_metrics as ref
 

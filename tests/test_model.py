@@ -14,12 +14,12 @@ import kanoclip
 from kanoclip import KAnoCLIP, KAnoCLIPConfig
 from kanoclip.cli import main
 from kanoclip.errors import CheckpointError, ConfigError
-from kanoclip.fusion import BiCMCI, LevelCrossAttention
 from kanoclip.knowledge import KnowledgeBase, training_free_text
 from kanoclip.knowledge.ensemble import ensemble_sentences
-from kanoclip.losses import KnowledgeTargets, dice_loss, focal_loss, kd_loss
-from kanoclip.prompts import TextTower
-from kanoclip.scoring import gaussian_blur
+from kanoclip.model.fusion import BiCMCI, LevelCrossAttention
+from kanoclip.model.losses import KnowledgeTargets, dice_loss, focal_loss, kd_loss
+from kanoclip.model.prompts import TextTower
+from kanoclip.model.scoring import gaussian_blur
 
 from .conftest import randomize_learnable, tiny_model
 

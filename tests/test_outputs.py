@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from kanoclip import outputs
 from kanoclip.cli import EXIT_DISK_FULL, main
-from kanoclip.inputs import expand_inputs
+from kanoclip.data.inputs import expand_inputs
+from kanoclip.inference import outputs
 
 TINY_FLAGS = ["--backbone", "kanoclip-tiny", "--pretrained", "none", "--image-size", "112", "--workers", "0"]
 

@@ -12,15 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kanoclip import KAnoCLIPConfig, checkpoint, metrics
+from kanoclip import KAnoCLIPConfig
 from kanoclip.cli import main
-from kanoclip.config import RunConfig
-from kanoclip.datasets import Sample, load_dataset
-from kanoclip.datasets.base import sample_image, sample_mask
-from kanoclip.detection import Detector
+from kanoclip.data.datasets import Sample, load_dataset
+from kanoclip.data.datasets.base import sample_image, sample_mask
+from kanoclip.data.images import read_image
 from kanoclip.errors import ConfigError
-from kanoclip.images import read_image
-from kanoclip.references import ReferenceBank, greedy_coreset, nearest_cosine_distance
+from kanoclip.evaluation import metrics
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.detector import Detector
+from kanoclip.model import checkpoint
+from kanoclip.model.references import ReferenceBank, greedy_coreset, nearest_cosine_distance
 
 from .conftest import TINY, tiny_detector, tiny_model
 

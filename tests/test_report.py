@@ -15,12 +15,13 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from kanoclip.cli import main
-from kanoclip.datasets import load_dataset
-from kanoclip.datasets.base import sample_mask
-from kanoclip.datasets.synthetic import generate
-from kanoclip.evaluation import evaluate
-from kanoclip.outputs import RunFolder, detect_files, write_report
-from kanoclip.visualize import choose_scale, colour_bar, overlay, spread
+from kanoclip.data.datasets import load_dataset
+from kanoclip.data.datasets.base import sample_mask
+from kanoclip.data.datasets.synthetic import generate
+from kanoclip.evaluation.detect_report import write_report
+from kanoclip.evaluation.protocol import evaluate
+from kanoclip.inference.outputs import RunFolder, detect_files
+from kanoclip.inference.overlays import choose_scale, colour_bar, overlay, spread
 
 from .conftest import randomize_learnable, tiny_detector
 from .serving import TINY_FLAGS, chromium

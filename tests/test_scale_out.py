@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from kanoclip.cli import main
-from kanoclip.config import RunConfig
-from kanoclip.detection import Detector
 from kanoclip.errors import ConfigError
-from kanoclip.outputs import detect_files
-from kanoclip.scale_out import detect_on_ray
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.detector import Detector
+from kanoclip.inference.outputs import detect_files
+from kanoclip.inference.scale_out import detect_on_ray
 
 from .conftest import TINY
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kanoclip.detection import Detector
-from kanoclip.serve import ServeConfig
-from kanoclip.thresholds import Thresholds
-from kanoclip.visualize import bar_height
+from kanoclip.inference.detector import Detector
+from kanoclip.inference.overlays import bar_height
+from kanoclip.inference.thresholds import Thresholds
+from kanoclip.station.serve import ServeConfig
 
 from .conftest import randomize_learnable, tiny_detector
 from .serving import chromium, running_server, serve_process
@@ -372,7 +372,7 @@ def test_a_detect_during_a_full_banks_reduction_is_answered_from_the_old_bank(
     """Past `reference_max_patches` each add reran the coreset on the forward thread: a detect waited 118 s."""
     import threading
 
-    from kanoclip import references
+    from kanoclip.model import references
 
     from .conftest import TINY
 
@@ -421,7 +421,7 @@ def test_a_requests_pixels_are_budgeted_from_the_headers_before_anything_is_deco
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Four 6 KB PNGs of 7000 x 7000 in one request once took +3.4 GB and 113 s."""
-    from kanoclip import serve
+    from kanoclip.station import serve
 
     decoded: list[str] = []
     real = serve.decode_upload
@@ -504,12 +504,12 @@ def test_half_sent_requests_are_closed_and_logged_once(shared_data: Path, caplog
     import socket
     import time
 
-    from kanoclip.guard import GuardedH11Protocol
+    from kanoclip.station.guard import GuardedH11Protocol
 
     det = tiny_detector()
     previous = GuardedH11Protocol.header_timeout
     GuardedH11Protocol.header_timeout = 1.0
-    caplog.set_level(logging.WARNING, logger="kanoclip.serve")
+    caplog.set_level(logging.WARNING, logger="kanoclip.station.serve")
     sockets: list[socket.socket] = []
     try:
         with running_server(det, ServeConfig()) as url:

@@ -21,13 +21,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import inspect, select
 
-from kanoclip import database as db
 from kanoclip.cli import main
-from kanoclip.config import RunConfig
 from kanoclip.errors import ConfigError
-from kanoclip.serve import ServeConfig, create_app
-from kanoclip.station import Station
-from kanoclip.visualize import bar_height
+from kanoclip.inference.config import RunConfig
+from kanoclip.inference.overlays import bar_height
+from kanoclip.station import db
+from kanoclip.station.serve import ServeConfig, create_app
+from kanoclip.station.station import Station
 
 from .conftest import TINY, tiny_detector
 from .postgres import Cluster, throwaway_cluster
@@ -276,19 +276,19 @@ def test_a_full_disk_is_507_for_that_request_and_the_history_stays_consistent(
     next request is answered and recorded."""
     import errno
 
-    import kanoclip.store
+    import kanoclip.station.store
 
-    real = kanoclip.store.atomic_write_bytes
+    real = kanoclip.station.store.atomic_write_bytes
     with station_client(tmp_path / "state") as c:
         ok(c.post("/v1/detect", files=files(probes(shared_data)[:1])))
 
         def full(path: Path, data: bytes) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-        monkeypatch.setattr(kanoclip.store, "atomic_write_bytes", full)
+        monkeypatch.setattr(kanoclip.station.store, "atomic_write_bytes", full)
         r = c.post("/v1/detect", files=files(probes(shared_data)[1:2]))
         assert r.status_code == 507 and "disk is full" in r.json()["detail"]
-        monkeypatch.setattr(kanoclip.store, "atomic_write_bytes", real)
+        monkeypatch.setattr(kanoclip.station.store, "atomic_write_bytes", real)
         ok(c.post("/v1/detect", files=files(probes(shared_data)[2:])))
         rows = ok(c.get("/v1/results"))["results"]
     assert [r["source"] for r in rows] == ["001.png", "000.png"]

@@ -17,14 +17,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kanoclip import TrainConfig, checkpoint
-from kanoclip.datasets import load_dataset
-from kanoclip.datasets.synthetic import generate
+from kanoclip import TrainConfig
+from kanoclip.data.datasets import load_dataset
+from kanoclip.data.datasets.synthetic import generate
 from kanoclip.errors import ConfigError, KnowledgeError
+from kanoclip.evaluation.reproduce import reproduce
 from kanoclip.knowledge import load_image_knowledge
 from kanoclip.knowledge.base import ImageKnowledge
-from kanoclip.reproduce import reproduce
-from kanoclip.training import epoch_order, image_knowledge_rows, train
+from kanoclip.model import checkpoint
+from kanoclip.training.loop import epoch_order, image_knowledge_rows, train
 
 from .conftest import TINY, tiny_model
 

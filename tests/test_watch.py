@@ -20,13 +20,13 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from kanoclip import database as db
 from kanoclip.cli import main
 from kanoclip.errors import ConfigError
-from kanoclip.hotfolder import HotFolder
-from kanoclip.station import Station
-from kanoclip.thresholds import Thresholds
-from kanoclip.watch import LocalScorer, WatchConfig, Watcher
+from kanoclip.inference.thresholds import Thresholds
+from kanoclip.station import db
+from kanoclip.station.station import Station
+from kanoclip.station.watch.hotfolder import HotFolder
+from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 
 from .serving import TINY_FLAGS
 from .streams import mjpeg_camera, webhook_receiver

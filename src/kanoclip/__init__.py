@@ -5,41 +5,38 @@ The public names load lazily (PEP 562), so that `kanoclip --help` and `import ka
 
 from __future__ import annotations
 
-from importlib import import_module, metadata
+from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = metadata.version("kanoclip")
-except metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from kanoclip._version import __version__ as __version__
 
 _EXPORTS = {
-    "Detector": "detection",
-    "Prediction": "detection",
-    "KAnoCLIP": "model",
-    "Output": "model",
-    "KAnoCLIPConfig": "config",
-    "RunConfig": "config",
-    "TrainConfig": "config",
+    "Detector": "inference.detector",
+    "Prediction": "inference.detector",
+    "KAnoCLIP": "model.kanoclip",
+    "Output": "model.kanoclip",
+    "KAnoCLIPConfig": "model.config",
+    "RunConfig": "inference.config",
+    "TrainConfig": "model.config",
     "KanoclipError": "errors",
-    "Thresholds": "thresholds",
-    "load": "checkpoint",
-    "save": "checkpoint",
+    "Thresholds": "inference.thresholds",
+    "load": "model.checkpoint",
+    "save": "model.checkpoint",
 }
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from .checkpoint import load as load
-    from .checkpoint import save as save
-    from .config import KAnoCLIPConfig as KAnoCLIPConfig
-    from .config import RunConfig as RunConfig
-    from .config import TrainConfig as TrainConfig
-    from .detection import Detector as Detector
-    from .detection import Prediction as Prediction
-    from .errors import KanoclipError as KanoclipError
-    from .model import KAnoCLIP as KAnoCLIP
-    from .model import Output as Output
-    from .thresholds import Thresholds as Thresholds
+    from kanoclip.errors import KanoclipError as KanoclipError
+    from kanoclip.inference.config import RunConfig as RunConfig
+    from kanoclip.inference.detector import Detector as Detector
+    from kanoclip.inference.detector import Prediction as Prediction
+    from kanoclip.inference.thresholds import Thresholds as Thresholds
+    from kanoclip.model.checkpoint import load as load
+    from kanoclip.model.checkpoint import save as save
+    from kanoclip.model.config import KAnoCLIPConfig as KAnoCLIPConfig
+    from kanoclip.model.config import TrainConfig as TrainConfig
+    from kanoclip.model.kanoclip import KAnoCLIP as KAnoCLIP
+    from kanoclip.model.kanoclip import Output as Output
 
 
 def __getattr__(name: str) -> Any:

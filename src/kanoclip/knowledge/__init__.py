@@ -1,7 +1,7 @@
 """KnPL knowledge (SPEC §3.2.1): the knowledge base, the chat client that writes it, and its CLIP encoding."""
 
-from .base import AGNOSTIC, ClassKnowledge, KnowledgeBase, load_image_knowledge
-from .encode import encode_sentences, knowledge_targets, training_free_text
+from kanoclip.knowledge.base import AGNOSTIC, ClassKnowledge, KnowledgeBase, load_image_knowledge
+from kanoclip.knowledge.encode import encode_sentences, knowledge_targets, training_free_text
 
 __all__ = [
     "AGNOSTIC",

@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .._files import atomic_write_json
-from ..errors import KnowledgeError
+from kanoclip._files import atomic_write_json
+from kanoclip.errors import KnowledgeError
 
 AGNOSTIC = "object"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import openai
 
-from ..errors import KnowledgeError
+from kanoclip.errors import KnowledgeError
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 MALFORMED = (openai.APIResponseValidationError, ValueError, AttributeError, TypeError)

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .._files import atomic_write_bytes
-from ..losses import KnowledgeTargets
-from ..model import KAnoCLIP
-from .base import AGNOSTIC, KnowledgeBase
-from .ensemble import ensemble_sentences
+from kanoclip._files import atomic_write_bytes
+from kanoclip.knowledge.base import AGNOSTIC, KnowledgeBase
+from kanoclip.knowledge.ensemble import ensemble_sentences
+from kanoclip.model.kanoclip import KAnoCLIP
+from kanoclip.model.losses import KnowledgeTargets
 
 
 def cache_dir() -> Path:

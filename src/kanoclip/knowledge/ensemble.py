@@ -8,7 +8,7 @@ words ("an unblemished bottle", "an object").
 
 from __future__ import annotations
 
-from .lint import agree
+from kanoclip.knowledge.lint import agree
 
 NORMAL_STATES = (
     "{}",

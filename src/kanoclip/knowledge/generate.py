@@ -20,14 +20,13 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
-from ..datasets import DatasetIndex
-from ..errors import KnowledgeError
-from ..images import read_image
-from ..visualize import to_png
-from .base import AGNOSTIC, ClassKnowledge, KnowledgeBase, image_key
-from .cache import AnswerCache, answer_key
-from .client import AnswerFailed, ChatClient
-from .lint import sentence_problems, with_article, words
+from kanoclip.data.datasets import DatasetIndex
+from kanoclip.data.images import read_image, to_png
+from kanoclip.errors import KnowledgeError
+from kanoclip.knowledge.base import AGNOSTIC, ClassKnowledge, KnowledgeBase, image_key
+from kanoclip.knowledge.cache import AnswerCache, answer_key
+from kanoclip.knowledge.client import AnswerFailed, ChatClient
+from kanoclip.knowledge.lint import sentence_problems, with_article, words
 
 TEMPLATES = ("general_normal", "general_abnormal", "image_normal", "image_anomalous")
 MAX_TOKENS = 77

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 
-from .base import ClassKnowledge
+from kanoclip.knowledge.base import ClassKnowledge
 
 MAX_WORDS = 15
 MIN_SENTENCES = 8  # per state, in the shipped base (SPEC §3.2.1 asks the LLM for 8)

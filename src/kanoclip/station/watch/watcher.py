@@ -1,0 +1,430 @@
+"""`kanoclip watch`: hot folders, video files and camera streams scored into the station's history, exactly once.
+
+Sources (a `HotFolder`, or `video.frames` of a file or live source) run on their own threads and put items on one
+bounded queue; the scoring loop takes them in batches, scores them with the profile's model, bank and thresholds and
+records each as a result (in-process on the station's database, or through a running `serve` with `--server`).
+
+The history is the ledger: a file is claimed (`Station.claim`) before it is scored, and the claim is completed in
+the transaction that records its result, so a file is recorded once across restarts and across several watchers on
+one database; a claim left by a watcher that died is taken over after `claim_timeout_s`. Files are then moved (or
+copied) into `--ok-dir`/`--ng-dir` by their label, atomically; a file already recorded is sorted by its recorded
+label on the next start, so a crash between the two never leaves it unsorted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from kanoclip.data.images import decode
+from kanoclip.data.video import frames, is_live, is_video
+from kanoclip.errors import ConfigError, KanoclipError
+from kanoclip.inference.detector import Prediction
+from kanoclip.station.station import Detection, Station
+from kanoclip.station.watch.hotfolder import HotFolder
+
+
+@dataclass
+class WatchConfig:
+    profile: str = "default"
+    existing: str = "score"  # files already in a folder at start: score | skip
+    settle_s: float = 1.0  # a file is complete once its size and mtime held this long
+    max_wait_s: float = 300.0  # a file still changing after this is recorded as never completed
+    claim_timeout_s: float = 300.0  # a claim this old and unfinished is taken over (its watcher died)
+    poll: bool = False  # watchdog's polling observer: network filesystems, where no events arrive
+    ok_dir: Path | None = None
+    ng_dir: Path | None = None
+    copy: bool = False  # copy into ok/ng instead of moving
+    fps: float | None = 1.0  # frames per second sampled from videos and streams (None: every frame)
+    batch: int = 8
+    webhook: str | None = None
+    webhook_on: str = "all"
+    progress: bool = True
+
+
+@dataclass
+class Item:
+    source: str
+    data: bytes | None = None  # the file's bytes; a frame's JPEG
+    rgb: NDArray[np.uint8] | None = None
+    key: str | None = None
+    path: Path | None = None  # the file to sort into ok/ng
+    frame_index: int | None = None
+    frame_time: float | None = None
+    error: str | None = None
+    arrived: float = field(default_factory=time.monotonic)
+
+
+class Scorer(Protocol):
+    """Where items are scored and recorded: in this process (`LocalScorer`) or by a running server."""
+
+    def claim(self, key: str, source: str, timeout_s: float) -> tuple[str, int | None]: ...
+    def score(self, items: list[Item]) -> list[dict[str, Any]]: ...
+    def event(self, source: str, kind: str, detail: str) -> None: ...
+    def labelled(self) -> bool: ...
+
+
+class LocalScorer:
+    def __init__(self, station: Station, profile: str) -> None:
+        self.station, self.profile = station, profile
+        self.detector = station.detector(profile)
+
+    def labelled(self) -> bool:
+        return self.detector.thresholds.image_threshold is not None
+
+    def claim(self, key: str, source: str, timeout_s: float) -> tuple[str, int | None]:
+        state = self.station.claim(self.profile, key, source, timeout_s)
+        return state, self.station.claimed_label(key) if state == "done" else None
+
+    def score(self, items: list[Item]) -> list[dict[str, Any]]:
+        det, start = self.detector, time.perf_counter()
+        arrays, readable = [], []
+        for item in items:
+            if item.rgb is None and item.error is None and item.data is not None:
+                try:
+                    item.rgb = decode(item.data, item.source, det.limits)
+                except KanoclipError as e:
+                    item.error = str(e)
+            if item.rgb is not None:
+                arrays.append(item.rgb)
+                readable.append(item)
+        predicted = dict(zip(map(id, readable), det.predict_many(arrays), strict=True)) if arrays else {}
+        latency = 1000 * (time.perf_counter() - start)
+        detections = [
+            Detection(
+                item.source,
+                item.data or b"",
+                item.rgb if item.rgb is not None else np.zeros((1, 1, 3), np.uint8),
+                predicted.get(id(item)) or Prediction(item.source, error=item.error or "unreadable"),
+                key=item.key,
+                frame_index=item.frame_index,
+                frame_time=item.frame_time,
+            )
+            for item in items
+        ]
+        self.station.record(self.profile, det, detections, latency)
+        return [_answer(d) for d in detections]
+
+    def event(self, source: str, kind: str, detail: str) -> None:
+        self.station.event(self.profile, source, kind, detail)
+
+
+class RemoteScorer:
+    """A running `kanoclip serve`: each item is POSTed with its claim key, and the server claims and records it."""
+
+    def __init__(self, url: str, profile: str, api_key: str | None, claim_timeout_s: float) -> None:
+        import httpx
+
+        self.url, self.profile, self.claim_timeout_s = url.rstrip("/"), profile, claim_timeout_s
+        self.client = httpx.Client(timeout=300, headers={"X-API-Key": api_key} if api_key else {})
+        try:
+            response = self.client.get(f"{self.url}/v1/profiles/{profile}")
+        except httpx.HTTPError as e:
+            raise ConfigError(f"cannot reach the station at {self.url}: {e}; is `kanoclip serve` running?") from e
+        if response.status_code != 200:
+            raise ConfigError(f"{self.url}: profile {profile!r}: {response.json().get('detail', response.text)}")
+        self.thresholded = response.json()["thresholds"]["image_threshold"] is not None
+
+    def labelled(self) -> bool:
+        return self.thresholded
+
+    def claim(self, key: str, source: str, timeout_s: float) -> tuple[str, int | None]:
+        return "mine", None  # the server claims when it scores (`source_key`)
+
+    def score(self, items: list[Item]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for item in items:
+            if item.data is None:
+                out.append({"source": item.source, "error": item.error, "label": None})
+                continue
+            params: dict[str, Any] = {"claim_timeout_s": self.claim_timeout_s}
+            if item.key:
+                params["source_key"] = item.key
+            for name, value in (("frame_index", item.frame_index), ("frame_time", item.frame_time)):
+                if value is not None:
+                    params[name] = value
+            response = self.client.post(
+                f"{self.url}/v1/profiles/{self.profile}/detect",
+                params=params,
+                files=[("files", (item.source, item.data))],
+            )
+            if response.status_code == 409:
+                out.append({"source": item.source, "busy": True, "label": None})
+                continue
+            if response.status_code != 200:
+                raise KanoclipError(f"{self.url}: {response.status_code} {response.text[:300]}")
+            r = response.json()["results"][0]
+            out.append(
+                {
+                    "source": item.source,
+                    "id": r.get("result_id"),
+                    "score": r.get("score"),
+                    "label": r.get("label"),
+                    "error": r.get("error"),
+                }
+            )
+        return out
+
+    def event(self, source: str, kind: str, detail: str) -> None:
+        self.client.post(
+            f"{self.url}/v1/events", json={"profile": self.profile, "source": source, "kind": kind, "detail": detail}
+        )
+
+
+def _answer(d: Detection) -> dict[str, Any]:
+    p = d.prediction
+    return {
+        "id": d.result_id,
+        "source": d.source,
+        "score": p.pred_score,
+        "label": p.pred_label,
+        "error": p.error,
+        "frame_index": d.frame_index,
+        "frame_time": d.frame_time,
+    }
+
+
+def file_key(profile: str, path: Path, data: bytes) -> str:
+    """One file, one result: the profile, where it lies and what it holds (the same bytes copied in again are
+    the same part)."""
+    content = hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(f"{profile}\0{path.resolve()}\0{content}".encode()).hexdigest()
+
+
+def frame_key(profile: str, path: Path, index: int) -> str:
+    st = path.stat()
+    return hashlib.sha256(f"{profile}\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{index}".encode()).hexdigest()
+
+
+def jpeg(rgb: NDArray[np.uint8]) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rgb).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+class Watcher:
+    def __init__(self, scorer: Scorer, sources: list[str], cfg: WatchConfig) -> None:
+        if not sources:
+            raise ConfigError("watch needs at least one SOURCE: a folder, a video file, /dev/videoN or a stream URL")
+        if (cfg.ok_dir or cfg.ng_dir) and not scorer.labelled():
+            raise ConfigError(
+                f"--ok-dir/--ng-dir sort by label, and profile {cfg.profile!r} has no threshold: calibrate it first "
+                f"(POST /v1/profiles/{cfg.profile}/calibrate) or give --threshold"
+            )
+        self.scorer, self.cfg = scorer, cfg
+        self.folders: list[HotFolder] = []
+        self.videos: list[str] = []
+        for source in sources:
+            if is_video(source):
+                if not is_live(source) and not Path(source).is_file():
+                    raise ConfigError(f"{source}: no such video file")
+                self.videos.append(source)
+            else:
+                self.folders.append(HotFolder(Path(source), cfg.settle_s, cfg.max_wait_s, cfg.poll, cfg.existing))
+        for d in (cfg.ok_dir, cfg.ng_dir):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+        self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(4 * cfg.batch, 16))
+        self.stopping = threading.Event()
+        self.threads: list[threading.Thread] = []
+        self.webhook = None
+        if cfg.webhook:
+            from kanoclip.station.watch.sinks import Webhook
+
+            self.webhook = Webhook(
+                cfg.webhook,
+                cfg.webhook_on,
+                lambda r, why: self.scorer.event(str(r.get("source")), "webhook_failed", why),
+            )
+        self.counts = {"scored": 0, "ng": 0, "failed": 0, "skipped": 0}
+        self.latencies: list[float] = []  # seconds from a file found complete to its result recorded
+        self.on_result: Callable[[dict[str, Any]], None] | None = None
+
+    # -- sources -----------------------------------------------------------------------------------------------------
+    def _folder(self, hot: HotFolder) -> None:
+        retry: dict[Path, float] = {}
+        while not self.stopping.is_set():
+            complete, never = hot.ready()
+            now = time.monotonic()
+            for path in [p for p, at in retry.items() if at <= now]:
+                del retry[path]
+                complete.append(path)
+            for path in never:
+                self.scorer.event(str(path), "never_completed", f"still changing after {self.cfg.max_wait_s:g} s")
+                self.counts["failed"] += 1
+            for path in complete:
+                try:
+                    data = path.read_bytes()
+                except OSError as e:
+                    self.scorer.event(str(path), "source_error", f"cannot read: {e.strerror or e}")
+                    continue
+                key = file_key(self.cfg.profile, path, data)
+                state, label = self.scorer.claim(key, str(path), self.cfg.claim_timeout_s)
+                if state == "done":
+                    self.counts["skipped"] += 1
+                    self._sort(path, label)  # recorded before a crash, not yet sorted
+                elif state == "busy":
+                    retry[path] = now + min(self.cfg.claim_timeout_s, 5.0)
+                else:
+                    self._put(Item(str(path), data, key=key, path=path))
+            self.stopping.wait(0.1)
+
+    def _video(self, source: str) -> None:
+        live = is_live(source)
+
+        def gap(seconds: float, reason: str) -> None:
+            self.scorer.event(source, "stream_gap", f"{reason}: no frames for {seconds:.1f} s, reconnected")
+
+        while not self.stopping.is_set():
+            try:
+                for f in frames(source, self.cfg.fps, gap, self.stopping.is_set):
+                    name = f"{source}#frame={f.index}"
+                    key = None if live else frame_key(self.cfg.profile, Path(source), f.index)
+                    if key is not None:
+                        state, _ = self.scorer.claim(key, name, self.cfg.claim_timeout_s)
+                        if state != "mine":
+                            continue
+                    data = None if f.rgb is None else jpeg(f.rgb)
+                    self._put(Item(name, data, f.rgb, key, None, f.index, f.time_s, f.error))
+                if not live:
+                    return  # the end of the file
+            except ConfigError as e:  # cannot open: recorded, and a live source is tried again
+                self.scorer.event(source, "source_error", str(e))
+                if not live:
+                    print(f"kanoclip watch: {e}", file=sys.stderr)
+                    return
+                self.stopping.wait(5.0)
+
+    def _put(self, item: Item) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.queue.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    # -- scoring ---------------------------------------------------------------------------------------------------
+    def run(self, until: Callable[[], bool] = lambda: False) -> dict[str, int]:
+        """Watch until interrupted, `until()` says so, or every source is a finished video file."""
+        for hot in self.folders:
+            hot.start()
+            self.threads.append(threading.Thread(target=self._folder, args=(hot,), daemon=True))
+        for source in self.videos:
+            self.threads.append(threading.Thread(target=self._video, args=(source,), daemon=True))
+        for t in self.threads:
+            t.start()
+        started, shown = time.monotonic(), 0.0
+        try:
+            while not until():
+                batch = self._take()
+                if batch:
+                    self._score(batch)
+                elif not self.folders and not any(t.is_alive() for t in self.threads):
+                    break
+                if self.cfg.progress and time.monotonic() - shown >= 1.0:
+                    shown = time.monotonic()
+                    self._progress(shown - started)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stopping.set()
+            for hot in self.folders:
+                hot.stop()
+            for t in self.threads:
+                t.join(timeout=10)
+            if self.webhook is not None:
+                self.webhook.close()
+            if self.cfg.progress:
+                self._progress(time.monotonic() - started)
+                print(file=sys.stderr)
+        return dict(self.counts)
+
+    def _take(self) -> list[Item]:
+        try:
+            batch = [self.queue.get(timeout=0.2)]
+        except queue.Empty:
+            return []
+        while len(batch) < self.cfg.batch:
+            try:
+                batch.append(self.queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _score(self, batch: list[Item]) -> None:
+        results = self.scorer.score(batch)
+        now = time.monotonic()
+        for item, result in zip(batch, results, strict=True):
+            if result.get("busy"):
+                continue
+            self.latencies.append(now - item.arrived)
+            if result.get("error"):
+                self.counts["failed"] += 1
+            else:
+                self.counts["scored"] += 1
+                self.counts["ng"] += int(result.get("label") == 1)
+                if item.path is not None:
+                    self._sort(item.path, result.get("label"))
+            if self.webhook is not None:
+                self.webhook.send(result)
+            if self.on_result is not None:
+                self.on_result(result)
+
+    def _sort(self, path: Path, label: int | None) -> None:
+        """Into --ok-dir or --ng-dir by label (unlabelled and failed files stay)."""
+        target = {0: self.cfg.ok_dir, 1: self.cfg.ng_dir}.get(label) if label is not None else None
+        if target is None or not path.exists():
+            return
+        destination = target / path.name
+        if destination.exists():
+            destination = target / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}{path.suffix}"
+        place(path, destination, self.cfg.copy)
+
+    def _progress(self, elapsed: float) -> None:
+        c = self.counts
+        rate = c["scored"] / elapsed if elapsed > 0 else 0.0
+        print(
+            f"\rwatch {self.cfg.profile}: {c['scored']} scored ({rate:.1f}/s), {c['ng']} NG, {c['failed']} failed, "
+            f"{c['skipped']} already done, queue {self.queue.qsize()}",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def place(source: Path, destination: Path, copy: bool) -> None:
+    """Move (or copy) a file so that it appears whole in `destination` or not at all: a rename on one filesystem,
+    else a copy to a hidden temporary beside the destination, renamed, then the source removed."""
+    if not copy:
+        try:
+            os.replace(source, destination)
+            return
+        except OSError as e:
+            if e.errno != errno.EXDEV:  # another filesystem: copy, then remove
+                raise
+    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
+    os.close(fd)
+    try:
+        shutil.copy2(source, tmp)
+        os.replace(tmp, destination)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    if not copy:
+        source.unlink()
