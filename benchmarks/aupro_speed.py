@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter
 
 from benchmarks.common import append_results, machine_description
 from kanoclip.evaluation import metrics
-from tests.reference_metrics import aupro_200_loop
+from tests.support.reference_metrics import aupro_200_loop
 
 
 def synthetic_class(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import torch
 from benchmarks.common import standalone
 from kanoclip import Detector, KAnoCLIPConfig, RunConfig
 from kanoclip.station.serve import ServeConfig
-from tests.serving import running_server
+from tests.support.serving import running_server
 
 
 def png(seed: int, size: int = 224) -> bytes:

@@ -20,7 +20,7 @@ from benchmarks.common import append_results, machine_description
 from benchmarks.throughput import image_files
 from kanoclip import Detector, KAnoCLIPConfig, RunConfig
 from kanoclip.station.serve import ServeConfig
-from tests.serving import running_server
+from tests.support.serving import running_server
 
 
 def load(url: str, files: list[Path], clients: int) -> dict[str, float]:

@@ -23,7 +23,7 @@ from kanoclip import Detector, KAnoCLIPConfig, RunConfig
 from kanoclip.station import db
 from kanoclip.station.serve import ServeConfig
 from kanoclip.station.station import Station, backend_key
-from tests.serving import running_server
+from tests.support.serving import running_server
 
 
 def serving(quick: bool, device: torch.device, folder: Path) -> tuple[list[str], Station]:

@@ -22,6 +22,8 @@ _EXPORTS = {
     "Thresholds": "inference.thresholds",
     "load": "model.checkpoint",
     "save": "model.checkpoint",
+    "list_models": "model.presets",
+    "create_model": "model.presets",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
     from kanoclip.model.config import TrainConfig as TrainConfig
     from kanoclip.model.kanoclip import KAnoCLIP as KAnoCLIP
     from kanoclip.model.kanoclip import Output as Output
+    from kanoclip.model.presets import create_model as create_model
+    from kanoclip.model.presets import list_models as list_models
 
 
 def __getattr__(name: str) -> Any:

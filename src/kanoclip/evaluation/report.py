@@ -60,18 +60,21 @@ def random_weights_banner(random_weights: bool) -> str:
 
 
 def config_table(facts: Mapping[str, Any]) -> str:
-    """Facts (`run.json`, an evaluation's info) as a two-column table; nested dicts flattened to dotted keys. A model
-    config field whose value differs from its default is marked (highlighted, with the default shown)."""
+    """Facts (`run.json`, an evaluation's info) as a two-column table; nested dicts flattened to dotted keys. The
+    settings the user chose (`user_set`: flags, a config file, the API's model changes) are marked, with the default
+    beside a model config field; values the code derived (resolved layers, quick_gelu) are not."""
+    chosen = set(facts.get("user_set") or ())
     defaults = {f"config.{k}": v for k, v in KAnoCLIPConfig().to_dict().items()}
     rows = []
-    for key, value in _flatten(facts):
-        changed = key in defaults and _plain(defaults[key]) != _plain(value)
-        mark = f' <span title="default">(default {esc(_text(defaults[key]))})</span>' if changed else ""
+    for key, value in _flatten({k: v for k, v in facts.items() if k != "user_set"}):
+        changed = key in chosen
+        default = f' <span title="default">(default {esc(_text(defaults[key]))})</span>' if key in defaults else ""
+        mark = default if changed else ""
         rows.append(
             f'<tr{" class=changed" if changed else ""}><td class="key">{esc(key)}{" •" if changed else ""}</td>'
             f'<td class="value">{esc(_text(value))}{mark}</td></tr>'
         )
-    legend = "<p>• changed from the default (highlighted).</p>" if any("changed" in r for r in rows) else ""
+    legend = "<p>• set by you (flags, config file or API; highlighted).</p>" if chosen else ""
     return f"<table class='config'><tr><th>setting</th><th>value</th></tr>{''.join(rows)}</table>{legend}"
 
 

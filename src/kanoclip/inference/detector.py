@@ -197,7 +197,7 @@ class Detector:
 
         backend = self._torch("set_class")
         if name not in self._class_text:
-            self._class_text[name] = training_free_text(backend.model, name)
+            self._class_text[name] = training_free_text(backend.model, name, strict=self.run_config.strict_class)
         self._text, self.text_record = self._class_text[name]
         self._apply()
 
@@ -294,7 +294,15 @@ class Detector:
             "random_weights": self.config.pretrained == "none",
             "references": references,
             "overlay_scale": self.overlay_record(),
+            "run": self.run_config.settings(),
+            "user_set": self.user_set(),
         }
+
+    def user_set(self) -> list[str]:
+        """The settings the user chose (flags, a config file, or the API's model changes), as `describe()` names
+        them: the report marks these, never values the code derived (resolved taps, quick_gelu)."""
+        run = self.run_config
+        return sorted({*(f"run.{name}" for name in run.user_set), *(f"config.{name}" for name, _ in run.model_changes)})
 
     def _apply(self) -> None:
         """Condition the (possibly shared) model with this detector's text and bank, and say so: a detector

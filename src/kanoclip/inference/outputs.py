@@ -153,9 +153,9 @@ class RunFolder:
 
 
 def run_identity(run: RunConfig, inputs: Sequence[str | Path], save_maps: bool, **more: Any) -> str:
-    """What makes two runs the same run: every run option but the decoding workers, the inputs as given, the map
-    option and `more` (e.g. the detector's threshold basis, or that it ran on Ray)."""
-    fields = {k: v for k, v in dataclasses.asdict(run).items() if k != "workers"}
+    """What makes two runs the same run: every run option but the decoding workers and which options the user typed,
+    the inputs as given, the map option and `more` (e.g. the detector's threshold basis, or that it ran on Ray)."""
+    fields = {k: v for k, v in dataclasses.asdict(run).items() if k not in ("workers", "user_set")}
     document = {"run": fields, "inputs": [str(i) for i in inputs], "save_maps": save_maps, **more}
     return hashlib.sha256(json.dumps(document, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -8,8 +8,10 @@ benchmarks plus class-agnostic "object", and beside it the published defect type
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +21,7 @@ from kanoclip._files import atomic_write_json
 from kanoclip.errors import KnowledgeError
 
 AGNOSTIC = "object"
+_WARNED: set[str] = set()  # unknown class names already said in this process
 
 
 @dataclass
@@ -94,6 +97,22 @@ class KnowledgeBase:
         if AGNOSTIC not in self.classes:
             raise KnowledgeError(f"no knowledge for class {name!r} and no class-agnostic {AGNOSTIC!r} entry")
         return AGNOSTIC, self.classes[AGNOSTIC]
+
+    def find(self, name: str, strict: bool = False) -> tuple[str, ClassKnowledge]:
+        """`lookup` for a name a user typed: a name that finds no entry (a misspelt `hazlenut`) is said once per
+        process, with the closest known names, before the generic text is used; `strict` makes it an error."""
+        key, entry = self.lookup(name)
+        if key != AGNOSTIC or name.strip().lower() == AGNOSTIC:
+            return key, entry
+        known = sorted({*self.classes, *(n for e in self.classes.values() for n in e.names)}, key=str.lower)
+        close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=3, cutoff=0.6)
+        hint = f" (closest known: {', '.join(close)})" if close else " (`kanoclip knowledge check` lists the base)"
+        if strict:
+            raise KnowledgeError(f"no knowledge of class {name!r}{hint}: fix the name, or drop --strict-class")
+        if name not in _WARNED:
+            _WARNED.add(name)
+            warnings.warn(f"no knowledge of class {name!r}{hint}: the generic {AGNOSTIC!r} text is used", stacklevel=2)
+        return key, entry
 
     def save(self, path: str | Path, failures: list[dict[str, str]] | None = None) -> None:
         classes = {k: asdict(v) for k, v in self.classes.items()}

@@ -8,39 +8,14 @@ once with the server's message. Our own loop only asks again when an answer arri
 from __future__ import annotations
 
 import base64
-import os
-from dataclasses import dataclass
 
 import openai
 
 from kanoclip.errors import KnowledgeError
+from kanoclip.knowledge.config import ServerConfig
 
 RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError, openai.APIConnectionError)
 MALFORMED = (openai.APIResponseValidationError, ValueError, AttributeError, TypeError)
-
-
-@dataclass
-class ServerConfig:
-    """Where to ask. Unset fields come from KANOCLIP_LLM_BASE_URL / OPENAI_BASE_URL, KANOCLIP_LLM_MODEL and
-    KANOCLIP_LLM_API_KEY / OPENAI_API_KEY."""
-
-    base_url: str | None = None
-    model: str | None = None
-    api_key: str | None = None
-    timeout: float = 60.0
-    retries: int = 4
-
-    def resolved(self) -> ServerConfig:
-        env = os.environ.get
-        base_url = self.base_url or env("KANOCLIP_LLM_BASE_URL") or env("OPENAI_BASE_URL")
-        model = self.model or env("KANOCLIP_LLM_MODEL")
-        if not model:
-            raise KnowledgeError(
-                "no chat model named: pass --model (e.g. gpt-4o-mini, llama3.2-vision) or set KANOCLIP_LLM_MODEL"
-            )
-        # local servers (vLLM, Ollama) accept any key; the openai client insists on one
-        api_key = self.api_key or env("KANOCLIP_LLM_API_KEY") or env("OPENAI_API_KEY") or "none"
-        return ServerConfig(base_url, model, api_key, self.timeout, self.retries)
 
 
 class ChatClient:

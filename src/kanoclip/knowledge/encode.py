@@ -54,18 +54,19 @@ def knowledge_targets(model: KAnoCLIP, knowledge: KnowledgeBase, cls: str = "obj
 
 
 def training_free_text(
-    model: KAnoCLIP, cls: str = AGNOSTIC, knowledge: KnowledgeBase | None = None
+    model: KAnoCLIP, cls: str = AGNOSTIC, knowledge: KnowledgeBase | None = None, strict: bool = False
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """[t_n, t_a] (2, D) for a class in training-free mode, and a record of what made them.
 
     `config.training_free_text`: "knowledge" = the mean of the class's knowledge sentences (the shipped base looks the
     class up by name and alias, else "object"); "ensemble" = the mean of the WinCLIP-style prompt ensemble for what
     the entry calls the class (BTAD's "01" is "industrial product"; an unknown class keeps its own name);
-    "knowledge+ensemble" = the normalised mean of the two unit means.
+    "knowledge+ensemble" = the normalised mean of the two unit means. An unknown class is said once, with the
+    closest known names (`strict`: an error).
     """
     source = model.config.training_free_text
     knowledge = knowledge or KnowledgeBase.load()
-    key, entry = knowledge.lookup(cls)
+    key, entry = knowledge.find(cls, strict)
     called = entry.subject if key != AGNOSTIC and entry.subject else cls
     parts: list[torch.Tensor] = []
     if "knowledge" in source:

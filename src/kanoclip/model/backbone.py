@@ -33,7 +33,7 @@ from kanoclip.model.config import KAnoCLIPConfig
 
 log = logging.getLogger(__name__)
 
-open_clip.add_model_config(Path(__file__).parent / "presets")
+open_clip.add_model_config(Path(__file__).parent / "architectures")  # open_clip model configs (kanoclip-tiny)
 
 _OPENAI_META_KEYS = ("input_resolution", "context_length", "vocab_size")
 # TorchScript runs code embedded in the file when loaded: only OpenAI's own releases are loaded that way, known by the

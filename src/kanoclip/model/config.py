@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kanoclip.errors import ConfigError
+from kanoclip.options import option
 
 T = TypeVar("T", bound="_JsonConfig")
 
@@ -100,9 +101,14 @@ class KAnoCLIPConfig(_JsonConfig):
     """The model: backbone, CLIP-VV, prompts, Bi-CMCI, Conv-Adapter, scoring and losses (SPEC §3, §8)."""
 
     # Backbone (I1). `pretrained`: an open_clip tag, a local checkpoint file, or "none" for random weights.
-    backbone: str = "ViT-L-14-336"
-    pretrained: str = "openai"
-    image_size: int = 518
+    backbone: str = option("ViT-L-14-336", help="open_clip model name or model-config .json", group="model")
+    pretrained: str = option(
+        "openai",
+        help="open_clip tag (downloaded once), a local weights file (e.g. /models/ViT-L-14-336px.pt), or 'none' for "
+        "random weights (smoke runs: the outputs then measure the pipeline, not the method)",
+        group="model",
+    )
+    image_size: int = option(518, help="run resolution in pixels", group="model")
     pos_embed_interpolation: str = "bilinear"
     quick_gelu: bool | None = None  # None: resolved from the weights' origin at load, then recorded here
     random_seed: int = 0  # pretrained="none" only: the seed of the random weights, so checkpoints rebuild exactly
@@ -150,7 +156,13 @@ class KAnoCLIPConfig(_JsonConfig):
 
     # Losses (I7, I13): total = alpha * KD + beta * global + gamma * local.
     kd_mode: str = "cos"
-    kd_use_vqa: bool = True
+    kd_use_vqa: bool = option(
+        True,
+        name="--general-knowledge-only",
+        negate=True,
+        help="KD on general knowledge only, no per-image VQA knowledge (sets kd_use_vqa=false)",
+        group="model",
+    )
     kd_temperature: float = 0.07
     alpha: float = 1.0
     beta: float = 1.0
@@ -225,16 +237,18 @@ class KAnoCLIPConfig(_JsonConfig):
 class TrainConfig(_JsonConfig):
     """One training run on an auxiliary dataset (SPEC §4, I14)."""
 
-    epochs: int = 15
-    batch_size: int = 8
-    lr_prompts: float = 1e-3
-    lr_modules: float = 1e-4  # Bi-CMCI and Conv-Adapter
+    epochs: int = option(15, help="passes over the auxiliary data")
+    batch_size: int = option(8, help="global, over all processes")
+    lr_prompts: float = option(1e-3, help="learning rate of the prompts")
+    lr_modules: float = option(1e-4, help="learning rate of Bi-CMCI and the Conv-Adapter")
     betas: tuple[float, float] = (0.5, 0.999)
-    seed: int = 111
-    precision: str = "fp32"  # as the reference implementations trained; "auto": bf16 autocast on GPU
-    num_workers: int = 2
-    checkpoint_every: int = 50  # steps between resumable training states (also written at every epoch end)
-    max_steps: int | None = None  # stop early, for smoke runs
+    seed: int = option(111, help="seed of the data order and initialisation")
+    precision: str = option(
+        "fp32", choices=PRECISIONS, help="fp32 as the reference implementations; auto: bf16 autocast on GPU"
+    )
+    num_workers: int = option(2, name="--workers", help="data-loading processes")
+    checkpoint_every: int = option(50, help="steps between resumable states (one is also written at each epoch end)")
+    max_steps: int | None = option(None, help="stop after this many steps (smoke runs)")
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "lr_prompts", "lr_modules", "checkpoint_every"):

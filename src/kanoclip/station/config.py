@@ -1,26 +1,86 @@
-"""What a station server is allowed and promised: keys, hosts, request and process limits, batching, retention."""
+"""What a station keeps and where (`StationConfig`), and what its server allows and promises (`ServeConfig`): keys,
+hosts, request and process limits, batching, retention. Each flag of `serve` and `watch` is declared here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kanoclip.options import option
+
+MB = 1024 * 1024
+GB = 1024 * MB
+STATION = "the station (history, profiles, banks, thresholds)"
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    """Where the station's state lives and which profile the model flags create or change."""
+
+    state: str | None = option(
+        None,
+        metavar="DIR",
+        group=STATION,
+        help="the state folder: its SQLite database and the stored images, maps and banks (default: the user's data "
+        "folder, e.g. ~/.local/share/kanoclip/station)",
+    )
+    database: str | None = option(
+        None,
+        metavar="URL",
+        group=STATION,
+        help="keep profiles and history in this database instead (postgresql://user@host/db, for several instances "
+        "sharing one --state folder); pip install 'kanoclip[postgres]'",
+    )
+    profile: str = option(
+        "default",
+        metavar="NAME",
+        group=STATION,
+        help="the profile the model flags create or change, and that /v1/detect uses",
+    )
+    no_state: bool = option(
+        False, group=STATION, help="keep nothing: no history, and what the server is taught is lost at exit"
+    )
+
 
 @dataclass
 class ServeConfig:
-    api_key: str | None = None
-    allowed_hosts: tuple[str, ...] = ()  # Host names served besides loopback and the bound address
-    max_request_bytes: int = 64 * 1024 * 1024  # a whole request, counted as it arrives
+    """The server's limits and promises; every limit holds per request and per process."""
+
+    host: str = option("127.0.0.1", help="bind address (127.0.0.1: this machine only)")
+    port: int = option(8000, help="TCP port")
+    api_key: str | None = option(None, help="the key itself: visible to every user in `ps`; prefer --api-key-file")
+    api_key_file: str | None = option(
+        None,
+        metavar="FILE",
+        help="require the key in FILE on every API call (or env KANOCLIP_API_KEY); keeps it out of `ps`",
+    )
+    allowed_hosts: tuple[str, ...] = option(
+        (),
+        name="--allowed-host",
+        metavar="NAME",
+        help="a Host name the server answers besides loopback and --host (behind a proxy, its public name)",
+    )
+    max_request_bytes: int = option(
+        64 * MB, name="--max-request-mb", scale=MB, help="a whole request, counted as it arrives (413 above)"
+    )
     max_request_pixels: int = 64_000_000  # all images of one request together, checked before decoding
     max_inflight_pixels: int = 256_000_000  # decoded and not yet answered, over all requests of the process
     pixel_wait_s: float = 30.0  # how long a request waits for the process's pixel budget before 503
     body_timeout_s: float = 60.0  # for a request's whole body
     max_reference_images: int = 1_000  # good parts in the bank
-    max_reference_bytes: int = 1024 * 1024 * 1024  # the bank's features, after the coreset
-    max_batch: int = 8
-    max_wait_ms: float = 10.0
-    max_upload_bytes: int = 20 * 1024 * 1024  # per file; pixels are bounded by the detector's decoder limits
+    max_reference_bytes: int = GB  # the bank's features, after the coreset
+    max_batch: int = option(8, help="images of concurrent requests run together")
+    max_wait_ms: float = option(10.0, help="how long a batch waits for more images")
+    max_upload_bytes: int = option(20 * MB, name="--max-upload-mb", scale=MB, help="per file (413 above)")
     max_files: int = 64
     poll_s: float = 1.0  # how often profile changes made through other instances are looked for
-    keep_days: float | None = None  # results older than this are pruned (None: kept)
-    max_store_bytes: int | None = None  # the oldest results are pruned while their files hold more
+    keep_days: float | None = option(
+        None, group=STATION, help="prune results older than this many days (default: keep all)"
+    )
+    max_store_bytes: int | None = option(
+        None,
+        name="--max-store-gb",
+        scale=GB,
+        group=STATION,
+        help="prune the oldest results while their stored files hold more than this many GB",
+    )
     prune_every_s: float = 600.0

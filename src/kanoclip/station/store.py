@@ -17,6 +17,11 @@ class DiskFull(KanoclipError):
     """The store's disk is full (ENOSPC/EDQUOT): the request fails with 507, the server keeps serving."""
 
 
+def sha256_of(data: bytes) -> str:
+    """The name `data` has in the store (and in the rows that point at it)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root / "blobs"
@@ -27,7 +32,7 @@ class BlobStore:
 
     def put(self, data: bytes) -> str:
         """Store `data` (synced to disk) and return its sha256; content already stored is not written again."""
-        sha256 = hashlib.sha256(data).hexdigest()
+        sha256 = sha256_of(data)
         path = self.path(sha256)
         if path.exists():
             return sha256

@@ -37,25 +37,8 @@ from kanoclip.data.video import frames, is_live, is_video
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.inference.detector import Prediction
 from kanoclip.station.station import Detection, Station
+from kanoclip.station.watch.config import WatchConfig
 from kanoclip.station.watch.hotfolder import HotFolder
-
-
-@dataclass
-class WatchConfig:
-    profile: str = "default"
-    existing: str = "score"  # files already in a folder at start: score | skip
-    settle_s: float = 1.0  # a file is complete once its size and mtime held this long
-    max_wait_s: float = 300.0  # a file still changing after this is recorded as never completed
-    claim_timeout_s: float = 300.0  # a claim this old and unfinished is taken over (its watcher died)
-    poll: bool = False  # watchdog's polling observer: network filesystems, where no events arrive
-    ok_dir: Path | None = None
-    ng_dir: Path | None = None
-    copy: bool = False  # copy into ok/ng instead of moving
-    fps: float | None = 1.0  # frames per second sampled from videos and streams (None: every frame)
-    batch: int = 8
-    webhook: str | None = None
-    webhook_on: str = "all"
-    progress: bool = True
 
 
 @dataclass

@@ -1,0 +1,107 @@
+"""Good parts in a profile's bank: `/v1/profiles/{name}/references`, and `/v1/references` for the default profile.
+
+Images are encoded between forward batches; the coreset that keeps a full bank bounded runs beside the forward
+passes; the bank and its images are committed, then swapped in whole, so a detection waits for at most the encoding,
+never the reduction.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+
+from kanoclip.inference.backends import REFERENCES
+from kanoclip.inference.detector import Detector
+from kanoclip.station.app.state import GUARDED, AppState, Served, detector_of
+from kanoclip.station.app.uploads import decoded
+from kanoclip.station.config import ServeConfig
+
+router = APIRouter(dependencies=GUARDED)
+
+
+def bank_info(cfg: ServeConfig, detector: Detector) -> dict[str, Any]:
+    """The bank as the API shows it: its good parts' sha256, patches per level and memory, and the server's limits."""
+    bank = detector.describe()["references"]
+    empty: dict[str, Any] = {
+        "id": None,
+        "images": 0,
+        "patches_per_level": 0,
+        "reduced_from": 0,
+        "bytes": 0,
+        "sha256": [],
+    }
+    return {**(bank or empty), "limits": {"images": cfg.max_reference_images, "bytes": cfg.max_reference_bytes}}
+
+
+async def add_good_parts(state: AppState, name: str, parts: list[tuple[str, bytes]]) -> dict[str, Any]:
+    """Add good parts to a profile's bank (SPEC §9); later detections are scored against it. An image the bank
+    already holds is not added again."""
+    cfg, station, batcher = state.config, state.station, state.batcher
+    detector = await detector_of(state, name)
+    if not detector.supports(REFERENCES):
+        raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
+    async with state.bank_lock:
+        held = detector.references.images if detector.references else 0
+        if held + len(parts) > cfg.max_reference_images:
+            raise HTTPException(
+                413, f"the bank holds {held} of at most {cfg.max_reference_images} good parts; clear it first"
+            )
+        # sha256 of the files, as `kanoclip reference build` records them
+        encoded = await batcher.exclusive(detector.encode_references, [data for _, data in parts])
+        bank = await run_in_threadpool(detector.extended_bank, encoded)
+        if bank.nbytes() > cfg.max_reference_bytes:
+            raise HTTPException(413, f"the bank would hold {bank.nbytes():,} bytes, over {cfg.max_reference_bytes:,}")
+        await run_in_threadpool(station.save_bank, name, bank, parts)
+        await batcher.exclusive(detector.use_references, bank)
+    return bank_info(cfg, detector)
+
+
+async def clear_good_parts(state: AppState, name: str) -> dict[str, Any]:
+    detector = await detector_of(state, name)
+    if not detector.supports(REFERENCES):
+        raise HTTPException(409, "an exported engine's bank is baked in: export again without --reference")
+    async with state.bank_lock:
+        await run_in_threadpool(state.station.save_bank, name, None)
+        await state.batcher.exclusive(detector.clear_references)
+    return bank_info(state.config, detector)
+
+
+@router.get("/v1/profiles/{name}/references")
+async def profile_references(name: str, state: Served) -> dict[str, Any]:
+    return bank_info(state.config, await detector_of(state, name))
+
+
+@router.post("/v1/profiles/{name}/references")
+async def profile_add_references(
+    name: str, files: Annotated[list[UploadFile], File()], state: Served
+) -> dict[str, Any]:
+    state.station.profile(name)
+    async with decoded(state, files) as uploads:
+        return await add_good_parts(state, name, [(source, data) for source, data, _ in uploads])
+
+
+@router.delete("/v1/profiles/{name}/references")
+async def profile_clear_references(name: str, state: Served) -> dict[str, Any]:
+    return await clear_good_parts(state, name)
+
+
+# -- the default profile, as before profiles ---------------------------------------------------------------------------
+@router.get("/v1/references")
+async def list_references(state: Served) -> dict[str, Any]:
+    """The default profile's few-shot bank: how many good parts, their sha256, patches per level and memory."""
+    return bank_info(state.config, await detector_of(state, state.default))
+
+
+@router.post("/v1/references")
+async def add_references(files: Annotated[list[UploadFile], File()], state: Served) -> dict[str, Any]:
+    """Add good parts to the default profile's bank (see POST /v1/profiles/{name}/references)."""
+    async with decoded(state, files) as uploads:
+        return await add_good_parts(state, state.default, [(source, data) for source, data, _ in uploads])
+
+
+@router.delete("/v1/references")
+async def clear_references(state: Served) -> dict[str, Any]:
+    """Empty the default profile's bank: back to zero-shot."""
+    return await clear_good_parts(state, state.default)

@@ -1,0 +1,90 @@
+"""The history over HTTP: `/v1/results` (a page, or every matching row as CSV), one result with its files, and
+verdicts on results; a "good" verdict also adds the image to the profile's bank."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool
+
+from kanoclip.inference.backends import REFERENCES
+from kanoclip.station.app.references import add_good_parts
+from kanoclip.station.app.state import GUARDED, Served, detector_of
+from kanoclip.station.db import check_profile_name
+from kanoclip.station.results import history_csv, parse_time, public
+
+router = APIRouter(dependencies=GUARDED)
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    verdict: Literal["good", "defect"]
+    note: str | None = Field(default=None, max_length=2000)
+
+
+@router.get("/v1/results")
+async def results(
+    state: Served,
+    profile: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    label: int | None = None,
+    limit: int = 100,
+    cursor: int | None = None,
+    format: str = "json",
+) -> Any:
+    """The history, newest first: `?profile=&since=&until=&label=&limit=&cursor=`; `format=csv` streams every
+    matching row."""
+    if profile is not None:
+        check_profile_name(profile)
+    if not 1 <= limit <= 1000:
+        raise HTTPException(400, f"limit must be 1..1000, got {limit}")
+    filters: dict[str, Any] = {
+        "profile": profile,
+        "since": parse_time(since),
+        "until": parse_time(until),
+        "label": label,
+    }
+    if format == "csv":
+        return StreamingResponse(
+            iterate_in_threadpool(history_csv(state.station.iter_results(**filters))),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="kanoclip-results.csv"'},
+        )
+    if format != "json":
+        raise HTTPException(400, f"format is json or csv, got {format!r}")
+    rows, next_cursor = await run_in_threadpool(state.station.results, **filters, limit=limit, cursor=cursor)
+    return {"results": [public(r) for r in rows], "next_cursor": next_cursor}
+
+
+@router.get("/v1/results/{result_id}")
+async def result(result_id: int, state: Served, include_map: bool = True) -> dict[str, Any]:
+    """One result with its feedback, its overlay (base64 PNG, at the image's size) and its map (base64 float16
+    .npy, at the model's resolution)."""
+    station = state.station
+    row = await run_in_threadpool(station.result, result_id)
+    out = {**public(row), "feedback": row["feedback"]}
+    overlay_png = await run_in_threadpool(station.blob, row["overlay_sha256"])
+    out["overlay_png"] = overlay_png and base64.b64encode(overlay_png).decode()
+    if include_map:
+        amap = await run_in_threadpool(station.blob, row["map_sha256"])
+        out["map"] = amap and {"dtype": "float16", "npy_base64": base64.b64encode(amap).decode()}
+    return out
+
+
+@router.post("/v1/results/{result_id}/feedback")
+async def feedback(result_id: int, body: FeedbackBody, state: Served) -> dict[str, Any]:
+    """A verdict on a result, recorded; "good" also adds its image to the profile's bank."""
+    station = state.station
+    row = await run_in_threadpool(station.feedback, result_id, body.verdict, body.note)
+    answer: dict[str, Any] = {"result": result_id, "verdict": body.verdict, "profile": row["profile"]}
+    if body.verdict == "good" and row["profile"] in station.profiles and row["image_sha256"]:
+        data = await run_in_threadpool(station.blob, row["image_sha256"])
+        if data is not None and (await detector_of(state, row["profile"])).supports(REFERENCES):
+            answer["references"] = await add_good_parts(state, row["profile"], [(row["source"], data)])
+    return answer

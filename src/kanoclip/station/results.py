@@ -1,0 +1,268 @@
+"""The history: every result, its files, and the pages, rows and CSV it is read back as.
+
+The rule: a result is recorded only with its files. Each image, overlay and map goes into the store first; then all
+rows of one request are committed in one transaction, together with the claims they complete, so a row never names
+a missing file and a claimed file is done exactly when its result exists. A full disk records nothing (`DiskFull`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from sqlalchemy import Engine, insert, select, update
+from sqlalchemy.exc import OperationalError
+
+from kanoclip._files import npy_bytes
+from kanoclip.data.images import to_png
+from kanoclip.errors import ConfigError
+from kanoclip.inference.detector import Detector, Prediction
+from kanoclip.station import db
+from kanoclip.station.errors import NotFound, history_engine
+from kanoclip.station.store import BlobStore, DiskFull
+
+HISTORY_COLUMNS = (
+    "id",
+    "time",
+    "profile",
+    "source",
+    "score",
+    "label",
+    "verdict",
+    "error",
+    "image_threshold",
+    "threshold_stale",
+    "bank_id",
+    "backbone_fingerprint",
+    "checkpoint_sha256",
+    "engine",
+    "precision",
+    "latency_ms",
+    "image_sha256",
+    "instance",
+    "frame_index",
+    "frame_time",
+)
+
+
+@dataclass
+class Detection:
+    """One image of a request: its bytes, decoded pixels and prediction, and what the station recorded."""
+
+    source: str
+    data: bytes
+    rgb: NDArray[np.uint8]
+    prediction: Prediction
+    overlay_png: bytes | None = None
+    result_id: int | None = None
+    key: str | None = None  # the claim this detection completes (`Station.claim`)
+    frame_index: int | None = None
+    frame_time: float | None = None
+
+
+def artifacts(rgb: NDArray[np.uint8], p: Prediction, det: Detector) -> tuple[bytes, bytes] | None:
+    """The overlay PNG (at the image's size, on the detector's colour scale, as the answer showed it) and the float16
+    map (.npy) at most at the run resolution, where the model computed it: a larger map is only its bilinear
+    upsampling, so the history keeps the smaller one."""
+    if p.anomaly_map is None:
+        return None
+    png, size = to_png(det.paint(rgb, p)), det.image_size
+    amap = torch.from_numpy(p.anomaly_map)
+    if max(amap.shape) > size:
+        amap = F.interpolate(amap[None, None], size=(size, size), mode="bilinear", align_corners=False)[0, 0]
+    return png, npy_bytes(amap.numpy().astype(np.float16))
+
+
+class Results:
+    """The results table and the store's files of a station (nothing is kept without a database)."""
+
+    def __init__(self, engine: Engine | None, store: BlobStore | None, instance: str) -> None:
+        self.engine, self.store, self.instance = engine, store, instance
+
+    def record(self, name: str, det: Detector, detections: Sequence[Detection], latency_ms: float) -> None:
+        """Each detection, scored by `det`, as a row: its files into the store first, then all rows of the request
+        in one transaction. Sets `result_id`; when this returns, the rows are committed and the files on disk."""
+        if self.engine is None or self.store is None:
+            return
+        now = time.time()
+        shared = {
+            **_scored_with(det),
+            "created_at": now,
+            "profile": name,
+            "latency_ms": latency_ms,
+            "instance": self.instance,
+        }
+        rows = [{**shared, **self._stored(d, det)} for d in detections]
+        try:
+            with self.engine.begin() as c:
+                ids = [c.execute(insert(db.results).values(**row)).inserted_primary_key[0] for row in rows]  # type: ignore[index]
+                for d, result_id in zip(detections, ids, strict=True):
+                    if d.key is not None:  # the claim is done in the same transaction as its result
+                        c.execute(update(db.claims).where(db.claims.c.key == d.key).values(result_id=result_id))
+        except OperationalError as e:
+            if "full" in str(e.orig).lower() or "no space" in str(e.orig).lower():  # SQLITE_FULL, PostgreSQL's ENOSPC
+                raise DiskFull(f"the database's disk is full: nothing was recorded ({e.orig})") from e
+            raise
+        for d, result_id in zip(detections, ids, strict=True):
+            d.result_id = int(result_id)
+
+    def _stored(self, d: Detection, det: Detector) -> dict[str, Any]:
+        """The detection's own columns, once its image, overlay and map are in the store (sets `overlay_png`)."""
+        assert self.store is not None
+        p = d.prediction
+        files = artifacts(d.rgb, p, det) if p.error is None else None
+        image_sha = self.store.put(d.data)
+        overlay_sha = map_sha = None
+        stored = len(d.data)
+        if files is not None:
+            d.overlay_png = files[0]
+            overlay_sha, map_sha = self.store.put(files[0]), self.store.put(files[1])
+            stored += len(files[0]) + len(files[1])
+        return {
+            "source": d.source,
+            "image_sha256": image_sha,
+            "overlay_sha256": overlay_sha,
+            "map_sha256": map_sha,
+            "stored_bytes": stored,
+            "score": p.pred_score,
+            "label": p.pred_label,
+            "error": p.error,
+            "frame_index": d.frame_index,
+            "frame_time": d.frame_time,
+        }
+
+    def page(
+        self,
+        profile: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        label: int | None = None,
+        limit: int = 100,
+        cursor: int | None = None,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Newest first, `limit` rows after `cursor` (keyset pagination on the id: the same cost on page 1 and page
+        10,000), and the cursor of the next page (None: the last)."""
+        engine = history_engine(self.engine)
+        r = db.results.c
+        query = select(db.results)
+        if profile is not None:
+            query = query.where(r.profile == profile)
+        if since is not None:
+            query = query.where(r.created_at >= since)
+        if until is not None:
+            query = query.where(r.created_at < until)
+        if label is not None:
+            query = query.where(r.label == label)
+        if cursor is not None:
+            query = query.where(r.id < cursor)
+        query = query.order_by(r.id.desc()).limit(limit + 1)
+        with engine.connect() as c:
+            rows = [dict(row._mapping) for row in c.execute(query)]
+            more = len(rows) > limit
+            rows = rows[:limit]
+            verdicts = {  # the latest verdict on each row of the page, by one query on the page's ids
+                result_id: verdict
+                for result_id, verdict in c.execute(
+                    select(db.feedback.c.result_id, db.feedback.c.verdict)
+                    .where(db.feedback.c.result_id.in_([row["id"] for row in rows]))
+                    .order_by(db.feedback.c.id)
+                )
+            }
+        for row in rows:
+            row["verdict"] = verdicts.get(row["id"])
+        return rows, (rows[-1]["id"] if more and rows else None)
+
+    def iter_rows(self, **filters: Any) -> Iterator[dict[str, Any]]:
+        """Every matching row, newest first, a page at a time (memory holds one page)."""
+        cursor = None
+        while True:
+            rows, cursor = self.page(**filters, limit=1000, cursor=cursor)
+            yield from rows
+            if cursor is None:
+                return
+
+    def get(self, result_id: int) -> dict[str, Any]:
+        """One row with its verdicts, oldest first."""
+        with history_engine(self.engine).connect() as c:
+            row = c.execute(select(db.results).where(db.results.c.id == result_id)).first()
+            if row is None:
+                raise NotFound(f"no result {result_id}")
+            verdicts = c.execute(
+                select(db.feedback).where(db.feedback.c.result_id == result_id).order_by(db.feedback.c.id)
+            )
+            out = dict(row._mapping)
+            out["feedback"] = [{k: f._mapping[k] for k in ("verdict", "note", "created_at")} for f in verdicts]
+        return out
+
+    def blob(self, sha256: str | None) -> bytes | None:
+        return None if sha256 is None or self.store is None else self.store.get(sha256)
+
+
+def _scored_with(det: Detector) -> dict[str, Any]:
+    """What every row of a request shares: the thresholds, bank and model it was scored with."""
+    described = det.describe()
+    t = det.thresholds
+    return {
+        "image_threshold": t.image_threshold,
+        "pixel_threshold": t.pixel_threshold,
+        "threshold_basis": t.basis,
+        "threshold_stale": det.stale_thresholds(),
+        "bank_id": det.references.id if det.references else None,
+        "backbone_fingerprint": described["backbone_fingerprint"],
+        "checkpoint_sha256": described["checkpoint_sha256"],
+        "engine": described["engine"],
+        "precision": described["precision"],
+    }
+
+
+def parse_time(value: str | None) -> float | None:
+    """An ISO 8601 time (UTC unless it says otherwise) or seconds since the epoch; None stays None."""
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"{value!r} is not a time: give ISO 8601 (2026-12-01T08:00) or seconds since 1970") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return moment.timestamp()
+
+
+def iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def public(row: dict[str, Any]) -> dict[str, Any]:
+    """A result row as the API and the CSV show it: its time in ISO 8601."""
+    out = {k: row.get(k) for k in HISTORY_COLUMNS if k != "time"}
+    out["time"] = iso(row["created_at"])
+    out["threshold_basis"] = row.get("threshold_basis")
+    return out
+
+
+def history_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
+    """The history as CSV, a row at a time (the columns of HISTORY_COLUMNS)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(HISTORY_COLUMNS)
+    for row in rows:
+        shown = public(row)
+        writer.writerow(["" if shown[k] is None else shown[k] for k in HISTORY_COLUMNS])
+        if buffer.tell() > 64 * 1024:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()

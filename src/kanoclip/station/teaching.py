@@ -1,0 +1,137 @@
+"""Teaching a profile from what the station saw: verdicts on results, and thresholds calibrated from them.
+
+The rule: a verdict is recorded only on a result that exists, and an image counts as its latest verdict says.
+Calibration scores every good part as if it were new (leave-one-out, against a bank of all the others), needs at
+least two, and puts the profile's own bank back once the good parts are scored (also when scoring the defects fails;
+a good part that cannot be scored ends it before that, with its error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sqlalchemy import func, insert, select
+
+from kanoclip.errors import ConfigError, KanoclipError
+from kanoclip.evaluation.calibration import f1_max_threshold, false_alarm_threshold
+from kanoclip.inference.backends import REFERENCES
+from kanoclip.inference.detector import Detector
+from kanoclip.inference.thresholds import Thresholds
+from kanoclip.model.references import ReferenceBank
+from kanoclip.station import db
+from kanoclip.station.banks import Banks
+from kanoclip.station.errors import Conflict, history_engine
+from kanoclip.station.profiles import Profiles
+from kanoclip.station.results import Results
+from kanoclip.station.store import sha256_of
+
+
+class Teaching:
+    """Verdicts and calibration over one station's profiles, banks and results."""
+
+    def __init__(self, profiles: Profiles, banks: Banks, results: Results) -> None:
+        self.profiles, self.banks, self.results = profiles, banks, results
+        self.engine, self.store = profiles.engine, profiles.store
+
+    def feedback(self, result_id: int, verdict: str, note: str | None) -> dict[str, Any]:
+        """Record a verdict on a result; the caller adds a "good" part to the profile's bank."""
+        if verdict not in ("good", "defect"):
+            raise ConfigError(f"verdict must be 'good' or 'defect', got {verdict!r}")
+        row = self.results.get(result_id)
+        with history_engine(self.engine).begin() as c:
+            c.execute(
+                insert(db.feedback).values(result_id=result_id, verdict=verdict, note=note, created_at=time.time())
+            )
+        return row
+
+    def labelled(self, name: str) -> dict[str, list[bytes]]:
+        """The profile's images by their latest verdict: {"good": [...], "defect": [...]}, each image once."""
+        f, r = db.feedback.c, db.results.c
+        latest = (
+            select(f.result_id, func.max(f.id).label("last"))
+            .join(db.results, r.id == f.result_id)
+            .where(r.profile == name)
+            .group_by(f.result_id)
+            .subquery()
+        )
+        query = (
+            select(f.verdict, r.image_sha256).join(latest, f.id == latest.c.last).join(db.results, r.id == f.result_id)
+        )
+        out: dict[str, dict[str, None]] = {"good": {}, "defect": {}}
+        with history_engine(self.engine).connect() as c:
+            for verdict, sha in c.execute(query):
+                if sha is not None:
+                    out[verdict][sha] = None
+        assert self.store is not None
+        return {k: [self.store.get(sha) for sha in v] for k, v in out.items()}
+
+    def calibrate(self, name: str, false_alarm_rate: float = 0.01) -> dict[str, Any]:
+        """Thresholds from what the station knows of this profile (forward thread). Normal scores are leave-one-out
+        scores of its good parts. With parts marked defect too, the F1-max threshold between the two; else the
+        false-alarm quantile, with the count it rests on."""
+        det = self.profiles.detector(name)
+        if not det.supports(REFERENCES):
+            raise Conflict("an exported engine's thresholds are baked in: calibrate before `kanoclip export`")
+        references = self.banks.images(name)
+        goods = [data for _, data in references]
+        if len(goods) < 2:
+            raise Conflict(
+                f"profile {name!r} has {len(goods)} good part(s): calibration needs at least 2 (add references or "
+                "mark results good)"
+            )
+        defects = self.labelled(name)["defect"]
+        bank = det.references
+        normal_scores, normal_maps = leave_one_out(det, goods)
+        try:
+            defect_scores = [p.pred_score for p in det.predict_many(defects)] if defects else []
+        finally:
+            det.use_references(bank)
+        if defect_scores:
+            labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
+            image = f1_max_threshold(labels, np.r_[normal_scores, defect_scores])
+        else:
+            image = false_alarm_threshold(normal_scores, false_alarm_rate)
+        pixel = false_alarm_threshold(np.concatenate([m.ravel() for m in normal_maps]), false_alarm_rate, "pixels")
+        pixel.images = len(normal_maps)
+        thresholds = Thresholds(image.value, pixel.value, det.threshold_basis())
+        self.profiles.set_thresholds(name, thresholds)
+        return {
+            "image_threshold": image.value,
+            "pixel_threshold": pixel.value,
+            "image": dataclasses.asdict(image),
+            "pixel": dataclasses.asdict(pixel),
+            "basis": thresholds.basis,
+            "good_parts": len(goods),
+            "defects": len(defect_scores),
+            "leave_one_out": [
+                {"source": source, "sha256": sha256_of(data), "score": float(score)}
+                for (source, data), score in zip(references, normal_scores, strict=True)
+            ],
+        }
+
+
+def leave_one_out(det: Detector, goods: Sequence[bytes]) -> tuple[NDArray[np.float64], list[NDArray[np.float32]]]:
+    """Each good part scored against a bank of the others (encoded once each; one bank per part, built without the
+    model). Leaves the detector on the last of those banks: the caller restores its own."""
+    if not goods:
+        return np.zeros(0), []
+    det.clear_references()
+    parts = [det.encode_references([g]) for g in goods]
+    scores, maps = [], []
+    for i, good in enumerate(goods):
+        others = [p for j, p in enumerate(parts) if j != i and p.sources]
+        bank = ReferenceBank([], det.backend.reference_identity())  # type: ignore[attr-defined]
+        for part in others:
+            bank = bank.extended(part.levels, part.sources, det.config.reference_max_patches)
+        det.use_references(bank)
+        p = det.predict_many([good])[0]
+        if p.pred_score is None or p.anomaly_map is None:
+            raise KanoclipError(p.error or "a good part could not be scored")
+        scores.append(p.pred_score)
+        maps.append(p.anomaly_map)
+    return np.asarray(scores, dtype=np.float64), maps

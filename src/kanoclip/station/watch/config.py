@@ -1,0 +1,34 @@
+"""How `watch` takes files and frames in and hands results on (its flags are declared here)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from kanoclip.options import option
+
+FOLDERS, VIDEO, SINKS = "folders", "video and cameras", "sinks"
+
+
+@dataclass
+class WatchConfig:
+    """How a watcher takes files and frames in, decides they are complete, and hands results on."""
+
+    profile: str = "default"  # set from the station's --profile
+    existing: str = option("score", choices=("score", "skip"), group=FOLDERS, help="files already there at start")
+    settle_s: float = option(1.0, group=FOLDERS, help="a file is complete once its size and mtime held this long")
+    max_wait_s: float = option(300.0, group=FOLDERS, help="record a file still changing after this many seconds")
+    claim_timeout_s: float = option(
+        300.0, group=FOLDERS, help="retry a file whose watcher died this long ago (its claim is taken over)"
+    )
+    poll: bool = option(False, group=FOLDERS, help="poll instead of OS events (network filesystems)")
+    ok_dir: Path | None = option(None, metavar="DIR", group=FOLDERS, help="move each good file here")
+    ng_dir: Path | None = option(None, metavar="DIR", group=FOLDERS, help="move each defective file here")
+    copy: bool = option(False, group=FOLDERS, help="copy into --ok-dir/--ng-dir instead of moving")
+    fps: float | None = option(1.0, group=VIDEO, help="frames scored per second of video and streams (0: every frame)")
+    batch: int = 8  # set from the run's --batch-size
+    webhook: str | None = option(
+        None, metavar="URL", group=SINKS, help="POST each result as JSON here (retried; never blocks scoring)"
+    )
+    webhook_on: str = option("all", choices=("all", "ng"), group=SINKS, help="every result, or NG only")
+    progress: bool = option(True, name="--quiet", negate=True, group=SINKS, help="no live progress line")

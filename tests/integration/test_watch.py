@@ -1,0 +1,242 @@
+"""`kanoclip watch`: hot folders, videos and streams into the station's history, exactly once; sinks; bad input.
+Every server here (MJPEG camera, webhook receiver) listens on 127.0.0.1 and stops with its test."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kanoclip.cli import main
+from kanoclip.errors import ConfigError
+from kanoclip.inference.thresholds import Thresholds
+from kanoclip.station.station import Station
+from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
+from tests.support.serving import TINY_FLAGS
+from tests.support.station import BOTTLE
+from tests.support.streams import mjpeg_camera, webhook_receiver
+from tests.support.watch import bottles, station_at, wait_for
+
+FAST = {"settle_s": 0.3, "progress": False, "claim_timeout_s": 2.0}
+
+
+@contextmanager
+def watching(station: Station, sources: list[str], **cfg: Any) -> Iterator[Watcher]:
+    """A watcher running in a thread until the block ends."""
+    watcher = Watcher(LocalScorer(station, "default"), sources, WatchConfig(**{**FAST, **cfg}))
+    done = threading.Event()
+    thread = threading.Thread(target=watcher.run, kwargs={"until": done.is_set}, daemon=True)
+    thread.start()
+    try:
+        yield watcher
+    finally:
+        done.set()
+        thread.join(timeout=30)
+
+
+def rows(station: Station) -> list[dict[str, Any]]:
+    return list(station.iter_results())[::-1]
+
+
+def events(station: Station, kind: str) -> list[dict[str, Any]]:
+    return [e for e in station.events() if e["kind"] == kind]
+
+
+def test_files_copied_in_slowly_are_scored_once_and_complete(tmp_path: Path, shared_data: Path) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    station = station_at(tmp_path / "state")
+    data = bottles(shared_data, 1)[0].read_bytes()
+    with watching(station, [str(inbox)], settle_s=0.8):
+        with (inbox / "part.png").open("wb") as f:  # a camera writing in four chunks, 0.4 s apart
+            for i in range(4):
+                f.write(data[i * len(data) // 4 : (i + 1) * len(data) // 4])
+                f.flush()
+                time.sleep(0.4)
+        wait_for(lambda: rows(station), what="the result")
+        time.sleep(1.5)  # any second scoring would land by now
+    recorded = rows(station)
+    assert len(recorded) == 1 and recorded[0]["error"] is None
+    assert recorded[0]["image_sha256"] == hashlib.sha256(data).hexdigest()  # the whole file, not a part
+
+
+def test_ng_dir_receives_exactly_the_ng_files_and_ok_dir_the_rest(tmp_path: Path, shared_data: Path) -> None:
+    inbox, ok, ng = tmp_path / "inbox", tmp_path / "ok", tmp_path / "ng"
+    inbox.mkdir()
+    images = bottles(shared_data, 8)
+    station = station_at(tmp_path / "state")
+    scores = sorted(station.detector("default").predict(p)[0] for p in images)
+    station.set_thresholds("default", Thresholds(float(np.median(scores))))  # about half NG
+    for i, p in enumerate(images):
+        shutil.copy(p, inbox / f"{i}_{p.name}")
+    with watching(station, [str(inbox)], ok_dir=ok, ng_dir=ng):
+        wait_for(lambda: len(rows(station)) == 8 and not any(inbox.iterdir()), what="8 sorted files")
+    labels = {Path(r["source"]).name: r["label"] for r in rows(station)}
+    assert sorted(p.name for p in ng.iterdir()) == sorted(n for n, label in labels.items() if label == 1)
+    assert sorted(p.name for p in ok.iterdir()) == sorted(n for n, label in labels.items() if label == 0)
+    assert 0 < len(list(ng.iterdir())) < 8
+
+
+def test_a_generated_video_gives_one_row_per_sampled_frame_and_pasted_defects_score_higher(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """3 s at 10 fps of a real good bottle, a piece of a hazelnut pasted on frames 10-19; sampled at 5 fps; one
+    reference (the clean frame): the defect frames score above every clean one (random weights: a pipeline check)."""
+    video = tmp_path / "line.mp4"
+    clean, _ = write_video(video, shared_data)
+    reference = tmp_path / "good.png"
+    Image.fromarray(clean).save(reference)
+    station = station_at(tmp_path / "state", references=(str(reference),))
+    watcher = Watcher(LocalScorer(station, "default"), [str(video)], WatchConfig(**{**FAST, "fps": 5.0}))
+    counts = watcher.run()  # a video file ends: the watcher returns
+    recorded = rows(station)
+    assert counts["scored"] == 15 and [r["frame_index"] for r in recorded] == list(range(0, 30, 2))
+    assert [r["frame_time"] for r in recorded] == pytest.approx([i / 10 for i in range(0, 30, 2)])
+    with_defect = [r["score"] for r in recorded if 10 <= r["frame_index"] < 20]
+    without = [r["score"] for r in recorded if not 10 <= r["frame_index"] < 20]
+    assert min(with_defect) > max(without), (with_defect, without)
+    assert (
+        Watcher(LocalScorer(station, "default"), [str(video)], WatchConfig(**{**FAST, "fps": 5.0})).run()["scored"] == 0
+    )  # run again: every frame is already recorded
+
+
+def write_video(path: Path, shared_data: Path, frames: int = 30) -> tuple[np.ndarray, list[int]]:
+    """`frames` frames at 10 fps of a real good bottle with a piece of a hazelnut pasted on frames 10-19."""
+    import cv2
+
+    clean = np.asarray(
+        Image.open(shared_data / BOTTLE / "train" / "good" / "000.png").convert("RGB").resize((224, 224))
+    )
+    nut = sorted((shared_data / "MVTec_derived_hazelnut_toy" / "hazelnut" / "test").rglob("*.jpg"))[0]
+    patch = np.asarray(Image.open(nut).convert("RGB").resize((224, 224)))
+    defect = clean.copy()
+    defect[80:150, 80:150] = patch[77:147, 77:147]  # a piece of another object pasted on the bottle
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (224, 224))
+    for i in range(frames):
+        writer.write(cv2.cvtColor(defect if 10 <= i < 20 else clean, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return clean, list(range(10, 20))
+
+
+def test_detect_on_a_video_writes_per_frame_scores_and_an_annotated_video(tmp_path: Path, shared_data: Path) -> None:
+    import csv
+
+    import cv2
+
+    video, out = tmp_path / "line.mp4", tmp_path / "out"
+    write_video(video, shared_data)
+    assert main(["detect", str(video), "--out", str(out), *TINY_FLAGS, "--fps", "5", "--annotate"]) == 0
+    table = list(csv.DictReader((out / "scores.csv").open()))
+    assert [r["path"] for r in table] == [f"{video}#frame={i}" for i in range(0, 30, 2)]
+    assert all(0 <= float(r["score"]) <= 1 for r in table)
+    annotated = cv2.VideoCapture(str(out / "annotated.mp4"))
+    assert int(annotated.get(cv2.CAP_PROP_FRAME_COUNT)) == 15 and annotated.read()[0]
+    annotated.release()
+    assert (out / "maps" / "frame_000010.overlay.png").is_file()
+
+
+def test_an_mjpeg_stream_is_read_dropped_and_resumed_and_the_gap_is_recorded(tmp_path: Path) -> None:
+    frame = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    station = station_at(tmp_path / "state")
+    with (
+        mjpeg_camera(frame, fps=20, drop_after=10, down_s=1.0) as camera,
+        watching(station, [camera["url"]], fps=5.0),
+    ):
+        wait_for(lambda: events(station, "stream_gap") and len(rows(station)) >= 6, what="a gap and frames after it")
+    gap = events(station, "stream_gap")[0]
+    assert camera["connections"] >= 2 and "reconnected" in gap["detail"]
+    seconds = float(gap["detail"].split("no frames for ")[1].split(" s")[0])
+    assert seconds >= 1.0  # the camera was down for a second
+    after = [r for r in rows(station) if r["created_at"] > gap["created_at"]]
+    assert after and all(r["error"] is None for r in after)
+
+
+def test_the_webhook_gets_one_post_per_ng_result_and_a_down_one_never_stops_scoring(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    images = bottles(shared_data, 6)
+    station = station_at(tmp_path / "state")
+    scores = sorted(station.detector("default").predict(p)[0] for p in images)
+    station.set_thresholds("default", Thresholds(float(np.median(scores))))
+    for p in images:
+        shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
+    with webhook_receiver() as hook, watching(station, [str(inbox)], webhook=hook["url"], webhook_on="ng"):
+        wait_for(lambda: len(rows(station)) == 6, what="6 results")
+        ng = [r for r in rows(station) if r["label"] == 1]
+        wait_for(lambda: len(hook["received"]) == len(ng), what="one POST per NG result")
+        time.sleep(0.5)
+    assert sorted(r["id"] for r in hook["received"]) == sorted(r["id"] for r in ng) and all(
+        r["label"] == 1 for r in hook["received"]
+    )
+
+    down = tmp_path / "down"
+    down.mkdir()
+    for p in images:
+        shutil.copy(p, down / f"again_{p.parent.name}_{p.name}")
+    closed = "http://127.0.0.1:9/hook"  # the discard port: nothing listens
+    with watching(station, [str(down)], webhook=closed, webhook_on="all"):
+        wait_for(lambda: len(rows(station)) == 12, timeout=60, what="scoring to go on with the webhook down")
+        wait_for(lambda: events(station, "webhook_failed"), timeout=60, what="the undelivered result recorded")
+    assert "not delivered" in events(station, "webhook_failed")[0]["detail"]
+
+
+def test_bad_sources_are_clear_errors_or_recorded_failures_and_the_watcher_keeps_going(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    station = station_at(tmp_path / "state")
+    with pytest.raises(ConfigError, match="not a folder to watch"):
+        Watcher(LocalScorer(station, "default"), [str(tmp_path / "nowhere")], WatchConfig(**FAST))
+    with pytest.raises(ConfigError, match="no such video file"):
+        Watcher(LocalScorer(station, "default"), [str(tmp_path / "nowhere.mp4")], WatchConfig(**FAST))
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)  # a header, then no decodable video
+    with watching(station, [str(inbox), str(broken)], max_wait_s=2.0) as watcher:
+        (inbox / "cut.png").write_bytes(bottles(shared_data, 1)[0].read_bytes()[:5000])  # a truncated PNG
+        growing = inbox / "growing.png"
+        stop = threading.Event()
+
+        def keep_writing() -> None:
+            with growing.open("wb") as f:
+                while not stop.is_set():
+                    f.write(b"x" * 100)
+                    f.flush()
+                    time.sleep(0.1)
+
+        writer = threading.Thread(target=keep_writing, daemon=True)
+        writer.start()
+        try:
+            wait_for(lambda: events(station, "never_completed"), timeout=30, what="the never-completed file")
+        finally:
+            stop.set()
+            writer.join()
+        shutil.copy(bottles(shared_data, 1)[0], inbox / "fine.png")  # and the watcher still scores
+        wait_for(lambda: any(Path(r["source"]).name == "fine.png" for r in rows(station)), what="a later file")
+        assert watcher.counts["failed"] >= 2
+    failures = {Path(r["source"]).name: r["error"] for r in rows(station) if r["error"]}
+    assert "cut.png" in failures  # recorded as a failed result with the decoder's reason
+    assert (
+        events(station, "source_error") and "cannot be opened as video" in events(station, "source_error")[0]["detail"]
+    )
+    assert "growing.png" in events(station, "never_completed")[0]["source"]
+
+
+def test_an_unknown_profile_without_model_flags_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    code = main(["watch", str(inbox), "--profile", "nope", "--state", str(tmp_path / "state"), "--quiet"])
+    assert code == 2 and "no profile 'nope'" in capsys.readouterr().err
