@@ -19,7 +19,7 @@ def test_evaluate_cli_on_shared_data_says_what_it_found_and_marks_undefined_metr
     datasets = [str(shared_data / "Kvasir-SEG"), str(shared_data / "MVTec_AD")]
     assert main(["evaluate", *datasets, "--out", str(tmp_path), *flags]) == 0
     out = capsys.readouterr().out
-    assert "5 images (0 normal, 5 anomalous), 5 masks" in out  # the summary comes before the work
+    assert "5 images (0 good, 5 defect), 5 masks" in out  # the summary comes before the work
     assert "random CLIP weights" in out
     document = json.loads((tmp_path / "results.json").read_text())
     rows = {c["dataset"]: c["metrics"] for c in document["classes"]}

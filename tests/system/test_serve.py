@@ -41,13 +41,13 @@ def test_the_page_scores_an_uploaded_image_in_headless_chromium(detector: Detect
                 "s.dispatchEvent(new Event('input'));",
                 max(score - 0.001, 0.0),
             )
-            assert label.text == "anomalous"
+            assert label.text == "defect"
             browser.execute_script(
                 "const s = document.getElementById('threshold'); s.value = arguments[0];"
                 "s.dispatchEvent(new Event('input'));",
                 min(score + 0.001, 1.0),
             )
-            assert label.text == "normal"  # the slider re-labels live
+            assert label.text == "good"  # the slider re-labels live
             rows = browser.find_elements(By.CSS_SELECTOR, "#table tbody tr")
             assert len(rows) == 1 and path.name in rows[0].text
             assert browser.find_element(By.ID, "bank").text == "bank: 0 good parts"

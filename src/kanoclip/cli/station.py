@@ -13,6 +13,7 @@ from kanoclip.cli.common import MODEL, run_config, run_section
 from kanoclip.cli.flags import Command, Parsed, Section
 from kanoclip.errors import ConfigError
 from kanoclip.inference.config import RunConfig
+from kanoclip.labels import Label, word
 from kanoclip.options import option
 from kanoclip.station.config import ServeConfig, StationConfig
 from kanoclip.station.watch.config import WatchConfig
@@ -119,7 +120,10 @@ def watch_command(parsed: Parsed) -> int:
         watcher.on_result = lambda r: metrics.observe_detection(where.profile, r.get("score"), r.get("label"))
     print(f"kanoclip watch: {', '.join(o.sources)} -> profile {where.profile!r} (Ctrl-C stops)", flush=True)
     counts = watcher.run()
-    print(f"{counts['scored']} scored, {counts['ng']} NG, {counts['failed']} failed, {counts['skipped']} already done")
+    print(
+        f"{counts['scored']} scored, {counts['defect']} defect, {counts['failed']} failed, "
+        f"{counts['skipped']} already done"
+    )
     return 0
 
 
@@ -129,7 +133,7 @@ class HistoryOptions:
     profile: str | None = option(None, help="one profile's results")
     since: str | None = option(None, help="from this time (ISO 8601, UTC unless it says otherwise)")
     until: str | None = option(None, help="before this time")
-    label: int | None = option(None, choices=(0, 1), help="only good (0) or defect (1) results")
+    label: str | None = option(None, help="only good or defect results (0/1 and ok/ng still accepted)")
     limit: int = option(20, help="the newest N rows (--csv: all)")
     csv: bool = option(False, help="every matching row as CSV on stdout")
 
@@ -157,7 +161,7 @@ def history_command(parsed: Parsed) -> int:
         "profile": o.profile,
         "since": parse_time(o.since),
         "until": parse_time(o.until),
-        "label": o.label,
+        "label": None if o.label is None else int(Label.parse(o.label)),
     }
     if o.csv:
         for chunk in history_csv(station.iter_results(**filters)):
@@ -165,7 +169,7 @@ def history_command(parsed: Parsed) -> int:
         return 0
     rows, _ = station.results(**filters, limit=o.limit)
     for row in rows:
-        label = {None: "-", 0: "good", 1: "DEFECT"}[row["label"]] if row["error"] is None else "error"
+        label = word(row["label"]) if row["error"] is None else "error"
         score = "-" if row["score"] is None else f"{row['score']:.4f}"
         print(f"{row['id']:>8}  {iso(row['created_at'])}  {row['profile']:<16} {score:>8}  {label:<6}  {row['source']}")
     if not rows:

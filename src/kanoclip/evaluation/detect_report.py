@@ -13,6 +13,7 @@ from kanoclip.errors import ConfigError
 from kanoclip.evaluation import plots
 from kanoclip.evaluation.report import config_table, esc, figure, page, random_weights_banner, score_digits, thumbnail
 from kanoclip.inference.outputs import SCORES, RunFolder
+from kanoclip.labels import word
 
 
 def write_report(folder: RunFolder, count: int, failed: Sequence[tuple[str, str]]) -> Path:
@@ -38,7 +39,7 @@ def write_report(folder: RunFolder, count: int, failed: Sequence[tuple[str, str]
             assert row.map is not None and row.score is not None
             name = row.map.removeprefix("maps/").removesuffix(".npy")
             picture = read_image(folder.out / f"maps/{name}.overlay.png")
-            label = "" if row.label is None else (" NG" if row.label else " OK")
+            label = "" if row.label is None else " " + word(row.label)
             caption = f"<b>{esc(name)}</b>, score {row.score:.{digits}f}{label}"
             shown.append(figure(to_png(thumbnail(picture)), caption, f"overlay of {name}"))
         return "".join(shown)

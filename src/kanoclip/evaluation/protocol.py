@@ -28,6 +28,7 @@ from kanoclip.evaluation.report import config_table, esc, figure, page, random_w
 from kanoclip.inference import distributed
 from kanoclip.inference.detector import Collected, Detector
 from kanoclip.inference.overlays import overlay, with_colour_bar
+from kanoclip.labels import Label
 
 COLUMNS = [
     ("image_auroc", "I-AUROC"),
@@ -228,7 +229,7 @@ def _plots(
         "F1-max threshold": curves["image"].f1_max_threshold if "image" in curves else None,
         "calibrated threshold": detector.thresholds.image_threshold,
     }
-    groups = {"normal": scores[labels == 0], "anomalous": scores[labels == 1]}
+    groups = {Label.GOOD.word: scores[labels == Label.GOOD], Label.DEFECT.word: scores[labels == Label.DEFECT]}
     pngs["histogram"] = plots.histogram_png(groups, lines, f"image scores: {title}")
     if len(result.per_seed) > 1:
         pngs["seeds"] = plots.seeds_png(result.per_seed, COLUMNS, f"{len(result.per_seed)} seeds: {title}")

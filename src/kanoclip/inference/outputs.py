@@ -30,6 +30,7 @@ from kanoclip.errors import ConfigError
 from kanoclip.inference.config import RunConfig
 from kanoclip.inference.detector import Detector, Prediction
 from kanoclip.inference.overlays import mask_image
+from kanoclip.labels import word
 
 RUN = "run.json"
 SCORES = "scores.csv"
@@ -248,7 +249,7 @@ def detect_video(
                 rows.append(folder.write_image(f"frame_{f.index:06d}", p, detector))
                 if cv2 is not None and p.anomaly_map is not None:
                     picture = np.ascontiguousarray(detector.paint(f.rgb, p)[:, :, ::-1])
-                    text = f"{p.pred_score:.4f}" + ("" if p.pred_label is None else (" NG" if p.pred_label else " OK"))
+                    text = f"{p.pred_score:.4f}" + ("" if p.pred_label is None else " " + word(p.pred_label))
                     cv2.putText(picture, text, (8, 28), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2)
                     if writer is None:
                         size = (picture.shape[1], picture.shape[0])

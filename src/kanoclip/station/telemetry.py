@@ -8,6 +8,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from kanoclip.labels import word
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
 
@@ -43,7 +45,7 @@ class ServeMetrics:
             self.errors.labels(endpoint).inc()
 
     def observe_detection(self, profile: str, score: float | None, label: int | None) -> None:
-        shown = "error" if score is None else ("unlabelled" if label is None else ("defect" if label else "good"))
+        shown = "error" if score is None else ("unlabelled" if label is None else word(label))
         self.detections.labels(profile, shown).inc()
         if score is not None:
             self.scores.labels(profile).observe(score)

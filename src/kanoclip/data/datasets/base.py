@@ -72,7 +72,7 @@ class DatasetIndex:
         masks = sum(s.mask is not None for s in self.test)
         lines = [
             f"{self.name} layout at {self.root}: {len(self.classes)} class(es) {_short(self.classes)}",
-            f"  test: {len(self.test)} images ({labels[0]} normal, {labels[1]} anomalous), {masks} masks",
+            f"  test: {len(self.test)} images ({labels[0]} good, {labels[1]} defect), {masks} masks",
         ]
         if self.train:
             lines.append(f"  train: {len(self.train)} normal images")

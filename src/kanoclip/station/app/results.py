@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 
 from kanoclip.inference.backends import REFERENCES
+from kanoclip.labels import Label
 from kanoclip.station.app.references import add_good_parts
 from kanoclip.station.app.state import GUARDED, Served, detector_of
 from kanoclip.station.db import check_profile_name
@@ -23,7 +24,7 @@ router = APIRouter(dependencies=GUARDED)
 
 class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    verdict: Literal["good", "defect"]
+    verdict: Literal["good", "defect", "ok", "ng", "normal", "anomalous"]  # good/defect; the rest: earlier words
     note: str | None = Field(default=None, max_length=2000)
 
 
@@ -81,9 +82,10 @@ async def result(result_id: int, state: Served, include_map: bool = True) -> dic
 async def feedback(result_id: int, body: FeedbackBody, state: Served) -> dict[str, Any]:
     """A verdict on a result, recorded; "good" also adds its image to the profile's bank."""
     station = state.station
-    row = await run_in_threadpool(station.feedback, result_id, body.verdict, body.note)
-    answer: dict[str, Any] = {"result": result_id, "verdict": body.verdict, "profile": row["profile"]}
-    if body.verdict == "good" and row["profile"] in station.profiles and row["image_sha256"]:
+    verdict = Label.parse(body.verdict).word
+    row = await run_in_threadpool(station.feedback, result_id, verdict, body.note)
+    answer: dict[str, Any] = {"result": result_id, "verdict": verdict, "profile": row["profile"]}
+    if verdict == Label.GOOD.word and row["profile"] in station.profiles and row["image_sha256"]:
         data = await run_in_threadpool(station.blob, row["image_sha256"])
         if data is not None and (await detector_of(state, row["profile"])).supports(REFERENCES):
             answer["references"] = await add_good_parts(state, row["profile"], [(row["source"], data)])

@@ -30,5 +30,7 @@ class WatchConfig:
     webhook: str | None = option(
         None, metavar="URL", group=SINKS, help="POST each result as JSON here (retried; never blocks scoring)"
     )
-    webhook_on: str = option("all", choices=("all", "ng"), group=SINKS, help="every result, or NG only")
+    webhook_on: str = option(
+        "all", choices=("all", "defect", "ng"), group=SINKS, help="every result, or defects only (ng: the old name)"
+    )
     progress: bool = option(True, name="--quiet", negate=True, group=SINKS, help="no live progress line")

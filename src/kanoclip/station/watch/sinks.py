@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from kanoclip.errors import ConfigError
+from kanoclip.labels import Label
 
 RETRY_S = (0.5, 2.0, 5.0)
 
@@ -29,7 +30,8 @@ class Webhook:
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"--webhook takes an http:// or https:// URL, got {url!r}")
-        if on not in ("all", "ng"):
+        on = on if on == "all" else Label.parse(on).word  # "ng": the earlier name
+        if on not in ("all", Label.DEFECT.word):
             raise ConfigError(f"--webhook-on is all or ng, got {on!r}")
         self.url, self.on, self.on_failure, self.timeout_s = url, on, on_failure, timeout_s
         self.queue: queue.Queue[dict[str, Any] | None] = queue.Queue(queue_size)
@@ -38,8 +40,8 @@ class Webhook:
         self.thread.start()
 
     def send(self, result: dict[str, Any]) -> None:
-        """Queue a result for delivery (never blocks): NG only with `on="ng"`; a full queue reports a failure."""
-        if self.on == "ng" and result.get("label") != 1:
+        """Queue a result for delivery (never blocks): defects only with `on="defect"`; a full queue is a failure."""
+        if self.on == Label.DEFECT.word and result.get("label") != Label.DEFECT:
             return
         try:
             self.queue.put_nowait(result)

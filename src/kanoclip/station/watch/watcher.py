@@ -36,6 +36,7 @@ from kanoclip.data.images import decode
 from kanoclip.data.video import frames, is_live, is_video
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.inference.detector import Prediction
+from kanoclip.labels import Label
 from kanoclip.station.station import Detection, Station
 from kanoclip.station.watch.config import WatchConfig
 from kanoclip.station.watch.hotfolder import HotFolder
@@ -235,7 +236,7 @@ class Watcher:
                 cfg.webhook_on,
                 lambda r, why: self.scorer.event(str(r.get("source")), "webhook_failed", why),
             )
-        self.counts = {"scored": 0, "ng": 0, "failed": 0, "skipped": 0}
+        self.counts = {"scored": 0, Label.DEFECT.word: 0, "failed": 0, "skipped": 0}
         self.latencies: list[float] = []  # seconds from a file found complete to its result recorded
         self.on_result: Callable[[dict[str, Any]], None] | None = None
 
@@ -361,7 +362,7 @@ class Watcher:
                 self.counts["failed"] += 1
             else:
                 self.counts["scored"] += 1
-                self.counts["ng"] += int(result.get("label") == 1)
+                self.counts[Label.DEFECT.word] += int(result.get("label") == Label.DEFECT)
                 if item.path is not None:
                     self._sort(item.path, result.get("label"))
             if self.webhook is not None:
@@ -371,7 +372,11 @@ class Watcher:
 
     def _sort(self, path: Path, label: int | None) -> None:
         """Into --ok-dir or --ng-dir by label (unlabelled and failed files stay)."""
-        target = {0: self.cfg.ok_dir, 1: self.cfg.ng_dir}.get(label) if label is not None else None
+        target = (
+            {Label.GOOD: self.cfg.ok_dir, Label.DEFECT: self.cfg.ng_dir}.get(Label(label))
+            if label is not None
+            else None
+        )
         if target is None or not path.exists():
             return
         destination = target / path.name
@@ -383,7 +388,8 @@ class Watcher:
         c = self.counts
         rate = c["scored"] / elapsed if elapsed > 0 else 0.0
         print(
-            f"\rwatch {self.cfg.profile}: {c['scored']} scored ({rate:.1f}/s), {c['ng']} NG, {c['failed']} failed, "
+            f"\rwatch {self.cfg.profile}: {c['scored']} scored ({rate:.1f}/s), {c['defect']} defect, "
+            f"{c['failed']} failed, "
             f"{c['skipped']} already done, queue {self.queue.qsize()}",
             end="",
             file=sys.stderr,
