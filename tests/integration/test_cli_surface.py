@@ -17,7 +17,7 @@ from kanoclip.cli.flags import all_commands
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = ["--preset", "kanoclip-tiny", "--workers", "0", "--device", "cpu"]
-BLOCKING = ("kanoclip serve", "kanoclip watch")  # they run until stopped: their lines are parsed, not run, here
+BLOCKING = ("kanoclip serve", "kanoclip watch")  # run until stopped: tests/system/test_help_examples.py runs them
 
 
 def offline_examples() -> list[str]:
@@ -75,7 +75,7 @@ def test_every_offline_help_example_runs(line: str, workdir: Path, capsys: pytes
 
     argv = shlex.split(line)[1:]
     if line.startswith(BLOCKING):
-        parse(argv)  # a server and a watcher run until stopped; test_serve and test_watch run them
+        parse(argv)  # a server and a watcher run until stopped: the system tier runs them in their own process
         return
     extra = ["--workers", "0", "--device", "cpu"] if "--preset" in argv and argv[0] != "info" else []
     assert main([*argv, *extra]) == 0, capsys.readouterr().err
