@@ -22,7 +22,7 @@ def test_a_checkpoint_takes_only_where_its_clip_lives_and_one_bank_file_stands_a
     RunConfig(checkpoint="c", model_changes=(("pretrained", "/models/x.pt"), ("image_size", 336)))
     with pytest.raises(ConfigError, match="--set map_sigma cannot"):
         RunConfig(checkpoint="c", model_changes=(("map_sigma", 2.0),))
-    with pytest.raises(ConfigError, match="--config cannot"):
+    with pytest.raises(ConfigError, match="--preset cannot"):
         RunConfig(checkpoint="c", model_file="m.json")
     with pytest.raises(ConfigError, match="one bank file"):
         RunConfig(references=("a.kref", "good/"))

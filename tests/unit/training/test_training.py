@@ -7,10 +7,7 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from kanoclip import TrainConfig
 from kanoclip.data.datasets import load_dataset
@@ -19,34 +16,10 @@ from kanoclip.errors import ConfigError, KnowledgeError
 from kanoclip.evaluation.reproduce import reproduce
 from kanoclip.knowledge import load_image_knowledge
 from kanoclip.knowledge.base import ImageKnowledge
-from kanoclip.model import checkpoint
 from kanoclip.training.loop import epoch_order, image_knowledge_rows, train
 from tests.conftest import TINY, tiny_model
 from tests.support.training import losses
 from tests.support.training import synthetic as synthetic
-
-
-def test_a_few_steps_on_the_synthetic_set_lower_the_loss(synthetic: Path, tmp_path: Path) -> None:
-    config = TINY.replace(kd_use_vqa=False)
-    train_config = TrainConfig(epochs=5, batch_size=4, num_workers=0, lr_prompts=1e-2, lr_modules=1e-3)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        final = train(config, train_config, load_dataset(synthetic), tmp_path, device="cpu")
-    log = losses(tmp_path)
-    assert len(log) == 15 and [r["step"] for r in log] == list(range(1, 16))
-    first, last = np.mean([r["total"] for r in log[:3]]), np.mean([r["total"] for r in log[-3:]])
-    assert last < 0.8 * first, (first, last)
-    assert log[-1]["kd"] < log[0]["kd"]
-    # round trip: the final checkpoint rebuilds the trained model; saving it again changes nothing
-    model = checkpoint.load(final)
-    again = checkpoint.load(checkpoint.save(model, tmp_path / "copy"))
-    images = torch.rand(2, 3, 112, 112)
-    with torch.no_grad():
-        a, b = model.eval()(images), again.eval()(images)
-    assert torch.equal(a.pred_score, b.pred_score) and torch.equal(a.anomaly_map, b.anomaly_map)
-    state = torch.load(tmp_path / "training_state.pt", weights_only=False)
-    saved = load_file(str(final / "model.safetensors"))
-    assert all(torch.equal(saved[k], v) for k, v in state["weights"].items())
 
 
 def test_resuming_with_other_settings_is_refused(synthetic: Path, tmp_path: Path) -> None:
