@@ -66,3 +66,17 @@ def read_json_object(path: Path, error: type[Exception], missing: str, damaged: 
     if not isinstance(document, dict):
         raise error(f"{path} is not a valid JSON object (it holds a {type(document).__name__}); {damaged}")
     return document
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")  # OWASP's CSV-injection characters, and the escape itself
+
+
+def spreadsheet_safe(cell: Any) -> Any:
+    """A text cell that a spreadsheet would run as a formula (`=HYPERLINK(...)` as a file name), quoted with a
+    leading apostrophe, as OWASP advises; numbers and other text pass unchanged. `from_spreadsheet` undoes it."""
+    return "'" + cell if isinstance(cell, str) and cell.startswith(FORMULA_START) else cell
+
+
+def from_spreadsheet(cell: str) -> str:
+    """A cell as `spreadsheet_safe` wrote it, back to its text (kanoclip reads its own scores.csv to resume)."""
+    return cell[1:] if cell.startswith("'") else cell

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from kanoclip._files import atomic_write_bytes, atomic_write_json
+from kanoclip._files import atomic_write_bytes, atomic_write_json, spreadsheet_safe
 from kanoclip.data.datasets import DatasetIndex, Sample
 from kanoclip.data.datasets.base import sample_image, sample_mask
 from kanoclip.data.images import to_png
@@ -356,10 +356,11 @@ def write_reports(results: list[ClassResult], out_dir: Path, info: dict[str, Any
     writer.writerow(["dataset", "class", "defect", "images", *[k for k, _ in COLUMNS]])
     number = lambda v: "" if v is None or math.isnan(v) else f"{v:.6f}"  # noqa: E731
     for dataset, cls, n, values, _ in table_rows(results):
-        writer.writerow([dataset, cls, "all", n, *[number(values[k]) for k, _ in COLUMNS]])
+        writer.writerow([*map(spreadsheet_safe, (dataset, cls, "all")), n, *[number(values[k]) for k, _ in COLUMNS]])
     for r in results:
         for row in r.defects:
-            writer.writerow([r.dataset, r.cls, row["defect"], row["images"], *[number(row.get(k)) for k, _ in COLUMNS]])
+            names = map(spreadsheet_safe, (r.dataset, r.cls, row["defect"]))
+            writer.writerow([*names, row["images"], *[number(row.get(k)) for k, _ in COLUMNS]])
     atomic_write_bytes(out_dir / "results.csv", buffer.getvalue().encode())
     document = {
         "info": info,

@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from kanoclip._files import atomic_write_bytes, atomic_write_json, npy_bytes, read_json_object
+from kanoclip._files import (
+    atomic_write_bytes,
+    atomic_write_json,
+    from_spreadsheet,
+    npy_bytes,
+    read_json_object,
+    spreadsheet_safe,
+)
 from kanoclip.data.images import to_png
 from kanoclip.data.inputs import expand_inputs, output_names
 from kanoclip.errors import ConfigError
@@ -115,7 +122,8 @@ class RunFolder:
     def line(self, row: Row, labelled: bool) -> list[Any]:
         assert row.score is not None
         label = [row.label] if labelled else []
-        return [row.path, f"{row.score:.6f}", *label, *([row.map] if self.save_maps else [])]
+        cells = [row.path, f"{row.score:.6f}", *label, *([row.map] if self.save_maps else [])]
+        return [spreadsheet_safe(c) for c in cells]
 
     def scored_rows(self, labelled: bool) -> dict[str, Row]:
         """The rows a run of this folder finished (scores.csv, else the .partial one; a torn last line dropped)."""
@@ -128,11 +136,12 @@ class RunFolder:
             try:
                 if any(record.get(f) in (None, "") for f in fields):
                     continue
-                rows[record["path"]] = Row(
-                    record["path"],
+                path, amap = from_spreadsheet(record["path"]), record.get("map")
+                rows[path] = Row(
+                    path,
                     float(record["score"]),
                     int(record["label"]) if labelled else None,
-                    record.get("map"),
+                    None if amap is None else from_spreadsheet(amap),
                 )
             except ValueError:
                 continue  # a line cut short by a crash

@@ -22,7 +22,7 @@ from numpy.typing import NDArray
 from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.exc import OperationalError
 
-from kanoclip._files import npy_bytes
+from kanoclip._files import npy_bytes, spreadsheet_safe
 from kanoclip.data.images import to_png
 from kanoclip.errors import ConfigError
 from kanoclip.inference.detector import Detector, Prediction
@@ -260,7 +260,7 @@ def history_csv(rows: Iterator[dict[str, Any]]) -> Iterator[str]:
     writer.writerow(HISTORY_COLUMNS)
     for row in rows:
         shown = public(row)
-        writer.writerow(["" if shown[k] is None else shown[k] for k in HISTORY_COLUMNS])
+        writer.writerow(["" if shown[k] is None else spreadsheet_safe(shown[k]) for k in HISTORY_COLUMNS])
         if buffer.tell() > 64 * 1024:
             yield buffer.getvalue()
             buffer.seek(0)
