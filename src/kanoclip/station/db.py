@@ -228,7 +228,7 @@ PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 def check_profile_name(name: str) -> str:
     """A profile name that is safe in URLs, file names and logs: 1-64 letters, digits, `_`, `.`, `-`, not starting
     with a dot (so never `..`)."""
-    if not PROFILE_NAME.fullmatch(name):
+    if not PROFILE_NAME.fullmatch(name) or ".." in name:
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise ConfigError(
             f"{shown!r} is not a profile name: use 1-64 letters, digits, '_', '.' or '-', starting with a letter or "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -224,18 +225,34 @@ def _scored_with(det: Detector) -> dict[str, Any]:
     }
 
 
+_BASIC = re.compile(
+    r"(?P<date>\d{4})(?P<m>\d{2})(?P<d>\d{2})(?:T(?P<H>\d{2})(?P<M>\d{2})?(?P<S>\d{2})?(?P<f>[.,]\d+)?)?"
+    r"(?P<tz>Z|[+-]\d{2}(?::?\d{2})?)?"
+)
+
+
 def parse_time(value: str | None) -> float | None:
-    """An ISO 8601 time (UTC unless it says otherwise) or seconds since the epoch; None stays None."""
+    """An ISO 8601 date or time, basic (20261201T0800Z) or extended (2026-12-01T08:00Z), UTC unless it says
+    otherwise; None stays None. Anything else is refused: `20261201` once read as seconds since 1970."""
     if value is None or value == "":
         return None
+    text = value.strip()
+    basic = _BASIC.fullmatch(text)
+    if basic:  # to the extended form, which fromisoformat reads on every supported Python
+        g = basic.groupdict()
+        clock = ":".join(x for x in (g["H"], g["M"], g["S"]) if x) + (g["f"] or "").replace(",", ".")
+        zone = g["tz"] or ""
+        if zone and zone != "Z" and ":" not in zone and len(zone) == 5:
+            zone = f"{zone[:3]}:{zone[3:]}"
+        text = f"{g['date']}-{g['m']}-{g['d']}" + (f"T{clock if g['M'] else clock + ':00'}" if g["H"] else "") + zone
     try:
-        return float(value)
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}([T ][\d:.,]+)?(Z|[+-]\d{2}(:?\d{2})?)?", text):
+            raise ValueError(text)
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace(",", "."))
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"{value!r} is not a time: give ISO 8601 (2026-12-01T08:00) or seconds since 1970") from None
+        raise ConfigError(
+            f"{value!r} is not an ISO 8601 date or time: give e.g. 2026-12-01, 2026-12-01T08:00Z or 20261201T0800Z"
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.timestamp()

@@ -14,7 +14,7 @@ router = APIRouter(dependencies=GUARDED)
 
 
 class CalibrateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or infinity: 422
     false_alarm_rate: float = Field(default=0.01, gt=0, lt=1)
 
 

@@ -16,7 +16,7 @@ router = APIRouter(dependencies=GUARDED)
 
 
 class EventBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or infinity: 422
     profile: str | None = None
     source: str = Field(max_length=2000)
     kind: Literal["stream_gap", "webhook_failed", "source_error", "never_completed"]

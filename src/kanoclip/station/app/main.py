@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from kanoclip._version import __version__
@@ -66,6 +67,7 @@ def create_app(
     )
     for kind, status in ((NotFound, 404), (Conflict, 409), (DiskFull, 507), (ConfigError, 400)):
         app.add_exception_handler(kind, _answer(status))
+    app.add_exception_handler(RequestValidationError, _invalid)
     for module in ROUTERS:
         app.include_router(module.router)
     return app
@@ -105,6 +107,14 @@ async def _prune_history(station: Station, cfg: ServeConfig) -> None:
         except Exception as e:
             log.warning("retention failed this time: %s", e)
         await asyncio.sleep(cfg.prune_every_s)
+
+
+async def _invalid(request: Request, error: Exception) -> JSONResponse:
+    """422 for a request that does not validate, without echoing its input: a NaN there cannot be written as JSON
+    (FastAPI's own handler then failed with a 500)."""
+    assert isinstance(error, RequestValidationError)
+    detail = [{k: v for k, v in e.items() if k in ("type", "loc", "msg")} for e in error.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _answer(status: int) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:

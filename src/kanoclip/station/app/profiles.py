@@ -19,7 +19,7 @@ router = APIRouter(dependencies=GUARDED)
 
 
 class ProfileBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or infinity: 422
     name: str | None = None
     class_name: str | None = Field(default=None, max_length=200)
     checkpoint: str | None = None

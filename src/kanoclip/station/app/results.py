@@ -4,9 +4,9 @@ verdicts on results; a "good" verdict also adds the image to the profile's bank.
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Path, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -20,10 +20,12 @@ from kanoclip.station.db import check_profile_name
 from kanoclip.station.results import history_csv, parse_time, public
 
 router = APIRouter(dependencies=GUARDED)
+ROW_ID_MAX = 2**63 - 1  # the largest id a 64-bit row id holds: past it, 422 rather than a database overflow (500)
+RowId = Annotated[int, Path(ge=0, le=ROW_ID_MAX)]
 
 
 class FeedbackBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or infinity: 422
     verdict: Literal["good", "defect", "ok", "ng", "normal", "anomalous"]  # good/defect; the rest: earlier words
     note: str | None = Field(default=None, max_length=2000)
 
@@ -34,9 +36,9 @@ async def results(
     profile: str | None = None,
     since: str | None = None,
     until: str | None = None,
-    label: int | None = None,
+    label: Annotated[int | None, Query(ge=0, le=1)] = None,
     limit: int = 100,
-    cursor: int | None = None,
+    cursor: Annotated[int | None, Query(ge=0, le=ROW_ID_MAX)] = None,
     format: str = "json",
 ) -> Any:
     """The history, newest first: `?profile=&since=&until=&label=&limit=&cursor=`; `format=csv` streams every
@@ -64,7 +66,7 @@ async def results(
 
 
 @router.get("/v1/results/{result_id}")
-async def result(result_id: int, state: Served, include_map: bool = True) -> dict[str, Any]:
+async def result(result_id: RowId, state: Served, include_map: bool = True) -> dict[str, Any]:
     """One result with its feedback, its overlay (base64 PNG, at the image's size) and its map (base64 float16
     .npy, at the model's resolution)."""
     station = state.station
@@ -79,7 +81,7 @@ async def result(result_id: int, state: Served, include_map: bool = True) -> dic
 
 
 @router.post("/v1/results/{result_id}/feedback")
-async def feedback(result_id: int, body: FeedbackBody, state: Served) -> dict[str, Any]:
+async def feedback(result_id: RowId, body: FeedbackBody, state: Served) -> dict[str, Any]:
     """A verdict on a result, recorded; "good" also adds its image to the profile's bank."""
     station = state.station
     verdict = Label.parse(body.verdict).word
