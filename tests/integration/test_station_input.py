@@ -73,3 +73,35 @@ def test_history_since_basic_format_filters_instead_of_returning_everything(
 def test_a_profile_name_with_dot_dot_or_a_slash_is_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="is not a profile name"):
         check_profile_name(name)
+
+
+def test_profiles_are_capped_and_a_deleted_profiles_series_go_with_it(tmp_path: Path, shared_data: Path) -> None:
+    """Finding 8: 60 profiles over HTTP each added series for ever."""
+    with station_client(tmp_path / "state", max_profiles=3) as c:
+        for name in ("p1", "p2"):
+            ok(c.post("/v1/profiles", json={"name": name}))
+            ok(c.post(f"/v1/profiles/{name}/detect", files=files(probes(shared_data)[:1])))
+        r = c.post("/v1/profiles", json={"name": "p3"})
+        assert r.status_code == 409 and "--max-profiles" in r.json()["detail"]
+        assert 'profile="p1"' in c.get("/metrics").text
+        ok(c.delete("/v1/profiles/p1"))
+        metrics = c.get("/metrics").text
+        assert 'profile="p1"' not in metrics and 'profile="p2"' in metrics
+        ok(c.post("/v1/profiles", json={"name": "p3"}))  # room again
+
+
+def test_history_shows_each_results_verdict_as_its_csv_does(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 24: the table left out the verdicts the CSV and the API have."""
+    state = tmp_path / "state"
+    with station_client(state) as c:
+        ok(c.post("/v1/detect", files=files(probes(shared_data)[:2])))
+        newest = ok(c.get("/v1/results"))["results"][0]
+        ok(c.post(f"/v1/results/{newest['id']}/feedback", json={"verdict": "defect"}))
+    capsys.readouterr()
+    assert main(["history", str(state)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "verdict" in lines[0]
+    row = next(line for line in lines if line.split()[0] == str(newest["id"]))
+    assert row.split()[5] == "defect"

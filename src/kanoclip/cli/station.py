@@ -168,10 +168,14 @@ def history_command(parsed: Parsed) -> int:
             sys.stdout.write(chunk)
         return 0
     rows, _ = station.results(**filters, limit=o.limit)
+    if rows:
+        print(f"{'id':>8}  {'time':<24}  {'profile':<16} {'score':>8}  {'label':<6}  {'verdict':<7} source")
     for row in rows:
         label = word(row["label"]) if row["error"] is None else "error"
         score = "-" if row["score"] is None else f"{row['score']:.4f}"
-        print(f"{row['id']:>8}  {iso(row['created_at'])}  {row['profile']:<16} {score:>8}  {label:<6}  {row['source']}")
+        verdict = row.get("verdict") or "-"  # what a person said of it, beside what the model said
+        shown = f"{row['id']:>8}  {iso(row['created_at'])}  {row['profile']:<16} {score:>8}  {label:<6}  {verdict:<7}"
+        print(f"{shown} {row['source']}")
     if not rows:
         print("no results match")
     return 0

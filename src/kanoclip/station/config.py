@@ -73,6 +73,9 @@ class ServeConfig:
     max_upload_bytes: int = option(20 * MB, name="--max-upload-mb", scale=MB, help="per file (413 above)")
     max_files: int = 64
     poll_s: float = 1.0  # how often profile changes made through other instances are looked for
+    max_profiles: int = option(
+        64, group=STATION, help="profiles the station holds at most: creating one more over HTTP is a 409"
+    )
     keep_days: float | None = option(
         None, group=STATION, help="prune results older than this many days (default: keep all)"
     )

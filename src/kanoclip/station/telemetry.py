@@ -3,6 +3,7 @@ servers in one process (tests, benchmarks) count apart."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Any
 
@@ -15,8 +16,11 @@ SCORE_BUCKETS = tuple(i / 20 for i in range(1, 21))
 
 
 class ServeMetrics:
+    """The server's series. Profile series are bounded with the profiles: a deleted profile's go with it."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shown: dict[str, set[str]] = {}  # the label values each profile's detections were counted under
         r = self.registry
         self.requests = Counter(
             "kanoclip_requests", "HTTP requests by endpoint and status", ["endpoint", "status"], registry=r
@@ -47,8 +51,16 @@ class ServeMetrics:
     def observe_detection(self, profile: str, score: float | None, label: int | None) -> None:
         shown = "error" if score is None else ("unlabelled" if label is None else word(label))
         self.detections.labels(profile, shown).inc()
+        self.shown.setdefault(profile, set()).add(shown)
         if score is not None:
             self.scores.labels(profile).observe(score)
+
+    def forget_profile(self, profile: str) -> None:
+        """Drop a deleted profile's series, so that profiles created and deleted over months do not add up."""
+        for shown in self.shown.pop(profile, ()):
+            self.detections.remove(profile, shown)
+        with contextlib.suppress(KeyError):
+            self.scores.remove(profile)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

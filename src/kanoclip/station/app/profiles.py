@@ -68,6 +68,11 @@ async def create_profile(body: ProfileBody, state: Served) -> dict[str, Any]:
     name = fields.pop("name", None)
     if not name:
         raise HTTPException(400, "a profile needs a name")
+    cap = state.config.max_profiles
+    if name not in state.station.profiles and len(state.station.profiles) >= cap:
+        raise HTTPException(
+            409, f"the station holds its {cap} profiles at most (--max-profiles): delete one, or start it with more"
+        )
     await state.batcher.exclusive(state.station.put_profile, name, fields, True)
     return await described(state, name)
 
@@ -94,4 +99,5 @@ async def delete_profile(name: str, state: Served) -> dict[str, Any]:
     if name == state.default:
         raise HTTPException(409, f"{name!r} is this server's default profile (--profile): it cannot be deleted")
     await state.batcher.exclusive(state.station.delete_profile, name)
+    state.metrics.forget_profile(name)
     return {"deleted": name}
