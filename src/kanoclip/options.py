@@ -24,11 +24,12 @@ class Flag:
     metavar: str | None = None
     choices: tuple[Any, ...] | None = None
     positional: bool = False
-    nargs: str | None = None  # "?" (with `const`) for a flag whose value is optional
+    nargs: str | None = None  # "?" (with `const`): an optional value; "+": several values after one flag
     const: Any = None
     scale: float = 1.0  # the flag's unit times this is the field's: --max-upload-mb sets max_upload_bytes
     negate: bool = False  # a switch that sets a true-by-default field false (--quiet sets progress)
     group: str | None = None  # the --help section, when not the config's own
+    secret: bool = False  # never printed by --print-config (an API key)
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, **flag: Any) -> Any:

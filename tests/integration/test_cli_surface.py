@@ -77,7 +77,17 @@ def test_every_offline_help_example_runs(line: str, workdir: Path, capsys: pytes
     if line.startswith(BLOCKING):
         parse(argv)  # a server and a watcher run until stopped: the system tier runs them in their own process
         return
-    extra = ["--workers", "0", "--device", "cpu"] if "--preset" in argv and argv[0] != "info" else []
+    from kanoclip.cli import build_parser
+
+    words = [w for w in argv if not w.startswith("-")][:2]
+    parser = build_parser()
+    for word in words:  # the command's own parser: which of the offline extras it takes
+        choices = next((a.choices for a in parser._actions if a.choices and word in a.choices), None)
+        if choices is None:
+            break
+        parser = choices[word]
+    accepted = {s for a in parser._actions for s in a.option_strings}
+    extra = [w for flag, value in (("--workers", "0"), ("--device", "cpu")) if flag in accepted for w in (flag, value)]
     assert main([*argv, *extra]) == 0, capsys.readouterr().err
 
 

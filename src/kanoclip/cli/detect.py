@@ -55,6 +55,10 @@ def run(parsed: Parsed) -> int:
     from kanoclip.inference.outputs import detect_files, detect_video
 
     o, run = parsed.get(DetectOptions), run_config(parsed)
+    if o.fps < 0:
+        raise ConfigError(f"--fps must be >= 0 (0: every frame), got {o.fps}")
+    if o.ray is None and (o.ray_workers != 1 or o.gpus_per_worker):
+        raise ConfigError("--ray-workers and --gpus-per-worker apply to a run on Ray: add --ray")
     if o.report is not None and (o.no_maps or o.report < 1):
         raise ConfigError("--report N shows N >= 1 overlays of each end: give N >= 1, without --no-maps")
     inputs = list(o.inputs)
@@ -104,7 +108,7 @@ EPILOG = """examples:
   kanoclip detect photos/ --class-name screw --print-config > screw.yaml      the options as YAML ...
   kanoclip detect --config screw.yaml                                          ... and run them again
 
-writes DIR/scores.csv (path,score[,label]), DIR/maps/<name>.overlay.png (heatmap overlay with its colour bar) and
+writes DIR/scores.csv (path,score[,label][,map]), DIR/maps/<name>.overlay.png (heatmap overlay with its colour bar) and
 DIR/maps/<name>.npy (the map at the image's own size); the overlays' colour scale is in DIR/run.json. A file that
 cannot be read is reported and skipped; exit status 1 if any was skipped, 2 for a usage or input error, 3 when the
 disk filled up. Rerunning the same command resumes an interrupted run; another run's outputs in DIR are refused

@@ -146,7 +146,7 @@ REPRODUCE = Command(
     reproduce,
     (
         Section("reproduce", ReproduceOptions),
-        Section("training", TrainConfig, title="training (defaults: SPEC §4)"),
+        Section("training", TrainConfig, title="training (defaults: the paper's recipe)"),
         TRAIN_MODEL,
         run_section(only=MODEL_ONLY),
     ),

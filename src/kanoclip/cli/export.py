@@ -14,7 +14,7 @@ from kanoclip.options import option
 class ExportOptions:
     format: str = option("onnx", choices=("onnx", "openvino"), help="the graph's format")
     calibration_images: tuple[str, ...] = option(
-        (), metavar="PATH", help="int8: images to quantise on (your own); repeat the flag for more"
+        (), metavar="PATH", nargs="+", help="int8: images to quantise on (your own): files, folders, globs"
     )
     out: str = option(metavar="DIR", help="the folder to write (model + manifest.json)")
 
@@ -51,7 +51,11 @@ EXPORT = Command(
     export,
     (
         Section("export", ExportOptions),
-        run_section(defaults={"precision": "fp32"}, choices={"precision": ("fp32", "fp16", "bf16", "int8")}),
+        run_section(
+            skip=("image_threshold", "engine", "exported", "workers", "compile", "overlay_scale"),
+            defaults={"precision": "fp32"},
+            choices={"precision": ("fp32", "fp16", "bf16", "int8")},
+        ),
         MODEL,
     ),
     EPILOG,

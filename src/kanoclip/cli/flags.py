@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import sys
 import types
@@ -111,7 +112,7 @@ def add_command(sub: Any, command: Command) -> None:
         epilog=command.epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(_command=command)
+    parser.set_defaults(_command=command, _prog=parser.prog)
     if command.subcommands:
         inner = parser.add_subparsers(dest=f"_{command.name}", required=True, metavar="WHAT")
         for child in command.subcommands:
@@ -174,7 +175,7 @@ def add_section(parser: argparse.ArgumentParser, section: Section, groups: dict[
             action=_Append if many else _Store,
             type=float if flag.scale != 1 else kind,  # --max-store-gb 0.5 sets a count of bytes
             choices=choices,
-            metavar=flag.metavar or names[0].lstrip("-").replace("-", "_").upper(),
+            metavar=flag.metavar or (None if choices else names[0].lstrip("-").replace("-", "_").upper()),
             old=flag.old,
             **extra,
             **kwargs,
@@ -191,12 +192,14 @@ def kind_of(hint: Any) -> tuple[type, bool]:
 
 
 def _help(flag: Flag, default: Any, kind: type) -> str:
-    if default is REQUIRED or flag.positional:
-        return flag.help
-    if flag.negate or default in (None, (), False, ""):
+    if default is REQUIRED:
+        return flag.help if flag.positional else f"{flag.help} (required)"
+    if flag.positional or flag.negate or default in (None, (), False, ""):
         return flag.help
     shown = default / flag.scale if flag.scale != 1 else default
-    return f"{flag.help} (default {shown:g})" if kind in (int, float) else f"{flag.help} (default {shown})"
+    if isinstance(shown, float) and shown.is_integer() and kind is int:
+        shown = int(shown)
+    return f"{flag.help} (default {shown:g})" if isinstance(shown, float) else f"{flag.help} (default {shown})"
 
 
 class _Deprecating(argparse.Action):
@@ -218,9 +221,12 @@ class _Store(_Deprecating):
 
 
 class _Append(_Deprecating):
+    """A repeatable flag; with nargs="+" one flag may also take several values (`--calibration-images a b`)."""
+
     def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
         self.said(option_string)
-        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), values])
+        given = values if isinstance(values, list) else [values]
+        setattr(namespace, self.dest, [*getattr(namespace, self.dest, []), *given])
 
 
 class _Switch(_Deprecating):
@@ -234,16 +240,16 @@ class _Switch(_Deprecating):
 
 # -- resolving values -----------------------------------------------------------------------------------------------
 def resolve(command: Command, args: argparse.Namespace) -> Parsed:
-    """Defaults, then the `--config` file, then the flags, for every section of the command."""
+    """Defaults, then the `--config` file, then the flags, for every section of the command. For `--print-config` a
+    missing required value prints as null (a template to fill in) instead of stopping."""
     given = vars(args)
+    prog = given.get("_prog", f"kanoclip {command.name}")
     document = read_config(given["config"]) if given.get("config") else {}
     document = _legacy_model_file(command, document, given.get("config"))
     unknown = sorted(set(document) - {s.key for s in command.sections})
     if unknown:
         known = ", ".join(s.key for s in command.sections)
-        raise ConfigError(
-            f"{given['config']}: unknown section(s) {unknown} for `{command.name}`; its sections: {known}"
-        )
+        raise ConfigError(f"{given['config']}: unknown section(s) {unknown} for `{prog}`; its sections: {known}")
     values: dict[str, dict[str, Any]] = {}
     chosen: dict[str, list[str]] = {}
     for section in command.sections:
@@ -253,8 +259,9 @@ def resolve(command: Command, args: argparse.Namespace) -> Parsed:
         merged.update(from_file)
         merged.update(from_flags)
         missing = [f for f in section.fields() if merged.get(f.name) is REQUIRED]
-        if missing:
-            raise ConfigError(f"`kanoclip {command.name}` needs {_named(missing[0])}")
+        if missing and not given.get("print_config"):
+            raise ConfigError(f"`{prog}` needs {_named(missing[0])}")
+        merged.update({f.name: None for f in missing})
         values[section.key] = merged
         defaults = {f.name: section.default(f) for f in section.fields()}
         given_names = dict.fromkeys([*from_file, *from_flags])
@@ -298,13 +305,18 @@ def _flag_values(section: Section, given: dict[str, Any]) -> dict[str, Any]:
 def _file_values(section: Section, mapping: Any, path: str | None) -> dict[str, Any]:
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"{path}: section {section.key!r} must be a mapping of option names to values")
-    names = {f.name for f in (dataclasses.fields(section.cls) if section.partial else section.fields())}
-    unknown = sorted(set(mapping) - names)
+    fields = dataclasses.fields(section.cls) if section.partial else section.fields()
+    names = {f.name for f in fields}
+    by_flag = {flag_name(f).lstrip("-").replace("-", "_"): f.name for f in fields if flag_of(f)}
+    unknown = sorted(k for k in mapping if k not in names and str(k).replace("-", "_") not in by_flag)
     if unknown:
-        raise ConfigError(f"{path}: unknown option(s) {unknown} in section {section.key!r}; known: {sorted(names)}")
+        close = difflib.get_close_matches(str(unknown[0]), [*names, *by_flag], n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else f"; known: {sorted(names)}"
+        raise ConfigError(f"{path}: unknown option(s) {unknown} in section {section.key!r}{hint}")
     hints = get_type_hints(section.cls)
     out = {}
-    for name, value in mapping.items():
+    for key, value in mapping.items():
+        name = key if key in names else by_flag[str(key).replace("-", "_")]  # a flag's name works as its key
         kind, many = kind_of(hints[name])
         out[name] = _checked(value, kind, many, f"{path}: {section.key}.{name}")
     return out
@@ -339,7 +351,10 @@ def read_config(path: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"--config {path}: cannot read it ({e})") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"--config {path} is not valid YAML: {e}") from e
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"--config {path} is not valid YAML{at}: {problem}") from e
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -367,9 +382,19 @@ def _legacy_model_file(command: Command, document: dict[str, Any], path: str | N
 
 
 def print_config(parsed: Parsed) -> int:
+    """The options in effect as YAML. Each section is built first, so a value its config refuses is said here, not
+    at the run; secrets (API keys) print as null, so the file can be kept."""
     import yaml
 
-    sys.stdout.write(yaml.safe_dump(parsed.document(), sort_keys=False, allow_unicode=True))
+    document = parsed.document()
+    for section in parsed.command.sections:
+        if not section.partial and None not in parsed.values[section.key].values():
+            parsed.get(section.cls, section.key)
+        for f in section.fields():
+            flag = flag_of(f)
+            if flag is not None and flag.secret and f.name in document[section.key]:
+                document[section.key][f.name] = None
+    sys.stdout.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
     return 0
 
 

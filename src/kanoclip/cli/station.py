@@ -82,7 +82,12 @@ def serve_command(parsed: Parsed) -> int:
     if config.host not in ("127.0.0.1", "localhost", "::1") and key is None:
         print(f"kanoclip: warning: serving on {config.host} without an API key: anyone who can reach it can use it")
     sock = listen(config.host, config.port)  # a port in use is said before the model loads
-    serve(open_station(parsed), sock, config, where.profile)
+    try:
+        station = open_station(parsed)
+    except BaseException:
+        sock.close()  # a refused state is one line, not one line and an unclosed-socket warning
+        raise
+    serve(station, sock, config, where.profile)
     return 0
 
 
@@ -146,10 +151,14 @@ def history_command(parsed: Parsed) -> int:
     from kanoclip.station.station import Station, iso, parse_time
 
     o = parsed.get(HistoryOptions)
+    if o.limit < 1:
+        raise ConfigError(f"--limit must be >= 1, got {o.limit}")
     if "://" in o.where:
         url = o.where
     else:
         folder = Path(o.where).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"{folder}: no such folder: give a --state folder or a --database URL")
         if not (folder / database.DATABASE_FILE).is_file():
             raise ConfigError(f"{folder} holds no station database ({database.DATABASE_FILE}): give a --state folder")
         url = database.database_url(folder)
@@ -199,7 +208,7 @@ WATCH_EPILOG = """examples:
   kanoclip watch examples/parts/good --preset kanoclip-tiny --state st --profile demo --class-name screw
   kanoclip watch /srv/camera3 --profile bottle --ok-dir /srv/ok --ng-dir /srv/ng     a hot folder, sorted by label
   kanoclip watch /srv/camera3 --profile bottle --class-name bottle --reference good/   create the profile at start
-  kanoclip watch rtsp://10.0.0.5/stream --profile bottle --fps 2 --webhook http://mes.local/hook --webhook-on ng
+  kanoclip watch rtsp://10.0.0.5/stream --profile bottle --fps 2 --webhook http://mes.local/hook --webhook-on defect
   kanoclip watch line3.mp4 /dev/video0 --profile bottle
   kanoclip watch /srv/camera3 --profile bottle --server http://127.0.0.1:8000   through a running `kanoclip serve`
 
@@ -210,7 +219,7 @@ backoff and the gap is recorded.
 
 HISTORY_EPILOG = """examples:
   kanoclip history st                                                   the newest 20 results of a --state folder
-  kanoclip history /srv/kanoclip --profile bottle --since 2026-12-01 --label 1
+  kanoclip history /srv/kanoclip --profile bottle --since 2026-12-01 --label defect
   kanoclip history postgresql://kanoclip@db/kanoclip --csv > results.csv
 """
 

@@ -62,7 +62,7 @@ TRAIN = Command(
     train,
     (
         Section("train", TrainOptions),
-        Section("training", TrainConfig, title="training (defaults: SPEC §4)"),
+        Section("training", TrainConfig, title="training (defaults: the paper's recipe)"),
         TRAIN_MODEL,
         run_section(only=MODEL_ONLY),
     ),

@@ -54,7 +54,7 @@ class RunConfig:
     )
     model_changes: tuple[tuple[str, Any], ...] = ()  # config fields set by flags, in order
     device: str = option("auto", help="auto (a GPU when there is one), cpu, cuda, cuda:N")
-    precision: str = option("auto", choices=(*PRECISIONS, "int8"), help="auto: bf16 autocast on a GPU, fp32 on a CPU")
+    precision: str = option("auto", choices=PRECISIONS, help="auto: bf16 autocast on a GPU, fp32 on a CPU")
     batch_size: int = option(8, help="images per forward pass")
     workers: int = option(2, help="image-decoding processes (0: in the main process)")
     compile: bool = option(False, help="torch.compile the model (GPU; slow first batch)")

@@ -106,12 +106,16 @@ class KnowledgeBase:
             return key, entry
         known = sorted({*self.classes, *(n for e in self.classes.values() for n in e.names)}, key=str.lower)
         close = difflib.get_close_matches(name.lower(), [k.lower() for k in known], n=3, cutoff=0.6)
-        hint = f" (closest known: {', '.join(close)})" if close else " (`kanoclip knowledge check` lists the base)"
+        hint = f" (closest known: {', '.join(close)})" if close else ""
         if strict:
             raise KnowledgeError(f"no knowledge of class {name!r}{hint}: fix the name, or drop --strict-class")
         if name not in _WARNED:
             _WARNED.add(name)
-            warnings.warn(f"no knowledge of class {name!r}{hint}: the generic {AGNOSTIC!r} text is used", stacklevel=2)
+            warnings.warn(
+                f"no knowledge of class {name!r}{hint}: the generic {AGNOSTIC!r} knowledge is used, with the name as "
+                "given in the prompts",
+                stacklevel=2,
+            )
         return key, entry
 
     def save(self, path: str | Path, failures: list[dict[str, str]] | None = None) -> None:

@@ -20,7 +20,7 @@ class ServerConfig:
         "env KANOCLIP_LLM_BASE_URL; default api.openai.com",
     )
     model: str | None = option(None, help="chat model name; env KANOCLIP_LLM_MODEL")
-    api_key: str | None = option(None, help="env KANOCLIP_LLM_API_KEY or OPENAI_API_KEY")
+    api_key: str | None = option(None, secret=True, help="env KANOCLIP_LLM_API_KEY or OPENAI_API_KEY")
     timeout: float = option(60.0, help="seconds per request")
     retries: int = option(4, help="retries on 429, 5xx, timeouts")
 

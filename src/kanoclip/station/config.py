@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kanoclip.errors import ConfigError
 from kanoclip.options import option
 
 MB = 1024 * 1024
@@ -47,7 +48,9 @@ class ServeConfig:
 
     host: str = option("127.0.0.1", help="bind address (127.0.0.1: this machine only)")
     port: int = option(8000, help="TCP port")
-    api_key: str | None = option(None, help="the key itself: visible to every user in `ps`; prefer --api-key-file")
+    api_key: str | None = option(
+        None, secret=True, help="the key itself: visible to every user in `ps`; prefer --api-key-file"
+    )
     api_key_file: str | None = option(
         None,
         metavar="FILE",
@@ -87,3 +90,20 @@ class ServeConfig:
         help="prune the oldest results while their stored files hold more than this many GB",
     )
     prune_every_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        """Refuse limits that cannot hold: a negative --max-store-gb once pruned every result without a word."""
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+        for flag, value in (
+            ("--max-request-mb", self.max_request_bytes),
+            ("--max-upload-mb", self.max_upload_bytes),
+            ("--max-batch", self.max_batch),
+            ("--max-profiles", self.max_profiles),
+            ("--keep-days", self.keep_days),
+            ("--max-store-gb", self.max_store_bytes),
+        ):
+            if value is not None and not value > 0:
+                raise ConfigError(f"{flag} must be > 0, got {value}")
+        if self.max_wait_ms < 0:
+            raise ConfigError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")

@@ -140,7 +140,7 @@ def test_a_config_file_sets_the_same_fields_and_flags_given_as_well_win(tmp_path
     [
         ("run:\n  batch_size: eight\n", "run.batch_size must be int"),
         ("run:\n  batch_sise: 8\n", "unknown option(s) ['batch_sise'] in section 'run'"),
-        ("serve:\n  port: 1\n", "unknown section(s) ['serve'] for `detect`"),
+        ("serve:\n  port: 1\n", "unknown section(s) ['serve'] for `kanoclip detect`"),
         ("- a list\n", "must hold a mapping of sections"),
         ("run: [1\n", "is not valid YAML"),
         ("model:\n  tap_moed: top\n", "unknown option(s) ['tap_moed'] in section 'model'"),
@@ -172,3 +172,59 @@ def test_a_model_config_json_given_to_config_is_read_as_preset_with_a_warning(tm
     with pytest.warns(FutureWarning, match="use --preset"):
         run = parse(["info", "--config", str(model)]).get(RunConfig)
     assert run.model_file == str(model)
+
+
+def test_a_flag_that_took_several_values_still_does_and_may_repeat() -> None:
+    """`export --calibration-images a b` (nargs="+" before the rewrite) failed as 'unrecognized arguments'."""
+    from kanoclip.cli.export import ExportOptions
+
+    parsed = parse(["export", "--out", "o", "--calibration-images", "a", "b", "--calibration-images", "c"])
+    assert parsed.get(ExportOptions).calibration_images == ("a", "b", "c")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-store-gb", "-5"], "--max-store-gb must be > 0"),  # once pruned every result without a word
+        (["--keep-days", "-1"], "--keep-days must be > 0"),
+        (["--max-upload-mb", "0"], "--max-upload-mb must be > 0"),
+        (["--port", "99999"], "--port must be 0..65535"),  # once an OverflowError traceback
+    ],
+)
+def test_serve_limits_that_cannot_hold_are_refused(flags: list[str], message: str) -> None:
+    from kanoclip.station.config import ServeConfig
+
+    with pytest.raises(ConfigError, match=message):
+        parse(["serve", *flags]).get(ServeConfig)
+
+
+def test_a_config_file_may_name_an_option_by_its_flag_and_a_typo_gets_a_suggestion(tmp_path: Path) -> None:
+    from kanoclip import RunConfig
+
+    config = tmp_path / "c.yaml"
+    config.write_text("run:\n  threshold: 0.4\n  preset: kanoclip-tiny\n  reference: [good]\n")
+    run = parse(["detect", "x", "--config", str(config)]).get(RunConfig)
+    assert (run.image_threshold, run.model_file, run.references) == (0.4, "kanoclip-tiny", ("good",))
+    config.write_text("run:\n  treshold: 0.4\n")
+    with pytest.raises(ConfigError, match="did you mean threshold"):
+        parse(["detect", "x", "--config", str(config)])
+    config.write_text("detect: [1,2\n")
+    with pytest.raises(ConfigError) as e:
+        parse(["detect", "x", "--config", str(config)])
+    assert "is not valid YAML (line" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_print_config_keeps_secrets_out_and_prints_a_template_when_a_required_value_is_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import yaml
+
+    from kanoclip.cli.flags import print_config
+
+    print_config(parse(["serve", "--api-key", "s3cret", "--port", "8001"]))
+    printed = capsys.readouterr().out
+    assert "s3cret" not in printed and yaml.safe_load(printed)["serve"]["port"] == 8001
+    assert print_config(parse(["reference", "build", "--print-config"])) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["reference"]["out"] is None
+    with pytest.raises(ConfigError, match="`kanoclip reference build` needs --out"):
+        parse(["reference", "build", "x"])

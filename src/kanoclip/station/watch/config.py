@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from kanoclip.errors import ConfigError
 from kanoclip.options import option
 
 FOLDERS, VIDEO, SINKS = "folders", "video and cameras", "sinks"
@@ -34,3 +35,10 @@ class WatchConfig:
         "all", choices=("all", "defect", "ng"), group=SINKS, help="every result, or defects only (ng: the old name)"
     )
     progress: bool = option(True, name="--quiet", negate=True, group=SINKS, help="no live progress line")
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--settle-s", self.settle_s), ("--max-wait-s", self.max_wait_s)):
+            if not value > 0:
+                raise ConfigError(f"{flag} must be > 0, got {value}")
+        if not self.claim_timeout_s > 0 or (self.fps is not None and self.fps < 0):
+            raise ConfigError("--claim-timeout-s must be > 0 and --fps >= 0")
