@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -25,10 +26,42 @@ def umask() -> int:
     return current
 
 
+def sync_folder(folder: Path) -> None:
+    """Make the names in `folder` durable: a file's own fsync does not persist its directory entry, so a power cut
+    after a rename (or a create) can lose the name even though the bytes were synced. A filesystem that cannot sync
+    a directory (EINVAL, ENOTSUP: some network and FUSE ones) is left as it is; Windows has no such call."""
+    if os.name == "nt":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def make_folders(folder: Path, mode: int = 0o777) -> None:
+    """`folder` and its missing parents, each created with `mode` (less the umask) and its name synced into its
+    parent, so a synced file below never sits in a folder a crash forgets. One stat when it exists already."""
+    if folder.is_dir():
+        return
+    if folder.parent != folder:
+        make_folders(folder.parent, mode)
+    try:
+        folder.mkdir(mode=mode)
+    except FileExistsError:  # another process or thread made it meanwhile: synced here too, not to wait on theirs
+        if not folder.is_dir():
+            raise
+    sync_folder(folder.parent)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write a file so that readers see the old content or the new one, never a torn one; its mode follows the
-    umask as a plain open() would (mkstemp alone would make every output 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file so that readers see the old content or the new one, never a torn one, and a crash keeps it once
+    this returns: the bytes and then the folder's entry are synced (one folder sync per write). Its mode follows
+    the umask as a plain open() would (mkstemp alone would make every output 0600)."""
+    make_folders(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         os.fchmod(fd, 0o666 & ~umask())
@@ -40,6 +73,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    sync_folder(path.parent)
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

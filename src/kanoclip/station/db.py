@@ -1,13 +1,20 @@
 """The station's database: one schema (SQLAlchemy Core) in an embedded SQLite file or in PostgreSQL, created and
 upgraded only by Alembic migrations (`kanoclip/migrations`), so every dialect gets the same tables from one history.
 
-`connect` refuses, before anything is written, a database it cannot reach and one that a newer kanoclip migrated
-past this version's last revision.
+`connect` refuses, before anything is written, a database it cannot reach, one that a newer kanoclip migrated
+past this version's last revision, and a SQLite file that is damaged or another program's; it migrates under a lock
+(a lock file beside a SQLite file, an advisory lock on PostgreSQL) so any number of instances may start together.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import os
 import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import (
@@ -31,10 +38,14 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
+from kanoclip._files import sync_folder
 from kanoclip.errors import ConfigError
 
 DATABASE_FILE = "station.sqlite"
 POSTGRES_EXTRA = "pip install 'kanoclip[postgres]'  (psycopg)"
+# pg_advisory_lock's key for migrations: one per database (advisory locks are scoped to the database)
+MIGRATION_LOCK_KEY = int.from_bytes(hashlib.sha256(b"kanoclip.station.migrations").digest()[:8], "big", signed=True)
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 # An id column that counts past 2**31 on PostgreSQL and is SQLite's rowid there (what makes AUTOINCREMENT work)
 BIG_ID = BigInteger().with_variant(Integer, "sqlite")
 
@@ -44,6 +55,7 @@ profiles = Table(
     "profiles",
     metadata,
     Column("name", String(64), primary_key=True),
+    Column("uid", String(32), nullable=False),  # this profile, not its name: one deleted and created again differs
     Column("class_name", String(200)),  # training-free text; None: the checkpoint's learned prompts
     Column("checkpoint", Text),
     Column("engine", String(16), nullable=False),
@@ -102,6 +114,7 @@ feedback = Table(
     Column("id", BIG_ID, primary_key=True, autoincrement=True),
     Column("result_id", BIG_ID, ForeignKey("results.id", ondelete="CASCADE"), nullable=False, index=True),
     Column("verdict", String(8), nullable=False),  # good | defect
+    Column("profile_uid", String(32), index=True),  # the profile it teaches (profiles.uid); None: none any more
     Column("note", Text),
     Column("created_at", Float, nullable=False),
 )
@@ -195,31 +208,174 @@ def current_revision(engine: Engine) -> str | None:
                 return None
             return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
     except OperationalError as e:
-        reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
+        raise unreachable(engine, e) from e
+
+
+def unreachable(engine: Engine, e: OperationalError) -> ConfigError:
+    """Why a database cannot be used, in one line: a SQLite file cannot be opened (no network to blame), a server
+    cannot be reached."""
+    reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e).splitlines()[0]
+    file = sqlite_file(str(engine.url))
+    if file is not None:
+        return ConfigError(f"cannot open the database {file}: {reason}{read_only_hint(file.parent)}")
+    return ConfigError(
+        f"cannot reach the database {hidden(str(engine.url))}: {reason}; is the server running and the URL right?"
+    )
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names; None for another dialect or an in-memory database."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return None if parsed.database.startswith("file:") else Path(parsed.database)
+
+
+def read_only_hint(folder: Path) -> str:
+    return "" if os.access(folder, os.W_OK) else f"; its folder {folder} is read-only to this user"
+
+
+def check_sqlite_file(file: Path) -> None:
+    """Refuse, in one line and before anything writes to it (journal mode included), a SQLite file that is not a
+    database, fails `PRAGMA quick_check`, or holds another program's tables: migrating into it would change it."""
+    try:
+        connection = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+    except sqlite3.OperationalError as e:
+        raise ConfigError(f"cannot open the database {file}: {e}{read_only_hint(file.parent)}") from e
+    try:
+        problems = [row[0] for row in connection.execute("PRAGMA quick_check").fetchall()]
+        tables = {
+            row[0]
+            for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            if not row[0].startswith("sqlite_")
+        }
+    except sqlite3.DatabaseError as e:
+        if "not a database" in str(e):
+            raise ConfigError(
+                f"{file} is not a kanoclip station database ({e}): move it away or give another --state; "
+                "nothing was changed"
+            ) from e
+        problems = [str(e)]
+    finally:
+        connection.close()
+    if problems != ["ok"]:
+        shown = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
         raise ConfigError(
-            f"cannot reach the database {hidden(str(engine.url))}: {reason}; is the server running and the URL right?"
-        ) from e
+            f"{file} is damaged (PRAGMA quick_check: {shown}): restore it from a backup or move it away; "
+            "nothing was changed"
+        )
+    foreign = sorted(tables - set(metadata.tables))
+    if foreign and "alembic_version" not in tables:
+        raise ConfigError(
+            f"{file} is not a kanoclip station database (it holds other tables: {', '.join(foreign[:5])}): move it "
+            "away or give another --state; nothing was changed"
+        )
+
+
+def check_schema(engine: Engine, revision: str) -> None:
+    """A database at this kanoclip's revision holds every table of its schema (one was dropped by hand, or the
+    file is damaged, when not)."""
+    try:
+        with engine.connect() as connection:
+            present = set(inspect(connection).get_table_names())
+    except OperationalError as e:
+        raise unreachable(engine, e) from e
+    missing = sorted(set(metadata.tables) - present)
+    if missing:
+        raise ConfigError(
+            f"the database {hidden(str(engine.url))} is at schema revision {revision} but lacks the table(s) "
+            f"{', '.join(missing)}: it was damaged or edited; restore it from a backup; nothing was changed"
+        )
+
+
+@contextmanager
+def migration_lock(engine: Engine) -> Iterator[None]:
+    """Held while the schema is read and migrated, so instances starting together migrate one after the other
+    (the second then finds the schema current): `pg_advisory_lock` on PostgreSQL, `flock` on a lock file beside a
+    SQLite file. Opening that file is also where a read-only state folder is found."""
+    if engine.dialect.name == "postgresql":
+        try:
+            connection = engine.connect()
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+        except OperationalError as e:
+            raise unreachable(engine, e) from e
+        try:
+            yield
+        finally:
+            try:
+                connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                connection.commit()
+            finally:
+                connection.close()  # a lost connection releases the lock on the server anyway
+        return
+    file = sqlite_file(str(engine.url))
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; one instance at a time there
+        fcntl = None  # type: ignore[assignment]
+    if file is None or fcntl is None:
+        yield
+        return
+    lock = file.with_name(file.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        if e.errno in READ_ONLY:
+            raise ConfigError(
+                f"the state folder {file.parent} is read-only ({e.strerror}): the station writes its database "
+                "there; give a writable --state or fix its permissions"
+            ) from e
+        raise
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
 
 
 def connect(url: str, upgrade: bool = True) -> Engine:
-    """An engine on a database at this kanoclip's schema: migrated up from any earlier revision (or created), and
-    refused, untouched, when a newer kanoclip wrote it."""
+    """An engine on a database at this kanoclip's schema: migrated up from any earlier revision (or created) under
+    the migration lock, and refused, untouched, when a newer kanoclip wrote it, when a SQLite file is damaged or
+    another program's, or when tables of the current schema are missing."""
+    file = sqlite_file(url)
+    created = file is not None and not file.exists()
+    if file is not None and not created:
+        check_sqlite_file(file)  # before the engine's first connection sets WAL mode, which writes to the file
+    engine = create(url)
+    try:
+        with migration_lock(engine) if upgrade else nullcontext():
+            revision = _migrate(engine, url, upgrade)
+        if revision == head_revision():
+            check_schema(engine, revision)
+    except BaseException:
+        engine.dispose()
+        raise
+    if created and file is not None:
+        sync_folder(file.parent)  # the new database's name (SQLite syncs what it writes into it)
+    return engine
+
+
+def _migrate(engine: Engine, url: str, upgrade: bool) -> str | None:
+    """Read the revision and, with `upgrade`, migrate to head; the revision the database is at now."""
     from alembic import command
     from alembic.script import ScriptDirectory
 
-    engine = create(url)
     config = _alembic_config(engine)
     known = {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}  # type: ignore[arg-type]
     revision = current_revision(engine)
     if revision is not None and revision not in known:
-        engine.dispose()
         raise ConfigError(
             f"the database {hidden(url)} was written by a newer kanoclip (schema revision {revision}): upgrade "
             "kanoclip (pip install -U kanoclip) to use it; nothing was changed"
         )
     if upgrade and revision != head_revision():
         command.upgrade(config, "head")  # type: ignore[arg-type]
-    return engine
+        return head_revision()
+    return revision
 
 
 PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

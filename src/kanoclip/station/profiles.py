@@ -3,14 +3,17 @@
 The rule: a row is the truth, memory follows it. A change is written to the database first, and only over the
 version this instance read (another instance's change in between is a `Conflict`, never overwritten); then the
 profile in memory is replaced and its detector dropped (rebuilt on next use) or updated. Other instances notice a
-change through the profile's `version` (`changed`). Profiles on the same model share one backend in memory; a
-backend that no detector uses any more is dropped.
+change through the profile's `version` (`changed`). A change of model commits with the bank rebuilt for the new
+model from the stored good parts, or not at all. A profile is its `uid`, not its name: one deleted and created again
+is another. Profiles on the same model share one backend in memory; a backend that no detector uses any more is
+dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -47,13 +50,14 @@ class Profile:
     version: int = 1
     created_at: float = 0.0
     updated_at: float = 0.0
+    uid: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)  # this profile, not another of its name
 
     @classmethod
     def from_row(cls, row: Any) -> Profile:
         m = dict(row._mapping)
         m["model_changes"] = tuple((k, _tuples(v)) for k, v in m["model_changes"])
         return cls(
-            **{k: m[k] for k in ("name", *PROFILE_FIELDS, "bank_sha256", "version", "created_at", "updated_at")},
+            **{k: m[k] for k in ("name", *PROFILE_FIELDS, "bank_sha256", "version", "created_at", "updated_at", "uid")},
             thresholds=Thresholds.from_calibration(m["thresholds"]),
         )
 
@@ -121,23 +125,31 @@ class Profiles:
         the store and its thresholds."""
         p = self.get(name)
         if name not in self.detectors:
-            run = self.run_of(p)
-            key = backend_key(run)
-            det = Detector.from_config(run, backend=self.backends.get(key))
-            self.backends[key] = det.backend
-            if p.thresholds.set:
-                det.thresholds = p.thresholds
-            if p.bank_sha256 is not None and self.store is not None and det.supports(REFERENCES):
-                det.use_references(ReferenceBank.load(self.store.path(p.bank_sha256)))
-            self.detectors[name] = det
+            self.detectors[name] = self._build(p)
         return self.detectors[name]
 
+    def _build(self, p: Profile) -> Detector:
+        run = self.run_of(p)
+        key = backend_key(run)
+        det = Detector.from_config(run, backend=self.backends.get(key))
+        self.backends[key] = det.backend
+        if p.thresholds.set:
+            det.thresholds = p.thresholds
+        if p.bank_sha256 is not None and self.store is not None and det.supports(REFERENCES):
+            det.use_references(ReferenceBank.load(self.store.path(p.bank_sha256)))
+        return det
+
     def put(
-        self, name: str, fields: dict[str, Any], create: bool | None, rebuild_bank: Callable[[str], None]
+        self,
+        name: str,
+        fields: dict[str, Any],
+        create: bool | None,
+        rebuild_bank: Callable[[str, Detector], str | None],
     ) -> Profile:
         """Create (`create` True), update (False) or either (None) a profile with these fields; a change of model or
-        text drops the in-memory detector, and a change of model calls `rebuild_bank` when the old detector held a
-        bank (re-encoded with the new model). Database first."""
+        text drops the in-memory detector. A change of model builds the new detector first and has `rebuild_bank`
+        encode the stored good parts with it (the bank file's sha256, None without parts), so the row commits with
+        its new bank or, on any failure, nothing changes. Database first."""
         check_profile_name(name)
         unknown = sorted(set(fields) - set(PROFILE_FIELDS))
         if unknown:
@@ -153,14 +165,19 @@ class Profiles:
         self.run_of(new)  # an impossible combination (a checkpoint with an exported engine...) is refused here
         if exists and new == dataclasses.replace(old, updated_at=now, version=old.version + 1):
             return old  # nothing changed: no new version for other instances to reload
-        model_changed = new.model() != old.model()
-        if model_changed:
-            new = dataclasses.replace(new, bank_sha256=None)
-        self._write(new, exists, old.version)
+        rebuilt = None
+        try:
+            if exists and new.model() != old.model():
+                rebuilt = self._build(dataclasses.replace(new, bank_sha256=None))
+                new = dataclasses.replace(new, bank_sha256=rebuild_bank(name, rebuilt))
+            self._write(new, exists, old.version)
+        except BaseException:
+            self.drop_unused_backends()  # a backend built for the new model only: gone with it
+            raise
         self.by_name[name] = new
-        old_detector = self.detectors.pop(name, None)
-        if model_changed and old_detector is not None and old_detector.references is not None:
-            rebuild_bank(name)
+        self.detectors.pop(name, None)
+        if rebuilt is not None:
+            self.detectors[name] = rebuilt
         self.drop_unused_backends()
         return new
 

@@ -2,7 +2,10 @@
 
 The rule: a result is recorded only with its files. Each image, overlay and map goes into the store first; then all
 rows of one request are committed in one transaction, together with the claims they complete, so a row never names
-a missing file and a claimed file is done exactly when its result exists. A full disk records nothing (`DiskFull`).
+a missing file and a claimed file is done exactly when its result exists; a detection whose claim its holder no
+longer holds records no row (`Detection.lost`). A row records the bank and thresholds its forward pass used
+(`scored_with`, captured with the prediction), not those in effect when it is written. A full disk records nothing
+(`DiskFull`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import OperationalError
 
 from kanoclip._files import npy_bytes, spreadsheet_safe
@@ -28,6 +31,7 @@ from kanoclip.data.images import to_png
 from kanoclip.errors import ConfigError
 from kanoclip.inference.detector import Detector, Prediction
 from kanoclip.station import db
+from kanoclip.station.claims import complete
 from kanoclip.station.errors import NotFound, history_engine
 from kanoclip.station.store import BlobStore, DiskFull
 
@@ -66,6 +70,9 @@ class Detection:
     overlay_png: bytes | None = None
     result_id: int | None = None
     key: str | None = None  # the claim this detection completes (`Station.claim`)
+    holder: str | None = None  # who claimed it: the claim is completed only while this holder still holds it
+    used: dict[str, Any] | None = None  # `scored_with` the detector at its forward pass (None: as it is at record)
+    lost: bool = False  # set by `record`: the claim was taken over or released, so no row was recorded
     frame_index: int | None = None
     frame_time: float | None = None
 
@@ -91,30 +98,31 @@ class Results:
 
     def record(self, name: str, det: Detector, detections: Sequence[Detection], latency_ms: float) -> None:
         """Each detection, scored by `det`, as a row: its files into the store first, then all rows of the request
-        in one transaction. Sets `result_id`; when this returns, the rows are committed and the files on disk."""
+        in one transaction. Sets `result_id`, or `lost` for a claimed detection whose holder no longer holds its
+        claim (no row: another holder records it); when this returns, the rows are committed and the files on
+        disk."""
         if self.engine is None or self.store is None:
             return
         now = time.time()
-        shared = {
-            **_scored_with(det),
-            "created_at": now,
-            "profile": name,
-            "latency_ms": latency_ms,
-            "instance": self.instance,
-        }
-        rows = [{**shared, **self._stored(d, det)} for d in detections]
+        shared = {"created_at": now, "profile": name, "latency_ms": latency_ms, "instance": self.instance}
+        at_record = scored_with(det)
+        rows = [{**shared, **(d.used or at_record), **self._stored(d, det)} for d in detections]
         try:
             with self.engine.begin() as c:
-                ids = [c.execute(insert(db.results).values(**row)).inserted_primary_key[0] for row in rows]  # type: ignore[index]
-                for d, result_id in zip(detections, ids, strict=True):
-                    if d.key is not None:  # the claim is done in the same transaction as its result
-                        c.execute(update(db.claims).where(db.claims.c.key == d.key).values(result_id=result_id))
+                ids: list[int | None] = []
+                for d, row in zip(detections, rows, strict=True):
+                    result_id = int(c.execute(insert(db.results).values(**row)).inserted_primary_key[0])  # type: ignore[index]
+                    if d.key is not None and not complete(c, d.key, d.holder, result_id):
+                        c.execute(delete(db.results).where(db.results.c.id == result_id))  # a lost race: no row
+                        ids.append(None)
+                    else:
+                        ids.append(result_id)
         except OperationalError as e:
             if "full" in str(e.orig).lower() or "no space" in str(e.orig).lower():  # SQLITE_FULL, PostgreSQL's ENOSPC
                 raise DiskFull(f"the database's disk is full: nothing was recorded ({e.orig})") from e
             raise
-        for d, result_id in zip(detections, ids, strict=True):
-            d.result_id = int(result_id)
+        for d, recorded in zip(detections, ids, strict=True):
+            d.result_id, d.lost = recorded, recorded is None
 
     def _stored(self, d: Detection, det: Detector) -> dict[str, Any]:
         """The detection's own columns, once its image, overlay and map are in the store (sets `overlay_png`)."""
@@ -208,8 +216,9 @@ class Results:
         return None if sha256 is None or self.store is None else self.store.get(sha256)
 
 
-def _scored_with(det: Detector) -> dict[str, Any]:
-    """What every row of a request shares: the thresholds, bank and model it was scored with."""
+def scored_with(det: Detector) -> dict[str, Any]:
+    """The thresholds, bank and model `det` scores with now: taken with the forward pass (`Detection.used`), since a
+    calibrate or a verdict may change them before the row is written."""
     described = det.describe()
     t = det.thresholds
     return {

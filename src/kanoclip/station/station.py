@@ -4,9 +4,9 @@ what it inspected survive restarts and are shared by several servers.
 
 `Station` is the one object callers hold; each rule it keeps lives in one component beside it: `profiles` (a row is
 the truth, memory follows it), `banks` (a bank is kept with the good parts it was built from), `results` (a result is
-recorded only with its files), `claims` (a file is scored once across watchers), `retention` (a file goes only once
-nothing names it) and `teaching` (verdicts and calibration). Everything that conditions or runs a shared model runs
-on the caller's forward thread (serve's `MicroBatcher.exclusive`); database work runs anywhere.
+recorded only with its files), `claims` (a file is recorded once, by the holder of its claim), `retention` (a file
+goes only once nothing names it) and `teaching` (verdicts and calibration). Everything that conditions or runs a
+shared model runs on the caller's forward thread (serve's `MicroBatcher.exclusive`); database work runs anywhere.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from kanoclip.inference.detector import Detector
 from kanoclip.inference.thresholds import Thresholds, read_standalone
 from kanoclip.model.references import ReferenceBank
 from kanoclip.station import db
-from kanoclip.station.banks import Banks
+from kanoclip.station.banks import BankChange, Banks
 from kanoclip.station.claims import Claimed, Claims
 from kanoclip.station.errors import Conflict, NotFound
 from kanoclip.station.profiles import DEFAULT_PROFILE, MODEL_FIELDS, Profile, Profiles, backend_key
 from kanoclip.station.results import HISTORY_COLUMNS, Detection, Results, iso, parse_time, public
 from kanoclip.station.retention import Retention
-from kanoclip.station.store import BlobStore
+from kanoclip.station.store import BlobStore, private_folder
 from kanoclip.station.teaching import Teaching
 
 __all__ = [
@@ -95,9 +95,13 @@ class Station:
             return cls(base, None, None)
         if url is not None:
             engine = db.connect(url)  # an unreachable or newer database is refused before the folder is made
-            state.mkdir(parents=True, exist_ok=True)
+            try:
+                private_folder(state)  # 0700, synced, and refused in words when read-only
+            except BaseException:
+                engine.dispose()
+                raise
             return cls(base, engine, state)
-        state.mkdir(parents=True, exist_ok=True)
+        private_folder(state)
         return cls(base, db.connect(db.database_url(state)), state)
 
     @property
@@ -168,6 +172,14 @@ class Station:
     def save_bank(self, name: str, bank: ReferenceBank | None, added: Sequence[tuple[str, bytes]] = ()) -> None:
         self._banks.save(name, bank, added)
 
+    def stage_bank(
+        self, bank: ReferenceBank | None, added: Sequence[tuple[str, bytes]] = (), removed: Sequence[str] = ()
+    ) -> BankChange:
+        return self._banks.stage(bank, added, removed)
+
+    def bank_without(self, name: str, det: Detector, sha256: str) -> ReferenceBank | None:
+        return self._banks.without(name, det, sha256)
+
     # -- history (`results.Results`, `claims.Claims`, `retention.Retention`) ---------------------------------------
     def record(self, name: str, det: Detector, detections: Sequence[Detection], latency_ms: float) -> None:
         self._results.record(name, det, detections, latency_ms)
@@ -192,8 +204,11 @@ class Station:
     def blob(self, sha256: str | None) -> bytes | None:
         return self._results.blob(sha256)
 
-    def claim(self, name: str, key: str, source: str, timeout_s: float) -> Claimed:
-        return self._claims.claim(name, key, source, timeout_s)
+    def claim(self, name: str, key: str, source: str, timeout_s: float, holder: str) -> Claimed:
+        return self._claims.claim(name, key, source, timeout_s, holder)
+
+    def release(self, holder: str) -> int:
+        return self._claims.release(holder)
 
     def claimed_label(self, key: str) -> int | None:
         return self._claims.claimed_label(key)
@@ -211,8 +226,13 @@ class Station:
         return self._retention.prune(keep_days, max_store_bytes, step)
 
     # -- teaching (`teaching.Teaching`) ----------------------------------------------------------------------------
-    def feedback(self, result_id: int, verdict: str, note: str | None) -> dict[str, Any]:
-        return self._teaching.feedback(result_id, verdict, note)
+    def taught(self, row: dict[str, Any]) -> Profile | None:
+        return self._teaching.taught(row)
+
+    def feedback(
+        self, result_id: int, verdict: str, note: str | None, change: BankChange | None = None
+    ) -> dict[str, Any]:
+        return self._teaching.feedback(result_id, verdict, note, change)
 
     def calibrate(self, name: str, false_alarm_rate: float = 0.01) -> dict[str, Any]:
         return self._teaching.calibrate(name, false_alarm_rate)

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import tempfile
 from pathlib import Path
 
-from kanoclip._files import atomic_write_bytes
-from kanoclip.errors import KanoclipError
+from kanoclip._files import atomic_write_bytes, make_folders
+from kanoclip.errors import ConfigError, KanoclipError
 
 
 class DiskFull(KanoclipError):
@@ -22,10 +23,30 @@ def sha256_of(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+FOLDER_MODE = 0o700  # the store holds every image inspected: readable by the station's user only
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def private_folder(folder: Path) -> None:
+    """`folder` created 0700 (its missing parents too, each synced into its parent), and written to once: a
+    read-only one is one line naming it, not a failure at the first result (or a blamed network)."""
+    try:
+        make_folders(folder, FOLDER_MODE)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        if e.errno in READ_ONLY:
+            raise ConfigError(
+                f"the state folder {folder} is read-only ({e.strerror}): the station writes its database and images "
+                "there; give a writable --state or fix its permissions"
+            ) from e
+        raise
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root / "blobs"
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)
 
     def path(self, sha256: str) -> Path:
         return self.root / sha256[:2] / sha256
@@ -37,7 +58,8 @@ class BlobStore:
         if path.exists():
             return sha256
         try:
-            atomic_write_bytes(path, data)
+            make_folders(path.parent, FOLDER_MODE)  # blobs/xx, 0700, its name synced into blobs/
+            atomic_write_bytes(path, data)  # the bytes, then its name in blobs/xx, synced
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(

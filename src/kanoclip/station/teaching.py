@@ -1,9 +1,10 @@
 """Teaching a profile from what the station saw: verdicts on results, and thresholds calibrated from them.
 
-The rule: a verdict is recorded only on a result that exists, and an image counts as its latest verdict says.
+The rule: a verdict is recorded only on a result that exists, for the profile that result was recorded under (by its
+uid: a profile created again under the same name starts clean), and commits with the bank change it makes; an image
+counts as its latest verdict says, never both good and defect (calibrate counts a part in the bank as good only).
 Calibration scores every good part as if it were new (leave-one-out, against a bank of all the others), needs at
-least two, and puts the profile's own bank back once the good parts are scored (also when scoring the defects fails;
-a good part that cannot be scored ends it before that, with its error).
+least two, and changes nothing but the thresholds: the profile's own bank is back in place whatever fails.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from kanoclip.inference.detector import Detector
 from kanoclip.inference.thresholds import Thresholds
 from kanoclip.model.references import ReferenceBank
 from kanoclip.station import db
-from kanoclip.station.banks import Banks
+from kanoclip.station.banks import BankChange, Banks
 from kanoclip.station.errors import Conflict, history_engine
-from kanoclip.station.profiles import Profiles
+from kanoclip.station.profiles import Profile, Profiles
 from kanoclip.station.results import Results
 from kanoclip.station.store import sha256_of
 
@@ -38,37 +39,58 @@ class Teaching:
         self.profiles, self.banks, self.results = profiles, banks, results
         self.engine, self.store = profiles.engine, profiles.store
 
-    def feedback(self, result_id: int, verdict: str, note: str | None) -> dict[str, Any]:
-        """Record a verdict on a result; the caller adds a "good" part to the profile's bank."""
+    def taught(self, row: dict[str, Any]) -> Profile | None:
+        """The profile a result's verdict teaches: the one of its name that existed when it was recorded (None when
+        that profile was deleted since, even if another of its name exists now)."""
+        p = self.profiles.by_name.get(row["profile"])
+        return p if p is not None and row["created_at"] >= p.created_at else None
+
+    def feedback(
+        self, result_id: int, verdict: str, note: str | None, change: BankChange | None = None
+    ) -> dict[str, Any]:
+        """Record a verdict on a result, with the bank change it makes (staged by the caller: "good" adds the image,
+        "defect" drops it) in the same transaction, over the profile's version as this instance read it."""
         if verdict not in ("good", "defect"):
             raise ConfigError(f"verdict must be 'good' or 'defect', got {verdict!r}")
         row = self.results.get(result_id)
+        p = self.taught(row)
+        new = None
         with history_engine(self.engine).begin() as c:
             c.execute(
-                insert(db.feedback).values(result_id=result_id, verdict=verdict, note=note, created_at=time.time())
+                insert(db.feedback).values(
+                    result_id=result_id,
+                    verdict=verdict,
+                    note=note,
+                    created_at=time.time(),
+                    profile_uid=p and p.uid,
+                )
             )
+            if change is not None and p is not None:
+                new = self.banks.commit(c, p, change)
+        if new is not None:
+            self.profiles.by_name[new.name] = new
         return row
 
     def labelled(self, name: str) -> dict[str, list[bytes]]:
-        """The profile's images by their latest verdict: {"good": [...], "defect": [...]}, each image once."""
+        """The profile's images by their latest verdict: {"good": [...], "defect": [...]}, each image once and in
+        one list only (the verdict given last on it)."""
+        uid = self.profiles.get(name).uid
         f, r = db.feedback.c, db.results.c
-        latest = (
-            select(f.result_id, func.max(f.id).label("last"))
-            .join(db.results, r.id == f.result_id)
-            .where(r.profile == name)
-            .group_by(f.result_id)
-            .subquery()
-        )
+        latest = select(func.max(f.id).label("last")).where(f.profile_uid == uid).group_by(f.result_id).subquery()
         query = (
-            select(f.verdict, r.image_sha256).join(latest, f.id == latest.c.last).join(db.results, r.id == f.result_id)
+            select(f.verdict, r.image_sha256)
+            .join(latest, f.id == latest.c.last)
+            .join(db.results, r.id == f.result_id)
+            .order_by(f.id)
         )
-        out: dict[str, dict[str, None]] = {"good": {}, "defect": {}}
+        last: dict[str, str] = {}
         with history_engine(self.engine).connect() as c:
             for verdict, sha in c.execute(query):
                 if sha is not None:
-                    out[verdict][sha] = None
+                    last.pop(sha, None)
+                    last[sha] = verdict
         assert self.store is not None
-        return {k: [self.store.get(sha) for sha in v] for k, v in out.items()}
+        return {k: [self.store.get(sha) for sha, v in last.items() if v == k] for k in ("good", "defect")}
 
     def calibrate(self, name: str, false_alarm_rate: float = 0.01) -> dict[str, Any]:
         """Thresholds from what the station knows of this profile (forward thread). Normal scores are leave-one-out
@@ -84,10 +106,11 @@ class Teaching:
                 f"profile {name!r} has {len(goods)} good part(s): calibration needs at least 2 (add references or "
                 "mark results good)"
             )
-        defects = self.labelled(name)["defect"]
+        held = {sha256_of(data) for data in goods}
+        defects = [data for data in self.labelled(name)["defect"] if sha256_of(data) not in held]
         bank = det.references
-        normal_scores, normal_maps = leave_one_out(det, goods)
         try:
+            normal_scores, normal_maps = leave_one_out(det, goods)
             defect_scores = [p.pred_score for p in det.predict_many(defects)] if defects else []
         finally:
             det.use_references(bank)

@@ -15,6 +15,7 @@ from fastapi import HTTPException
 from numpy.typing import NDArray
 
 from kanoclip.inference.detector import Detector, Prediction
+from kanoclip.station.results import scored_with
 from kanoclip.station.station import Station
 from kanoclip.station.telemetry import ServeMetrics
 
@@ -49,6 +50,7 @@ class Scored:
     batched_with: int
     references: dict[str, Any]
     detector: Detector
+    used: dict[str, Any]  # the thresholds, bank and model the pass scored with, read on the forward thread before it
 
 
 class MicroBatcher:
@@ -121,5 +123,6 @@ class MicroBatcher:
         detector = self.station.detector(profile)
         bank = detector.references
         used = {"images": bank.images if bank else 0, "id": bank and bank.id}
+        scored = scored_with(detector)  # before the pass: a calibrate queued after it cannot change what is recorded
         predictions = detector.predict_many(arrays)
-        return [Scored(p, len(arrays), used, detector) for p in predictions]
+        return [Scored(p, len(arrays), used, detector, scored) for p in predictions]

@@ -2,7 +2,9 @@
 
 A 200 means each image's row is committed and its files are on disk (507 when the disk is full: nothing recorded,
 nothing labelled). Work queued for a client that hung up is dropped. A watcher's `source_key` makes a request
-exactly-once: a key already recorded answers its recorded result, a key another watcher holds is 409.
+exactly-once: a key already recorded answers its recorded result, a key another holder holds is 409, and so is one
+taken over while this request scored it (nothing recorded). The claim is held by the request's `holder`: one id
+per watcher process (a request without one is its own holder).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from kanoclip.inference.overlays import mask_image
 from kanoclip.station.app.batching import Scored
 from kanoclip.station.app.state import GUARDED, AppState, Served
 from kanoclip.station.app.uploads import decoded
+from kanoclip.station.claims import HOLDER_PATTERN, new_holder
 from kanoclip.station.results import Detection, public
 
 router = APIRouter(dependencies=GUARDED)
@@ -33,6 +36,7 @@ class Source(BaseModel):
     """Where an upload came from, when a watcher sends it: its claim key and frame."""
 
     source_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    holder: str | None = Field(default=None, pattern=HOLDER_PATTERN)  # the watcher's id: who holds the claim
     claim_timeout_s: float = Field(default=300.0, gt=0)
     frame_index: int | None = Field(default=None, ge=0)
     frame_time: float | None = None
@@ -79,8 +83,9 @@ async def detect_on(
     start = time.perf_counter()
     station = state.station
     station.profile(name)
+    holder = (source.holder if source is not None else None) or new_holder()
     if source is not None and source.source_key is not None:
-        recorded = await _claimed(state, name, files, source.source_key, source.claim_timeout_s)
+        recorded = await _claimed(state, name, files, source.source_key, source.claim_timeout_s, holder)
         if recorded is not None:
             return recorded
     async with decoded(state, files) as uploads:
@@ -88,14 +93,16 @@ async def detect_on(
         scored: list[Scored] = await _unless_gone(request, [state.batcher.submit(name, rgb) for _, _, rgb in uploads])
         inferred = time.perf_counter()
         detections = [
-            Detection(filename, data, rgb, s.prediction)
+            Detection(filename, data, rgb, s.prediction, used=s.used)
             for (filename, data, rgb), s in zip(uploads, scored, strict=True)
         ]
         if source is not None:
             detections[0].key, detections[0].frame_index = source.source_key, source.frame_index
-            detections[0].frame_time = source.frame_time
+            detections[0].frame_time, detections[0].holder = source.frame_time, holder
         detector = scored[0].detector
         await run_in_threadpool(station.record, name, detector, detections, 1000 * (inferred - start))
+        if detections[0].lost:
+            raise HTTPException(409, "another watcher took this file over while it was scored: nothing recorded")
         for d in detections:
             state.metrics.observe_detection(name, d.prediction.pred_score, d.prediction.pred_label)
         results = [
@@ -117,14 +124,14 @@ async def detect_on(
 
 
 async def _claimed(
-    state: AppState, name: str, files: list[UploadFile], key: str, timeout_s: float
+    state: AppState, name: str, files: list[UploadFile], key: str, timeout_s: float, holder: str
 ) -> dict[str, Any] | None:
     """The claim on a watcher's file: None when this request is to score it, its recorded answer when it is done;
     409 while another watcher holds it."""
     if len(files) != 1:
         raise HTTPException(400, "source_key names one file: send one file per request")
     station = state.station
-    claimed = await run_in_threadpool(station.claim, name, key, files[0].filename or "upload", timeout_s)
+    claimed = await run_in_threadpool(station.claim, name, key, files[0].filename or "upload", timeout_s, holder)
     if claimed == "busy":
         raise HTTPException(409, "another watcher is scoring this file now (its claim is fresh)")
     if claimed == "mine":

@@ -14,9 +14,11 @@ from fastapi.concurrency import run_in_threadpool
 
 from kanoclip.inference.backends import REFERENCES
 from kanoclip.inference.detector import Detector
+from kanoclip.model.references import ReferenceBank
 from kanoclip.station.app.state import GUARDED, AppState, Served, detector_of
 from kanoclip.station.app.uploads import decoded
 from kanoclip.station.config import ServeConfig
+from kanoclip.station.store import sha256_of
 
 router = APIRouter(dependencies=GUARDED)
 
@@ -35,27 +37,63 @@ def bank_info(cfg: ServeConfig, detector: Detector) -> dict[str, Any]:
     return {**(bank or empty), "limits": {"images": cfg.max_reference_images, "bytes": cfg.max_reference_bytes}}
 
 
+async def _extended(state: AppState, detector: Detector, parts: list[tuple[str, bytes]]) -> ReferenceBank:
+    """The detector's bank plus these parts, within the server's limits (called under `bank_lock`)."""
+    cfg = state.config
+    held = detector.references.images if detector.references else 0
+    if held + len(parts) > cfg.max_reference_images:
+        raise HTTPException(
+            413, f"the bank holds {held} of at most {cfg.max_reference_images} good parts; clear it first"
+        )
+    # sha256 of the files, as `kanoclip reference build` records them
+    encoded = await state.batcher.exclusive(detector.encode_references, [data for _, data in parts])
+    bank: ReferenceBank = await run_in_threadpool(detector.extended_bank, encoded)
+    if bank.nbytes() > cfg.max_reference_bytes:
+        raise HTTPException(413, f"the bank would hold {bank.nbytes():,} bytes, over {cfg.max_reference_bytes:,}")
+    return bank
+
+
 async def add_good_parts(state: AppState, name: str, parts: list[tuple[str, bytes]]) -> dict[str, Any]:
     """Add good parts to a profile's bank (SPEC §9); later detections are scored against it. An image the bank
     already holds is not added again."""
-    cfg, station, batcher = state.config, state.station, state.batcher
     detector = await detector_of(state, name)
     if not detector.supports(REFERENCES):
         raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
     async with state.bank_lock:
-        held = detector.references.images if detector.references else 0
-        if held + len(parts) > cfg.max_reference_images:
-            raise HTTPException(
-                413, f"the bank holds {held} of at most {cfg.max_reference_images} good parts; clear it first"
-            )
-        # sha256 of the files, as `kanoclip reference build` records them
-        encoded = await batcher.exclusive(detector.encode_references, [data for _, data in parts])
-        bank = await run_in_threadpool(detector.extended_bank, encoded)
-        if bank.nbytes() > cfg.max_reference_bytes:
-            raise HTTPException(413, f"the bank would hold {bank.nbytes():,} bytes, over {cfg.max_reference_bytes:,}")
-        await run_in_threadpool(station.save_bank, name, bank, parts)
-        await batcher.exclusive(detector.use_references, bank)
-    return bank_info(cfg, detector)
+        bank = await _extended(state, detector, parts)
+        await run_in_threadpool(state.station.save_bank, name, bank, parts)
+        await state.batcher.exclusive(detector.use_references, bank)
+    return bank_info(state.config, detector)
+
+
+async def teach(
+    state: AppState, result_id: int, verdict: str, note: str | None, row: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Record a verdict with the bank change it makes, in one commit: "good" adds the result's image to the bank of
+    the profile it was recorded under, "defect" rebuilds that bank without it. The bank as it is then; None when
+    the verdict teaches no bank (a profile deleted since, no image kept, an exported engine)."""
+    station = state.station
+    p = await run_in_threadpool(station.taught, row)
+    detector = None if p is None or not row["image_sha256"] else await detector_of(state, p.name)
+    if p is None or detector is None or not detector.supports(REFERENCES):
+        await run_in_threadpool(station.feedback, result_id, verdict, note)
+        return None
+    data = await run_in_threadpool(station.blob, row["image_sha256"])
+    assert data is not None
+    sha = sha256_of(data)
+    async with state.bank_lock:
+        held = {s["sha256"] for s in detector.references.sources} if detector.references else set()
+        change = None
+        if verdict == "good" and sha not in held:
+            part = [(row["source"], data)]
+            change = await run_in_threadpool(station.stage_bank, await _extended(state, detector, part), part)
+        elif verdict == "defect" and sha in held:
+            bank = await state.batcher.exclusive(station.bank_without, p.name, detector, sha)
+            change = await run_in_threadpool(station.stage_bank, bank, (), [sha])
+        await run_in_threadpool(station.feedback, result_id, verdict, note, change)
+        if change is not None:
+            await state.batcher.exclusive(detector.use_references, change.bank)
+    return bank_info(state.config, detector)
 
 
 async def clear_good_parts(state: AppState, name: str) -> dict[str, Any]:

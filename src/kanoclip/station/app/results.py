@@ -1,5 +1,5 @@
 """The history over HTTP: `/v1/results` (a page, or every matching row as CSV), one result with its files, and
-verdicts on results; a "good" verdict also adds the image to the profile's bank."""
+verdicts on results; a "good" verdict also adds the image to the profile's bank, a later "defect" takes it out."""
 
 from __future__ import annotations
 
@@ -12,10 +12,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool
 
-from kanoclip.inference.backends import REFERENCES
 from kanoclip.labels import Label
-from kanoclip.station.app.references import add_good_parts
-from kanoclip.station.app.state import GUARDED, Served, detector_of
+from kanoclip.station.app.references import teach
+from kanoclip.station.app.state import GUARDED, Served
 from kanoclip.station.db import check_profile_name
 from kanoclip.station.results import history_csv, parse_time, public
 
@@ -82,13 +81,12 @@ async def result(result_id: RowId, state: Served, include_map: bool = True) -> d
 
 @router.post("/v1/results/{result_id}/feedback")
 async def feedback(result_id: RowId, body: FeedbackBody, state: Served) -> dict[str, Any]:
-    """A verdict on a result, recorded; "good" also adds its image to the profile's bank."""
-    station = state.station
+    """A verdict on a result, recorded with its bank change in one commit: "good" adds its image to the bank of the
+    profile it was recorded under, "defect" takes it out; a later verdict replaces an earlier one."""
     verdict = Label.parse(body.verdict).word
-    row = await run_in_threadpool(station.feedback, result_id, verdict, body.note)
+    row = await run_in_threadpool(state.station.result, result_id)
     answer: dict[str, Any] = {"result": result_id, "verdict": verdict, "profile": row["profile"]}
-    if verdict == Label.GOOD.word and row["profile"] in station.profiles and row["image_sha256"]:
-        data = await run_in_threadpool(station.blob, row["image_sha256"])
-        if data is not None and (await detector_of(state, row["profile"])).supports(REFERENCES):
-            answer["references"] = await add_good_parts(state, row["profile"], [(row["source"], data)])
+    bank = await teach(state, result_id, verdict, body.note, row)
+    if bank is not None:
+        answer["references"] = bank
     return answer

@@ -6,7 +6,10 @@ records each as a result (in-process on the station's database, or through a run
 
 The history is the ledger: a file is claimed (`Station.claim`) before it is scored, and the claim is completed in
 the transaction that records its result, so a file is recorded once across restarts and across several watchers on
-one database; a claim left by a watcher that died is taken over after `claim_timeout_s`. Files are then moved (or
+one database. Each scorer holds its claims under its own holder id (one per process, sent to the server with
+`--server`), and only the holder of a claim records it: a watcher whose claim was taken over records nothing. A
+claim left by a watcher that died is taken over after `claim_timeout_s`; a watcher that stops (Ctrl-C, SIGTERM, the
+end of its sources) releases what it holds, so the next start takes those files at once. Files are then moved (or
 copied) into `--ok-dir`/`--ng-dir` by their label, atomically; a file already recorded is sorted by its recorded
 label on the next start, so a crash between the two never leaves it unsorted.
 """
@@ -19,6 +22,7 @@ import io
 import os
 import queue
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -37,6 +41,8 @@ from kanoclip.data.video import frames, is_live, is_video
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.inference.detector import Prediction
 from kanoclip.labels import Label
+from kanoclip.station.claims import new_holder
+from kanoclip.station.results import scored_with
 from kanoclip.station.station import Detection, Station
 from kanoclip.station.watch.config import WatchConfig
 from kanoclip.station.watch.hotfolder import HotFolder
@@ -62,19 +68,25 @@ class Scorer(Protocol):
     def score(self, items: list[Item]) -> list[dict[str, Any]]: ...
     def event(self, source: str, kind: str, detail: str) -> None: ...
     def labelled(self) -> bool: ...
+    def release(self) -> int: ...
 
 
 class LocalScorer:
+    """Scores in this process, on the station's database, holding its claims under its own holder id."""
+
     def __init__(self, station: Station, profile: str) -> None:
-        self.station, self.profile = station, profile
+        self.station, self.profile, self.holder = station, profile, new_holder()
         self.detector = station.detector(profile)
 
     def labelled(self) -> bool:
         return self.detector.thresholds.image_threshold is not None
 
     def claim(self, key: str, source: str, timeout_s: float) -> tuple[str, int | None]:
-        state = self.station.claim(self.profile, key, source, timeout_s)
+        state = self.station.claim(self.profile, key, source, timeout_s, self.holder)
         return state, self.station.claimed_label(key) if state == "done" else None
+
+    def release(self) -> int:
+        return self.station.release(self.holder)
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         det, start = self.detector, time.perf_counter()
@@ -88,6 +100,7 @@ class LocalScorer:
             if item.rgb is not None:
                 arrays.append(item.rgb)
                 readable.append(item)
+        used = scored_with(det)  # what the forward pass scores with, recorded as such whatever changes meanwhile
         predicted = dict(zip(map(id, readable), det.predict_many(arrays), strict=True)) if arrays else {}
         latency = 1000 * (time.perf_counter() - start)
         detections = [
@@ -97,6 +110,8 @@ class LocalScorer:
                 item.rgb if item.rgb is not None else np.zeros((1, 1, 3), np.uint8),
                 predicted.get(id(item)) or Prediction(item.source, error=item.error or "unreadable"),
                 key=item.key,
+                holder=self.holder,
+                used=used,
                 frame_index=item.frame_index,
                 frame_time=item.frame_time,
             )
@@ -110,12 +125,14 @@ class LocalScorer:
 
 
 class RemoteScorer:
-    """A running `kanoclip serve`: each item is POSTed with its claim key, and the server claims and records it."""
+    """A running `kanoclip serve`: each item is POSTed with its claim key and this scorer's holder id, and the server
+    claims and records it under that holder (two watchers through one server never share a claim)."""
 
     def __init__(self, url: str, profile: str, api_key: str | None, claim_timeout_s: float) -> None:
         import httpx
 
         self.url, self.profile, self.claim_timeout_s = url.rstrip("/"), profile, claim_timeout_s
+        self.holder = new_holder()
         self.client = httpx.Client(timeout=300, headers={"X-API-Key": api_key} if api_key else {})
         try:
             response = self.client.get(f"{self.url}/v1/profiles/{profile}")
@@ -131,13 +148,23 @@ class RemoteScorer:
     def claim(self, key: str, source: str, timeout_s: float) -> tuple[str, int | None]:
         return "mine", None  # the server claims when it scores (`source_key`)
 
+    def release(self) -> int:
+        """The server releases this holder's unfinished claims (best effort: a server gone keeps them till timeout)."""
+        import httpx
+
+        try:
+            response = self.client.post(f"{self.url}/v1/claims/release", json={"holder": self.holder})
+        except httpx.HTTPError:
+            return 0
+        return int(response.json().get("released", 0)) if response.status_code == 200 else 0
+
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for item in items:
             if item.data is None:
                 out.append({"source": item.source, "error": item.error, "label": None})
                 continue
-            params: dict[str, Any] = {"claim_timeout_s": self.claim_timeout_s}
+            params: dict[str, Any] = {"claim_timeout_s": self.claim_timeout_s, "holder": self.holder}
             if item.key:
                 params["source_key"] = item.key
             for name, value in (("frame_index", item.frame_index), ("frame_time", item.frame_time)):
@@ -181,6 +208,7 @@ def _answer(d: Detection) -> dict[str, Any]:
         "error": p.error,
         "frame_index": d.frame_index,
         "frame_time": d.frame_time,
+        "busy": d.lost,  # taken over while scored: the new holder records and sorts it
     }
 
 
@@ -253,6 +281,8 @@ class Watcher:
                 self.scorer.event(str(path), "never_completed", f"still changing after {self.cfg.max_wait_s:g} s")
                 self.counts["failed"] += 1
             for path in complete:
+                if self.stopping.is_set():  # stopping: claim nothing more (what is claimed is released)
+                    break
                 try:
                     data = path.read_bytes()
                 except OSError as e:
@@ -305,7 +335,19 @@ class Watcher:
 
     # -- scoring ---------------------------------------------------------------------------------------------------
     def run(self, until: Callable[[], bool] = lambda: False) -> dict[str, int]:
-        """Watch until interrupted, `until()` says so, or every source is a finished video file."""
+        """Watch until interrupted (Ctrl-C or SIGTERM), `until()` says so, or every source is a finished video file;
+        then release the claims still held."""
+        # SIGTERM stops like Ctrl-C (after the batch being scored), so a service manager's stop releases the claims
+        # and exits 0; only the main thread may set a handler
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, lambda *_: self.stopping.set()) if main else None
+        try:
+            return self._run(until)
+        finally:
+            if main:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def _run(self, until: Callable[[], bool]) -> dict[str, int]:
         for hot in self.folders:
             hot.start()
             self.threads.append(threading.Thread(target=self._folder, args=(hot,), daemon=True))
@@ -315,7 +357,7 @@ class Watcher:
             t.start()
         started, shown = time.monotonic(), 0.0
         try:
-            while not until():
+            while not until() and not self.stopping.is_set():
                 batch = self._take()
                 if batch:
                     self._score(batch)
@@ -332,6 +374,7 @@ class Watcher:
                 hot.stop()
             for t in self.threads:
                 t.join(timeout=10)
+            self.scorer.release()  # claimed, not recorded: the next watcher takes them now, not after the timeout
             if self.webhook is not None:
                 self.webhook.close()
             if self.cfg.progress:

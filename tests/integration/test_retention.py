@@ -1,0 +1,50 @@
+"""Retention runs (#30, finding 5): `serve --keep-days` / `--max-store-gb` reach the server (the layout issue wired
+them) and prune rows and their files at start and then periodically; every result left still answers 200."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.support.station import files, ok, probes, station_client
+
+
+def stored(state: Path) -> list[Path]:
+    """The store's files (the database and its lock aside)."""
+    return [p for p in state.rglob("*") if p.is_file() and not p.name.startswith("station.")]
+
+
+def wait_for(condition, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "retention did not run"
+        time.sleep(0.1)
+
+
+def test_max_store_bytes_prunes_the_oldest_rows_and_their_files_and_the_rest_answer(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    state = tmp_path / "state"
+    with station_client(state) as c:
+        for image in probes(shared_data):
+            ok(c.post("/v1/detect", files=files([image])))
+        everything = ok(c.get("/v1/results", params={"limit": 1000}))["results"]
+    before = stored(state)
+    budget = sum(p.stat().st_size for p in before) // 2  # about half the results' files must go
+    with station_client(state, max_store_bytes=budget) as c:
+        wait_for(lambda: len(ok(c.get("/v1/results", params={"limit": 1000}))["results"]) < len(everything))
+        left = ok(c.get("/v1/results", params={"limit": 1000}))["results"]
+        assert left, "the budget holds some results"
+        assert [r["id"] for r in left] == [r["id"] for r in everything][: len(left)]  # the oldest went first
+        for row in left:
+            assert c.get(f"/v1/results/{row['id']}").status_code == 200
+    assert len(stored(state)) < len(before)
+
+
+def test_keep_days_prunes_results_older_than_that(tmp_path: Path, shared_data: Path) -> None:
+    state = tmp_path / "state"
+    with station_client(state) as c:
+        ok(c.post("/v1/detect", files=files(probes(shared_data)[:2])))
+    time.sleep(0.2)
+    with station_client(state, keep_days=0.1 / 86400) as c:  # 0.1 s
+        wait_for(lambda: not ok(c.get("/v1/results"))["results"])
