@@ -152,11 +152,16 @@ def test_warnings_are_one_line_without_source_lines(tmp_path: Path) -> None:
     assert "warnings.warn" not in result.stderr and "UserWarning" not in result.stderr
 
 
-def test_a_closed_pipe_ends_quietly_without_a_traceback(tmp_path: Path) -> None:
+def test_a_closed_pipe_ends_quietly_without_a_traceback(tmp_path: Path, shared_data: Path) -> None:
     """`kanoclip history STATE | head -1`: the reader is gone before the command writes."""
+    from tests.support.station import files, ok, probes, station_client
+
+    state = tmp_path / "state"
+    with station_client(state) as c:
+        ok(c.post("/v1/detect", files=files(probes(shared_data))))
     code = "import sys; from kanoclip.cli import main; sys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-c", code, "history", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # as `head -1` does once it has its line

@@ -71,3 +71,38 @@ def test_evaluate_says_good_and_defect(shared_data: Path, tmp_path: Path, capsys
     assert main(["evaluate", str(shared_data / "MVTec_AD"), *TINY, "--out", str(tmp_path / "e")]) == 0
     summary = [line for line in capsys.readouterr().out.splitlines() if "images (" in line]
     assert summary and all(re.search(r"\(\d+ good, \d+ defect\)", line) for line in summary)
+
+
+def test_watch_counts_webhooks_and_sorting_say_only_the_enums_values(tmp_path: Path, shared_data: Path) -> None:
+    import shutil
+    import threading
+
+    import numpy as np
+
+    from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
+    from tests.support.streams import webhook_receiver
+    from tests.support.watch import bottles, station_at, wait_for
+
+    inbox, good, bad = tmp_path / "inbox", tmp_path / "ok", tmp_path / "ng"
+    inbox.mkdir()
+    images = bottles(shared_data, 4)
+    station = station_at(tmp_path / "state")
+    scores = sorted(station.detector("default").predict(p)[0] for p in images)
+    station.set_thresholds("default", Thresholds(float(np.median(scores))))
+    for p in images:
+        shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
+    cfg = WatchConfig(settle_s=0.3, progress=False, ok_dir=good, ng_dir=bad, webhook_on="ng")  # an earlier word
+    with webhook_receiver() as hook:
+        cfg.webhook = hook["url"]
+        watcher = Watcher(LocalScorer(station, "default"), [str(inbox)], cfg)
+        done = threading.Event()
+        thread = threading.Thread(target=watcher.run, kwargs={"until": done.is_set}, daemon=True)
+        thread.start()
+        wait_for(lambda: len(list(good.glob("*"))) + len(list(bad.glob("*"))) == 4, what="4 parts sorted")
+        defects = len(list(bad.glob("*")))
+        wait_for(lambda: len(hook["received"]) == defects, what="one POST per defect")
+        done.set()
+        thread.join(timeout=30)
+    assert set(watcher.counts) == {"scored", "defect", "failed", "skipped"} and watcher.counts["defect"] == defects
+    assert {r["label"] for r in hook["received"]} <= {int(Label.DEFECT)}
+    assert (good.name, bad.name) == (Label.GOOD.folder, Label.DEFECT.folder)
