@@ -3,6 +3,7 @@ them) and prune rows and their files at start and then periodically; every resul
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -12,6 +13,13 @@ from tests.support.station import files, ok, probes, station_client
 def stored(state: Path) -> list[Path]:
     """The store's files (the database and its lock aside)."""
     return [p for p in state.rglob("*") if p.is_file() and not p.name.startswith("station.")]
+
+
+def age(files: list[Path], seconds: float = 3600) -> None:
+    """As if written `seconds` ago: a fresh file may belong to a request in flight, so retention leaves it."""
+    then = time.time() - seconds
+    for f in files:
+        os.utime(f, (then, then))
 
 
 def wait_for(condition, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -30,6 +38,7 @@ def test_max_store_bytes_prunes_the_oldest_rows_and_their_files_and_the_rest_ans
             ok(c.post("/v1/detect", files=files([image])))
         everything = ok(c.get("/v1/results", params={"limit": 1000}))["results"]
     before = stored(state)
+    age(before)
     budget = sum(p.stat().st_size for p in before) // 2  # about half the results' files must go
     with station_client(state, max_store_bytes=budget) as c:
         wait_for(lambda: len(ok(c.get("/v1/results", params={"limit": 1000}))["results"]) < len(everything))
@@ -48,3 +57,29 @@ def test_keep_days_prunes_results_older_than_that(tmp_path: Path, shared_data: P
     time.sleep(0.2)
     with station_client(state, keep_days=0.1 / 86400) as c:  # 0.1 s
         wait_for(lambda: not ok(c.get("/v1/results"))["results"])
+
+
+def test_retention_leaves_a_file_that_a_request_in_flight_has_just_put_again(tmp_path: Path, shared_data: Path) -> None:
+    """Finding 6: a row is pruned while a new request with the same image has put its file but not yet committed
+    its row; the file must still be there when that row commits."""
+    from kanoclip.station.station import Station
+    from tests.support.station import base_run
+
+    state = tmp_path / "state"
+    with station_client(state) as c:
+        ok(c.post("/v1/detect", files=files(probes(shared_data)[:1])))
+    age(stored(state))
+    station = Station.open(base_run(), state, None)
+    try:
+        assert station.engine is not None
+        image = probes(shared_data)[0].read_bytes()
+        assert station.store is not None
+        in_flight = station.store.put(image)  # the new request's put; its row is not committed yet
+        assert station.prune(1e-9, None) == 1  # the old row goes, and it named the same image
+        assert station.store.exists(in_flight)
+        assert not station.store.delete_unneeded(in_flight)  # fresh: a row may be about to name it
+        age([station.store.path(in_flight)])
+        assert station.store.delete_unneeded(in_flight) and not station.store.exists(in_flight)
+    finally:
+        assert station.engine is not None
+        station.engine.dispose()

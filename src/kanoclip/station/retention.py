@@ -1,7 +1,8 @@
 """Retention: the history pruned by age (`--keep-days`) and by the size of its files (`--max-store-gb`).
 
 The rule: the oldest results go first, a step of rows per transaction (a long prune never holds the database), and a
-file goes from the store only once no result, good part or bank names it any more. The claims a pruned result
+file goes from the store only once no result, good part or bank names it any more and nothing put it within the last
+minute (a request in flight writes its files before its row commits). The claims a pruned result
 completed go in its transaction (a claim never names a missing result); events older than the newest pruned result
 go after, and so do claims never completed that are that old and a day past any claim's timeout.
 """
@@ -24,6 +25,7 @@ class Retention:
 
     def __init__(self, engine: Engine | None, store: BlobStore | None) -> None:
         self.engine, self.store = engine, store
+        self.deferred: set[str] = set()  # unnamed files too fresh to delete last time: looked at again next time
 
     def prune(self, keep_days: float | None, max_store_bytes: int | None, step: int = 500) -> int:
         """Drop the oldest results past `keep_days` or while the rows' files hold more than `max_store_bytes`, `step`
@@ -47,6 +49,7 @@ class Retention:
                             if excess <= 0:
                                 break
                 if not rows:
+                    self._drop_unnamed(set())  # what an earlier pass left for being fresh
                     self._prune_ledger(max(cutoff or 0.0, newest or 0.0) if (cutoff or newest) else None, step)
                     return removed
                 c.execute(delete(db.results).where(r.id.in_([row.id for row in rows])))
@@ -79,6 +82,7 @@ class Retention:
     def _drop_unnamed(self, hashes: set[str]) -> None:
         """Files of deleted rows that no result, good part or bank names any more."""
         assert self.engine is not None and self.store is not None
+        hashes = hashes | self.deferred
         if not hashes:
             return
         r = db.results.c
@@ -90,5 +94,5 @@ class Retention:
             named |= {
                 h for (h,) in c.execute(select(db.profiles.c.bank_sha256).where(db.profiles.c.bank_sha256.in_(hashes)))
             }
-        for h in hashes - named:
-            self.store.delete(h)
+        # A file put again within the grace may be about to be named by a row in flight: kept, looked at next pass.
+        self.deferred = {h for h in hashes - named if not self.store.delete_unneeded(h) and self.store.exists(h)}

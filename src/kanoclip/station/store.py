@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import os
 import tempfile
+import time
 from pathlib import Path
 
 from kanoclip._files import atomic_write_bytes, make_folders
@@ -43,6 +45,9 @@ def private_folder(folder: Path) -> None:
         raise
 
 
+PUT_GRACE_S = 60.0  # far longer than a put takes to reach its row's commit
+
+
 class BlobStore:
     def __init__(self, root: Path) -> None:
         self.root = root / "blobs"
@@ -55,8 +60,11 @@ class BlobStore:
         """Store `data` (synced to disk) and return its sha256; content already stored is not written again."""
         sha256 = sha256_of(data)
         path = self.path(sha256)
-        if path.exists():
+        try:
+            os.utime(path)  # needed again: retention sees it fresh and leaves it to the row about to name it
             return sha256
+        except FileNotFoundError:
+            pass
         try:
             make_folders(path.parent, FOLDER_MODE)  # blobs/xx, 0700, its name synced into blobs/
             atomic_write_bytes(path, data)  # the bytes, then its name in blobs/xx, synced
@@ -76,6 +84,18 @@ class BlobStore:
 
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
+
+    def delete_unneeded(self, sha256: str, grace_s: float = PUT_GRACE_S) -> bool:
+        """Delete a blob that no row names, unless it was put (or put again) within `grace_s`: a request in flight
+        writes its files before its row commits, and must not find them gone. Returns whether it went."""
+        path = self.path(sha256)
+        try:
+            if time.time() - path.stat().st_mtime < grace_s:
+                return False
+        except FileNotFoundError:
+            return False
+        path.unlink(missing_ok=True)
+        return True
 
     def size_bytes(self) -> int:
         """Every stored file's size: a walk of the store (retention keeps a running count in the database)."""
