@@ -100,9 +100,6 @@ def build_bank(parsed: Parsed) -> int:
     return 0
 
 
-# Options that would not change what calibrate and reference build make (thresholds and overlays are not theirs).
-NOT_FOR_SETUP = ("image_threshold", "calibration", "overlay_scale")
-
 CALIBRATE_EPILOG = """examples:
   kanoclip calibrate examples/parts/good --preset kanoclip-tiny --out cal.json    offline smoke run
   kanoclip calibrate good_parts/ --checkpoint runs/mvtec/final                    1% of good parts flagged
@@ -128,7 +125,7 @@ CALIBRATE = Command(
     "calibrate",
     "choose image and map thresholds",
     calibrate,
-    (Section("calibrate", CalibrateOptions), run_section(skip=NOT_FOR_SETUP), MODEL),
+    (Section("calibrate", CalibrateOptions), run_section(), MODEL),
     CALIBRATE_EPILOG,
 )
 REFERENCE = Command(
@@ -139,7 +136,7 @@ REFERENCE = Command(
             "build",
             "encode good parts into a bank file for --reference",
             build_bank,
-            (Section("reference", ReferenceBuildOptions), run_section(skip=(*NOT_FOR_SETUP, "references")), MODEL),
+            (Section("reference", ReferenceBuildOptions), run_section(), MODEL),
             REFERENCE_EPILOG,
         ),
     ),

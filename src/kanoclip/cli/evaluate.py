@@ -81,11 +81,13 @@ class ReproduceOptions:
         "", metavar="K,K,...", help="also a few-shot table: K normal train images per class as references, e.g. 1,2,4"
     )
     shot_seeds: str = option("0,1,2", metavar="S,S,...", help="few-shot draws")
+    knowledge: str | None = option(None, metavar="FILE", help="general knowledge JSON (default: the shipped base)")
     device: str = option("auto", help="auto, cpu, cuda (under torchrun: one GPU per process)")
 
 
 def reproduce(parsed: Parsed) -> int:
     from kanoclip.evaluation.reproduce import reproduce
+    from kanoclip.knowledge.base import KnowledgeBase
 
     o, train = parsed.get(ReproduceOptions), parsed.get(TrainConfig)
     config = model_config(parsed)
@@ -107,6 +109,7 @@ def reproduce(parsed: Parsed) -> int:
         train.precision,
         _ints(o.shots, "--shots"),
         _ints(o.shot_seeds, "--shot-seeds"),
+        KnowledgeBase.load(o.knowledge) if o.knowledge else None,
     )
     print(table)
     return 0

@@ -51,11 +51,7 @@ EXPORT = Command(
     export,
     (
         Section("export", ExportOptions),
-        run_section(
-            skip=("image_threshold", "engine", "exported", "workers", "compile", "overlay_scale"),
-            defaults={"precision": "fp32"},
-            choices={"precision": ("fp32", "fp16", "bf16", "int8")},
-        ),
+        run_section(defaults={"precision": "fp32"}, choices={"precision": ("fp32", "fp16", "bf16", "int8")}),
         MODEL,
     ),
     EPILOG,

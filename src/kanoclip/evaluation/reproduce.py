@@ -17,7 +17,7 @@ from kanoclip.errors import DatasetError, KnowledgeError
 from kanoclip.evaluation.protocol import ClassResult, evaluate, mean_row, std_row
 from kanoclip.inference.config import RunConfig
 from kanoclip.inference.detector import Detector
-from kanoclip.knowledge import load_image_knowledge
+from kanoclip.knowledge import KnowledgeBase, load_image_knowledge
 from kanoclip.knowledge.base import ImageKnowledge
 from kanoclip.model.config import KAnoCLIPConfig, TrainConfig
 from kanoclip.training.loop import train
@@ -199,9 +199,11 @@ def reproduce(
     precision: str = "fp32",
     shots: tuple[int, ...] = (),
     seeds: tuple[int, ...] = (0, 1, 2),
+    knowledge: KnowledgeBase | None = None,
 ) -> str:
     """Run every training and evaluation the data allows; returns (and writes) the comparison table. Every input
-    is checked before the first training starts, not hours later."""
+    is checked before the first training starts, not hours later. `knowledge`: the general knowledge every training
+    uses (None: the shipped base)."""
     out = Path(out_dir)
     found = find_datasets(data_root)
     indices: dict[str, DatasetIndex] = {name: load_dataset(path) for name, path in found.items()}
@@ -218,6 +220,7 @@ def reproduce(
             train_config,
             indices[run.train_on],
             out / f"train_{_normalise(run.train_on)}",
+            knowledge,
             image_knowledge=vqa.get(run.train_on),
             device=device,
         )

@@ -228,3 +228,15 @@ def test_print_config_keeps_secrets_out_and_prints_a_template_when_a_required_va
     assert yaml.safe_load(capsys.readouterr().out)["reference"]["out"] is None
     with pytest.raises(ConfigError, match="`kanoclip reference build` needs --out"):
         parse(["reference", "build", "x"])
+
+
+def test_every_flag_of_the_version_before_the_rewrite_is_still_accepted() -> None:
+    """Keep today's flag names: the option strings of every command as the hand-written parser had them (770cb15,
+    in tests/support/flags_before_layout.json) are all still options of the same command."""
+    import json
+
+    before = json.loads((Path(__file__).parents[2] / "support/flags_before_layout.json").read_text())
+    for name, flags in before.items():
+        parser = subparser(name)
+        now = {s for a in parser._actions for s in a.option_strings}
+        assert not set(flags) - now, (name, sorted(set(flags) - now))

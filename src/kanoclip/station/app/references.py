@@ -71,7 +71,8 @@ async def teach(
 ) -> dict[str, Any] | None:
     """Record a verdict with the bank change it makes, in one commit: "good" adds the result's image to the bank of
     the profile it was recorded under, "defect" rebuilds that bank without it. The bank as it is then; None when
-    the verdict teaches no bank (a profile deleted since, no image kept, an exported engine)."""
+    the verdict teaches no bank (a profile deleted since, no image kept, an exported engine) or leaves it as it was
+    (a defect the bank did not hold)."""
     station = state.station
     p = await run_in_threadpool(station.taught, row)
     detector = None if p is None or not row["image_sha256"] else await detector_of(state, p.name)
@@ -93,7 +94,9 @@ async def teach(
         await run_in_threadpool(station.feedback, result_id, verdict, note, change)
         if change is not None:
             await state.batcher.exclusive(detector.use_references, change.bank)
-    return bank_info(state.config, detector)
+    # The bank when a "good" verdict holds the part, or a "defect" took it out: the page rescores on a bank it is
+    # sent, and a defect that changed nothing must not rescore (its rows would bury the verdict's).
+    return bank_info(state.config, detector) if verdict == "good" or change is not None else None
 
 
 async def clear_good_parts(state: AppState, name: str) -> dict[str, Any]:
