@@ -75,13 +75,11 @@ def test_evaluate_says_good_and_defect(shared_data: Path, tmp_path: Path, capsys
 
 def test_watch_counts_webhooks_and_sorting_say_only_the_enums_values(tmp_path: Path, shared_data: Path) -> None:
     import shutil
-    import threading
 
     import numpy as np
 
-    from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
     from tests.support.streams import webhook_receiver
-    from tests.support.watch import bottles, station_at, wait_for
+    from tests.support.watch import bottles, station_at, wait_for, watching
 
     inbox, good, bad = tmp_path / "inbox", tmp_path / "ok", tmp_path / "ng"
     inbox.mkdir()
@@ -91,18 +89,12 @@ def test_watch_counts_webhooks_and_sorting_say_only_the_enums_values(tmp_path: P
     station.set_thresholds("default", Thresholds(float(np.median(scores))))
     for p in images:
         shutil.copy(p, inbox / f"{p.parent.name}_{p.name}")
-    cfg = WatchConfig(settle_s=0.3, progress=False, ok_dir=good, ng_dir=bad, webhook_on="ng")  # an earlier word
     with webhook_receiver() as hook:
-        cfg.webhook = hook["url"]
-        watcher = Watcher(LocalScorer(station, "default"), [str(inbox)], cfg)
-        done = threading.Event()
-        thread = threading.Thread(target=watcher.run, kwargs={"until": done.is_set}, daemon=True)
-        thread.start()
-        wait_for(lambda: len(list(good.glob("*"))) + len(list(bad.glob("*"))) == 4, what="4 parts sorted")
-        defects = len(list(bad.glob("*")))
-        wait_for(lambda: len(hook["received"]) == defects, what="one POST per defect")
-        done.set()
-        thread.join(timeout=30)
+        sorting = {"ok_dir": good, "ng_dir": bad, "webhook": hook["url"], "webhook_on": "ng"}  # "ng": an earlier word
+        with watching(station, [str(inbox)], **sorting) as watcher:
+            wait_for(lambda: len(list(good.glob("*"))) + len(list(bad.glob("*"))) == 4, what="4 parts sorted")
+            defects = len(list(bad.glob("*")))
+            wait_for(lambda: len(hook["received"]) == defects, what="one POST per defect")
     assert set(watcher.counts) == {"scored", "defect", "failed", "skipped"} and watcher.counts["defect"] == defects
     assert {r["label"] for r in hook["received"]} <= {int(Label.DEFECT)}
     assert (good.name, bad.name) == (Label.GOOD.folder, Label.DEFECT.folder)

@@ -7,8 +7,6 @@ import hashlib
 import shutil
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +22,7 @@ from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 from tests.support.serving import TINY_FLAGS
 from tests.support.station import BOTTLE
 from tests.support.streams import mjpeg_camera, webhook_receiver
-from tests.support.watch import bottles, station_at, wait_for
-
-FAST = {"settle_s": 0.3, "progress": False, "claim_timeout_s": 2.0}
-
-
-@contextmanager
-def watching(station: Station, sources: list[str], **cfg: Any) -> Iterator[Watcher]:
-    """A watcher running in a thread until the block ends."""
-    watcher = Watcher(LocalScorer(station, "default"), sources, WatchConfig(**{**FAST, **cfg}))
-    done = threading.Event()
-    thread = threading.Thread(target=watcher.run, kwargs={"until": done.is_set}, daemon=True)
-    thread.start()
-    try:
-        yield watcher
-    finally:
-        done.set()
-        thread.join(timeout=30)
+from tests.support.watch import FAST, bottles, station_at, wait_for, watching
 
 
 def rows(station: Station) -> list[dict[str, Any]]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kanoclip.station.station import Station
+from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 from tests.support.station import BOTTLE, base_run
 
 
@@ -29,3 +32,20 @@ def wait_for(condition: Callable[[], Any], timeout: float = 60, what: str = "con
 
 def bottles(shared_data: Path, n: int) -> list[Path]:
     return sorted((shared_data / BOTTLE / "test").rglob("*.png"))[:n]
+
+
+FAST = {"settle_s": 0.3, "progress": False, "claim_timeout_s": 2.0}
+
+
+@contextmanager
+def watching(station: Station, sources: list[str], **cfg: Any) -> Iterator[Watcher]:
+    """A watcher running in a thread until the block ends."""
+    watcher = Watcher(LocalScorer(station, "default"), sources, WatchConfig(**{**FAST, **cfg}))
+    done = threading.Event()
+    thread = threading.Thread(target=watcher.run, kwargs={"until": done.is_set}, daemon=True)
+    thread.start()
+    try:
+        yield watcher
+    finally:
+        done.set()
+        thread.join(timeout=30)
