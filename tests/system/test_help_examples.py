@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kanoclip.cli.station import HISTORY, SERVE, WATCH
+from kanoclip.cli.station import HISTORY, SERVE, STATION_COMMANDS, WATCH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_the_serve_example_answers_on_its_page_and_api(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_the_watch_example_scores_the_folder_and_history_lists_it(tmp_path: Path) -> None:
+def test_the_watch_example_scores_the_folder_and_history_and_check_read_it(tmp_path: Path) -> None:
     shutil.copytree(REPO / "examples", tmp_path / "examples")
     proc = kanoclip(example(WATCH.epilog), tmp_path)
     try:
@@ -85,3 +85,10 @@ def test_the_watch_example_scores_the_folder_and_history_lists_it(tmp_path: Path
     finally:
         out = stop(proc)
     assert "3 scored" in out, out
+    checked = subprocess.run(
+        [sys.executable, "-m", "kanoclip", *example(STATION_COMMANDS.epilog)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert checked.returncode == 0 and "0 missing file(s), 0 orphan file(s)" in checked.stdout, checked

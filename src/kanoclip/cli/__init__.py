@@ -21,7 +21,7 @@ from kanoclip.cli.export import EXPORT
 from kanoclip.cli.flags import Command, Parsed, add_command, print_config, resolve
 from kanoclip.cli.knowledge import KNOWLEDGE
 from kanoclip.cli.model import INFO, MODELS
-from kanoclip.cli.station import HISTORY, SERVE, WATCH
+from kanoclip.cli.station import HISTORY, SERVE, STATION_COMMANDS, WATCH
 from kanoclip.cli.train import TRAIN
 from kanoclip.errors import KanoclipError
 
@@ -34,6 +34,7 @@ COMMANDS: tuple[Command, ...] = (
     SERVE,
     WATCH,
     HISTORY,
+    STATION_COMMANDS,
     CALIBRATE,
     REFERENCE,
     EXPORT,

@@ -190,6 +190,33 @@ def history_command(parsed: Parsed) -> int:
     return 0
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckOptions:
+    where: str = option(positional=True, metavar="DIR", help="a --state folder")
+    database: str | None = option(None, metavar="URL", help="its --database, when the rows live in PostgreSQL")
+    fix: bool = option(False, help="remove orphan files (nothing names them; past the put grace)")
+
+
+def check_command(parsed: Parsed) -> int:
+    from kanoclip.station import db as database
+    from kanoclip.station.check import check
+    from kanoclip.station.store import BlobStore
+
+    o = parsed.get(CheckOptions)
+    folder = Path(o.where).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such folder: give a --state folder")
+    url = o.database or database.database_url(folder)
+    if o.database is None and not (folder / database.DATABASE_FILE).is_file():
+        raise ConfigError(f"{folder} holds no station database ({database.DATABASE_FILE}): give a --state folder")
+    report = check(database.connect(url, upgrade=False), BlobStore(folder), o.fix)
+    print(f"{report.rows} result(s), {report.files} stored file(s)")
+    for owner, sha in report.dangling[:20]:
+        print(f"  missing: {sha[:16]}... named by {owner}", file=sys.stderr)
+    print(f"{len(report.dangling)} missing file(s), {len(report.orphans)} orphan file(s), {report.removed} removed")
+    return 0 if report.clean else 1
+
+
 SERVE_EPILOG = """examples:
   kanoclip serve --preset kanoclip-tiny --no-state --port 8123     offline smoke run: http://127.0.0.1:8123/
   kanoclip serve --checkpoint runs/mvtec/final                        http://127.0.0.1:8000/ in a browser
@@ -237,6 +264,27 @@ WATCH = Command(
     watch_command,
     (Section("watch", WatchOptions), Section("watching", WatchConfig), STATION, run_section(skip=()), MODEL),
     WATCH_EPILOG,
+)
+CHECK_EPILOG = """examples:
+  kanoclip station check st                             rows against files: what is missing, what nothing names
+  kanoclip station check /srv/kanoclip --fix            and remove the orphan files
+
+exit status 0 when every row has its files and no orphan is left, 1 otherwise, 2 for a damaged or foreign database.
+"""
+
+STATION_COMMANDS = Command(
+    "station",
+    "look after a station's state",
+    subcommands=(
+        Command(
+            "check",
+            "rows against stored files; --fix removes orphans",
+            check_command,
+            (Section("check", CheckOptions),),
+            CHECK_EPILOG,
+        ),
+    ),
+    epilog=CHECK_EPILOG,
 )
 HISTORY = Command(
     "history", "what the station inspected", history_command, (Section("history", HistoryOptions),), HISTORY_EPILOG

@@ -1,0 +1,59 @@
+"""`kanoclip station check`: a state's rows against its files.
+
+The rule: a row names only files the store holds (a missing one is reported, never invented), and a file that no
+result, good part or bank names is an orphan (a lost claim race, a crash between a put and its row), removed with
+`--fix` once it is past the put grace: a request in flight may be about to name it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine, select
+
+from kanoclip.station import db
+from kanoclip.station.store import BlobStore
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass
+class CheckReport:
+    rows: int = 0
+    files: int = 0
+    dangling: list[tuple[str, str]] = field(default_factory=list)  # (what names it, the missing file's sha256)
+    orphans: list[str] = field(default_factory=list)
+    removed: int = 0
+
+    @property
+    def clean(self) -> bool:
+        return not self.dangling and len(self.orphans) == self.removed
+
+
+def check(engine: Engine, store: BlobStore, fix: bool = False) -> CheckReport:
+    """What the state's rows name that its store lacks, and what its store holds that nothing names."""
+    report, named = CheckReport(), set()
+    r = db.results.c
+    with engine.connect() as c:
+        for row in c.execute(select(r.id, r.image_sha256, r.overlay_sha256, r.map_sha256)):
+            report.rows += 1
+            for sha in (h for h in row[1:] if h):
+                named.add(sha)
+                if not store.exists(sha):
+                    report.dangling.append((f"result {row.id}", sha))
+        for (sha,) in c.execute(select(db.references.c.sha256)):
+            named.add(sha)
+            if not store.exists(sha):
+                report.dangling.append(("a good part", sha))
+        for name, sha in c.execute(select(db.profiles.c.name, db.profiles.c.bank_sha256)):
+            if sha:
+                named.add(sha)
+                if not store.exists(sha):
+                    report.dangling.append((f"profile {name!r}'s bank", sha))
+    stored = {p.name for p in store.root.rglob("*") if p.is_file() and SHA256.fullmatch(p.name)}
+    report.files = len(stored)
+    report.orphans = sorted(stored - named)
+    if fix:
+        report.removed = sum(store.delete_unneeded(sha) for sha in report.orphans)
+    return report

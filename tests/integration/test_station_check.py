@@ -1,0 +1,55 @@
+"""`kanoclip station check` (#30): a state's rows against its files; `--fix` removes orphans past the put grace."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from kanoclip.cli import main
+from tests.support.station import files, ok, probes, station_client
+
+
+def test_check_finds_missing_and_orphan_files_and_fix_removes_only_old_orphans(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    with station_client(state) as c:
+        rows = ok(c.post("/v1/detect", files=files(probes(shared_data)[:2])))["results"]
+    capsys.readouterr()
+    assert main(["station", "check", str(state)]) == 0
+    assert "0 missing file(s), 0 orphan file(s)" in capsys.readouterr().out
+
+    blobs = state / "blobs"
+    old, fresh = (hashlib.sha256(x).hexdigest() for x in (b"left by a crash", b"a request in flight"))
+    for sha in (old, fresh):
+        (blobs / sha[:2]).mkdir(exist_ok=True)
+        (blobs / sha[:2] / sha).write_bytes(b"x")
+    then = time.time() - 3600
+    os.utime(blobs / old[:2] / old, (then, then))
+    lost = next(p for p in blobs.rglob("*") if p.is_file() and p.name not in (old, fresh))
+    lost.unlink()  # a file a row names, gone
+    assert main(["station", "check", str(state)]) == 1
+    out, err = capsys.readouterr()
+    assert "1 missing file(s), 2 orphan file(s), 0 removed" in out and f"{lost.name[:16]}" in err
+    assert any(f"result {r['result_id']}" in err for r in rows)
+    assert main(["station", "check", str(state), "--fix"]) == 1  # a missing file cannot be fixed
+    assert "1 missing file(s), 2 orphan file(s), 1 removed" in capsys.readouterr().out
+    assert not (blobs / old[:2] / old).exists() and (blobs / fresh[:2] / fresh).exists()
+
+
+def test_check_on_a_garbage_database_is_one_line_and_leaves_it_as_it_was(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    garbage = state / "station.sqlite"
+    garbage.write_bytes(b"not a database at all " * 100)
+    before = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    assert main(["station", "check", str(state)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kanoclip: error:") and "station.sqlite" in err[0]
+    assert hashlib.sha256(garbage.read_bytes()).hexdigest() == before
