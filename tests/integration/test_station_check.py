@@ -53,3 +53,38 @@ def test_check_on_a_garbage_database_is_one_line_and_leaves_it_as_it_was(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("kanoclip: error:") and "station.sqlite" in err[0]
     assert hashlib.sha256(garbage.read_bytes()).hexdigest() == before
+
+
+def test_a_backup_taken_under_load_opens_as_a_station_with_the_same_history(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A client keeps posting while `station backup` runs: the copy holds a consistent snapshot, each of its rows is
+    one of the station's with the same fields, and `station check` finds every file it names."""
+    import threading
+
+    state, out = tmp_path / "state", tmp_path / "backup"
+    stop = threading.Event()
+    with station_client(state) as c:
+        ok(c.post("/v1/detect", files=files(probes(shared_data))))
+
+        def load() -> None:
+            while not stop.is_set():
+                ok(c.post("/v1/detect", files=files(probes(shared_data)[:1])))
+
+        writer = threading.Thread(target=load)
+        writer.start()
+        try:
+            assert main(["station", "backup", str(state), str(out)]) == 0
+        finally:
+            stop.set()
+            writer.join(timeout=60)
+        original = {r["id"]: r for r in ok(c.get("/v1/results", params={"limit": 1000}))["results"]}
+    assert "0 file(s) pruned meanwhile" in capsys.readouterr().out
+    assert main(["station", "check", str(out)]) == 0
+    with station_client(out) as c:
+        copied = ok(c.get("/v1/results", params={"limit": 1000}))["results"]
+        assert copied and all(original[r["id"]] == r for r in copied)
+        for r in copied:
+            assert c.get(f"/v1/results/{r['id']}").status_code == 200
+    assert main(["station", "backup", str(state), str(out)]) == 2  # never over an earlier backup
+    assert "is not empty" in capsys.readouterr().err

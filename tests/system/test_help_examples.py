@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kanoclip.cli.station import HISTORY, SERVE, STATION_COMMANDS, WATCH
+from kanoclip.cli.station import BACKUP_EPILOG, HISTORY, SERVE, STATION_COMMANDS, WATCH
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,3 +92,11 @@ def test_the_watch_example_scores_the_folder_and_history_and_check_read_it(tmp_p
         text=True,
     )
     assert checked.returncode == 0 and "0 missing file(s), 0 orphan file(s)" in checked.stdout, checked
+    backup = example(BACKUP_EPILOG)
+    assert backup == ["station", "backup", "st", "st-backup"]
+    copied = subprocess.run([sys.executable, "-m", "kanoclip", *backup], cwd=tmp_path, capture_output=True, text=True)
+    assert copied.returncode == 0, copied.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "kanoclip", "history", "st-backup"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert all(f"good_{i}.png" in listed.stdout for i in range(3)), listed

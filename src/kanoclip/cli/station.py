@@ -265,11 +265,42 @@ WATCH = Command(
     (Section("watch", WatchOptions), Section("watching", WatchConfig), STATION, run_section(skip=()), MODEL),
     WATCH_EPILOG,
 )
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackupOptions:
+    state: str = option(positional=True, metavar="DIR", help="the --state folder (the station may be running)")
+    out: str = option(positional=True, metavar="OUT", help="a new folder: it opens as a station (--state OUT)")
+    database: str | None = option(None, metavar="URL", help="its --database, when the rows live in PostgreSQL")
+
+
+def backup_command(parsed: Parsed) -> int:
+    from kanoclip.station.backup import backup
+
+    o = parsed.get(BackupOptions)
+    state = Path(o.state).expanduser()
+    if not state.is_dir() or (o.database is None and not (state / "station.sqlite").is_file()):
+        raise ConfigError(f"{state} is not a station's --state folder")
+    report = backup(state, Path(o.out).expanduser(), o.database)
+    print(f"backup -> {o.out}: the database and {report.files} file(s); {report.missing} file(s) pruned meanwhile")
+    if report.pg_dump:
+        print(f"the rows live in PostgreSQL: run  {report.pg_dump}")
+    return 0
+
+
 CHECK_EPILOG = """examples:
   kanoclip station check st                             rows against files: what is missing, what nothing names
   kanoclip station check /srv/kanoclip --fix            and remove the orphan files
 
 exit status 0 when every row has its files and no orphan is left, 1 otherwise, 2 for a damaged or foreign database.
+"""
+
+BACKUP_EPILOG = """examples:
+  kanoclip station backup st st-backup                  while it runs; then: kanoclip station check st-backup
+  kanoclip station backup /srv/kanoclip /mnt/backup/kc --database postgresql://kanoclip@db/kanoclip
+
+the database is copied as one snapshot (SQLite's online backup), then every file it names; with PostgreSQL the files
+are copied and the pg_dump command for the rows is printed.
 """
 
 STATION_COMMANDS = Command(
@@ -282,6 +313,13 @@ STATION_COMMANDS = Command(
             check_command,
             (Section("check", CheckOptions),),
             CHECK_EPILOG,
+        ),
+        Command(
+            "backup",
+            "copy a (running) station's state into a new folder",
+            backup_command,
+            (Section("backup", BackupOptions),),
+            BACKUP_EPILOG,
         ),
     ),
     epilog=CHECK_EPILOG,
