@@ -32,14 +32,17 @@ def subparser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
-def required_argv(command: Command, but: str | None = None) -> list[str]:
-    """The least a command line must give: its required positionals and options (`but` that field)."""
+def required_argv(command: Command, but: str | None = None, given: list[str] | None = None) -> list[str]:
+    """The least a command line must give: its required positionals and options, with `given` in the place of the
+    field `but` when that field is a positional (positionals keep their order)."""
     argv: list[str] = []
     for section in command.sections:
         for f in section.fields():
             flag = flag_of(f)
             assert flag is not None
-            if section.default(f) is REQUIRED and f.name != but:
+            if f.name == but and flag.positional and given is not None:
+                argv += given
+            elif section.default(f) is REQUIRED and f.name != but:
                 argv += ["req.kref"] if flag.positional else [flag.name or "--" + f.name.replace("_", "-"), "req.kref"]
     return argv
 
@@ -88,7 +91,10 @@ def test_every_option_is_declared_once_and_reaches_its_config_field(name: str, c
             expected = tuple(kind(w) for w in words) if many else value * flag.scale if flag.scale != 1 else value
             if kind is int and flag.scale != 1:
                 expected = int(value * flag.scale)
-        line = [*name.split(), *required_argv(command, but=f.name), *argv]
+        if flag.positional:
+            line = [*name.split(), *required_argv(command, but=f.name, given=argv)]
+        else:
+            line = [*name.split(), *required_argv(command, but=f.name), *argv]
         parsed = parse(line)
         if section.partial:  # the model section: a change the run records, in the order given
             assert dict(parsed.values[section.key])[f.name] == expected, (name, action.option_strings)
