@@ -32,7 +32,7 @@ from kanoclip.station.profiles import DEFAULT_PROFILE, MODEL_FIELDS, Profile, Pr
 from kanoclip.station.results import HISTORY_COLUMNS, Detection, Results, iso, parse_time, public
 from kanoclip.station.retention import Retention
 from kanoclip.station.store import BlobStore, private_folder
-from kanoclip.station.teaching import Teaching
+from kanoclip.station.teaching import Forward, Teaching, on_this_thread
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -234,5 +234,5 @@ class Station:
     ) -> dict[str, Any]:
         return self._teaching.feedback(result_id, verdict, note, change)
 
-    def calibrate(self, name: str, false_alarm_rate: float = 0.01) -> dict[str, Any]:
-        return self._teaching.calibrate(name, false_alarm_rate)
+    def calibrate(self, name: str, false_alarm_rate: float = 0.01, forward: Forward = on_this_thread) -> dict[str, Any]:
+        return self._teaching.calibrate(name, false_alarm_rate, forward)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, select
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.evaluation.calibration import f1_max_threshold, false_alarm_threshold
 from kanoclip.inference.backends import REFERENCES
-from kanoclip.inference.detector import Detector
+from kanoclip.inference.detector import Detector, GoodParts
 from kanoclip.inference.thresholds import Thresholds
 from kanoclip.model.references import ReferenceBank
 from kanoclip.station import db
@@ -30,6 +30,14 @@ from kanoclip.station.errors import Conflict, history_engine
 from kanoclip.station.profiles import Profile, Profiles
 from kanoclip.station.results import Results
 from kanoclip.station.store import sha256_of
+
+# How calibrate runs one step of model work, `forward(work, *args)`: serve's runs it on the forward thread
+Forward = Callable[..., Any]
+
+
+def on_this_thread(work: Callable[..., Any], *args: Any) -> Any:
+    """`Forward` for a caller that owns its detectors (the CLI, tests): the work, here and now."""
+    return work(*args)
 
 
 class Teaching:
@@ -92,11 +100,15 @@ class Teaching:
         assert self.store is not None
         return {k: [self.store.get(sha) for sha, v in last.items() if v == k] for k in ("good", "defect")}
 
-    def calibrate(self, name: str, false_alarm_rate: float = 0.01) -> dict[str, Any]:
-        """Thresholds from what the station knows of this profile (forward thread). Normal scores are leave-one-out
-        scores of its good parts. With parts marked defect too, the F1-max threshold between the two; else the
-        false-alarm quantile, with the count it rests on."""
-        det = self.profiles.detector(name)
+    def calibrate(self, name: str, false_alarm_rate: float = 0.01, forward: Forward = on_this_thread) -> dict[str, Any]:
+        """Thresholds from what the station knows of this profile. Normal scores are leave-one-out scores of its good
+        parts. With parts marked defect too, the F1-max threshold between the two (defects scored against the
+        profile's bank); else the false-alarm quantile, with the count it rests on.
+
+        Every use of the model goes through `forward` one batch at a time (serve runs each on its forward thread
+        between detections), and each leaves the detector on the profile's own bank: a detection waits for one
+        step of a calibration, never for all of it."""
+        det = forward(self.profiles.detector, name)
         if not det.supports(REFERENCES):
             raise Conflict("an exported engine's thresholds are baked in: calibrate before `kanoclip export`")
         references = self.banks.images(name)
@@ -108,12 +120,14 @@ class Teaching:
             )
         held = {sha256_of(data) for data in goods}
         defects = [data for data in self.labelled(name)["defect"] if sha256_of(data) not in held]
-        bank = det.references
-        try:
-            normal_scores, normal_maps = leave_one_out(det, goods)
-            defect_scores = [p.pred_score for p in det.predict_many(defects)] if defects else []
-        finally:
-            det.use_references(bank)
+        size = det.batch_size
+        parts = [part for i in range(0, len(goods), size) for part in forward(encode_each, det, goods[i : i + size])]
+        scored = [forward(score_without, det, parts, i, good) for i, good in enumerate(goods)]
+        normal_scores = np.asarray([score for score, _ in scored], dtype=np.float64)
+        normal_maps = [anomaly_map for _, anomaly_map in scored]
+        defect_scores = [
+            p.pred_score for i in range(0, len(defects), size) for p in forward(det.predict_many, defects[i : i + size])
+        ]
         if defect_scores:
             labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
             image = f1_max_threshold(labels, np.r_[normal_scores, defect_scores])
@@ -121,8 +135,8 @@ class Teaching:
             image = false_alarm_threshold(normal_scores, false_alarm_rate)
         pixel = false_alarm_threshold(np.concatenate([m.ravel() for m in normal_maps]), false_alarm_rate, "pixels")
         pixel.images = len(normal_maps)
-        thresholds = Thresholds(image.value, pixel.value, det.threshold_basis())
-        self.profiles.set_thresholds(name, thresholds)
+        thresholds = Thresholds(image.value, pixel.value, forward(det.threshold_basis))
+        forward(self.profiles.set_thresholds, name, thresholds)
         return {
             "image_threshold": image.value,
             "pixel_threshold": pixel.value,
@@ -138,23 +152,29 @@ class Teaching:
         }
 
 
-def leave_one_out(det: Detector, goods: Sequence[bytes]) -> tuple[NDArray[np.float64], list[NDArray[np.float32]]]:
-    """Each good part scored against a bank of the others (encoded once each; one bank per part, built without the
-    model). Leaves the detector on the last of those banks: the caller restores its own."""
-    if not goods:
-        return np.zeros(0), []
-    det.clear_references()
-    parts = [det.encode_references([g]) for g in goods]
-    scores, maps = [], []
-    for i, good in enumerate(goods):
-        others = [p for j, p in enumerate(parts) if j != i and p.sources]
-        bank = ReferenceBank([], det.backend.reference_identity())  # type: ignore[attr-defined]
-        for part in others:
-            bank = bank.extended(part.levels, part.sources, det.config.reference_max_patches)
+def encode_each(det: Detector, goods: Sequence[bytes]) -> list[GoodParts]:
+    """Each good part encoded alone (none skipped as already in the bank); the detector keeps its bank."""
+    bank = det.references
+    try:
+        det.clear_references()
+        return [det.encode_references([good]) for good in goods]
+    finally:
         det.use_references(bank)
+
+
+def score_without(det: Detector, parts: Sequence[GoodParts], i: int, good: bytes) -> tuple[float, NDArray[np.float32]]:
+    """Good part `i` scored against a bank of all the other parts (built without the model); the detector keeps
+    its bank."""
+    bank = det.references
+    others = ReferenceBank([], det.backend.reference_identity())  # type: ignore[attr-defined]
+    for j, part in enumerate(parts):
+        if j != i and part.sources:
+            others = others.extended(part.levels, part.sources, det.config.reference_max_patches)
+    try:
+        det.use_references(others)
         p = det.predict_many([good])[0]
-        if p.pred_score is None or p.anomaly_map is None:
-            raise KanoclipError(p.error or "a good part could not be scored")
-        scores.append(p.pred_score)
-        maps.append(p.anomaly_map)
-    return np.asarray(scores, dtype=np.float64), maps
+    finally:
+        det.use_references(bank)
+    if p.pred_score is None or p.anomaly_map is None:
+        raise KanoclipError(p.error or "a good part could not be scored")
+    return p.pred_score, p.anomaly_map

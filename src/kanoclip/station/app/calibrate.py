@@ -1,11 +1,15 @@
 """Calibration over HTTP: `/v1/profiles/{name}/calibrate`, thresholds from the profile's good parts (leave-one-out)
-and its results marked defect, computed on the forward thread while no bank update runs."""
+and its results marked defect, while no bank update runs. Its model work goes to the forward thread one batch at a
+time, between detections: a detection on any profile waits for one step of it, not for all of it."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field
 
 from kanoclip.station.app.state import GUARDED, Served
@@ -23,6 +27,11 @@ async def calibrate(name: str, state: Served, body: CalibrateBody | None = None)
     """Thresholds from the profile's good parts (leave-one-out) and the results marked defect."""
     state.station.profile(name)
     rate = (body or CalibrateBody()).false_alarm_rate
+    loop = asyncio.get_running_loop()
+
+    def forward(work: Callable[..., Any], *args: Any) -> Any:  # from calibrate's worker thread, one step at a time
+        return asyncio.run_coroutine_threadsafe(state.batcher.exclusive(work, *args), loop).result()
+
     async with state.bank_lock:
-        calibration: dict[str, Any] = await state.batcher.exclusive(state.station.calibrate, name, rate)
+        calibration: dict[str, Any] = await run_in_threadpool(state.station.calibrate, name, rate, forward)
     return calibration
