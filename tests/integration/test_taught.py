@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from kanoclip.errors import KanoclipError
 from kanoclip.station.station import Station
-from kanoclip.station.store import DiskFull
+from kanoclip.station.store import DiskFull, sha256_of
 from tests.support.station import base_run, files, goods, ok, probes, station_client
 
 
@@ -181,3 +181,25 @@ def test_the_migration_keeps_profiles_and_verdicts_and_gives_each_verdict_its_pr
         verdicts = dict(c.execute(select(db.feedback.c.result_id, db.feedback.c.profile_uid)).all())
     upgraded.dispose()
     assert len(uid) == 32 and verdicts == {1: None, 2: uid}
+
+
+def test_two_instances_adding_good_parts_keep_both(tmp_path: Path, shared_data: Path) -> None:
+    """Finding 12: a bank save is conditional on the version its instance read, and retried on the newer one when
+    another instance saved in between: neither instance's parts are lost, and neither request fails."""
+    parts, shots = goods(shared_data, n=4), probes(shared_data)
+    with station_client(tmp_path / "state") as a, station_client(tmp_path / "state") as b:
+        ok(a.post("/v1/references", files=files(parts[:2])))
+        ok(b.get("/v1/references"))  # b reads the profile at this version ...
+        ok(a.post("/v1/references", files=files(parts[2:3])))  # ... which a then changes
+        answer = ok(b.post("/v1/references", files=files(parts[3:])))  # b's save meets a's newer version
+        assert answer["images"] == 4
+        # the same through verdicts: each instance marks a different result good, b again from an older version
+        rid_a, rid_b = _result(a, shots[1]), _result(b, shots[2])
+        ok(a.post(f"/v1/results/{rid_a}/feedback", json={"verdict": "good"}))
+        assert ok(b.post(f"/v1/results/{rid_b}/feedback", json={"verdict": "good"}))["references"]["images"] == 6
+        held = {s["sha256"] for s in _station(b).detector("default").references.sources}
+        ok(a.get("/v1/profiles/default"))
+        stored = _station(a)._banks.images("default")
+    wanted = {sha256_of(p.read_bytes()) for p in [*parts, shots[1], shots[2]]}
+    assert held == wanted
+    assert {sha256_of(data) for _, data in stored} == wanted

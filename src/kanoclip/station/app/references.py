@@ -7,7 +7,8 @@ never the reduction.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, File, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
@@ -18,9 +19,12 @@ from kanoclip.model.references import ReferenceBank
 from kanoclip.station.app.state import GUARDED, AppState, Served, detector_of
 from kanoclip.station.app.uploads import decoded
 from kanoclip.station.config import ServeConfig
+from kanoclip.station.errors import Conflict
 from kanoclip.station.store import sha256_of
 
 router = APIRouter(dependencies=GUARDED)
+T = TypeVar("T")
+SAVE_TRIES = 5  # saves redone on a newer version of the profile before the conflict is the answer (409)
 
 
 def bank_info(cfg: ServeConfig, detector: Detector) -> dict[str, Any]:
@@ -53,17 +57,35 @@ async def _extended(state: AppState, detector: Detector, parts: list[tuple[str, 
     return bank
 
 
+async def saved(state: AppState, name: str, save: Callable[[Detector], Awaitable[T]]) -> T:
+    """`save(detector)` under the bank lock; when another instance changed the profile since this one read it (its
+    commit is a `Conflict`), the profile is read again and the save redone on the newer version, up to
+    `SAVE_TRIES` times: a save never overwrites another instance's, and the line does not see it fail."""
+    for attempt in range(1, SAVE_TRIES + 1):
+        detector = await detector_of(state, name)
+        try:
+            async with state.bank_lock:
+                return await save(detector)
+        except Conflict:
+            if attempt == SAVE_TRIES:
+                raise
+            await state.batcher.exclusive(state.station.changed_profiles)  # the newer version, its bank and parts
+    raise AssertionError("unreachable")
+
+
 async def add_good_parts(state: AppState, name: str, parts: list[tuple[str, bytes]]) -> dict[str, Any]:
     """Add good parts to a profile's bank (SPEC §9); later detections are scored against it. An image the bank
     already holds is not added again."""
-    detector = await detector_of(state, name)
-    if not detector.supports(REFERENCES):
-        raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
-    async with state.bank_lock:
+
+    async def save(detector: Detector) -> dict[str, Any]:
+        if not detector.supports(REFERENCES):
+            raise HTTPException(409, "an exported engine's bank is baked in: export again with --reference")
         bank = await _extended(state, detector, parts)
         await run_in_threadpool(state.station.save_bank, name, bank, parts)
         await state.batcher.exclusive(detector.use_references, bank)
-    return bank_info(state.config, detector)
+        return bank_info(state.config, detector)
+
+    return await saved(state, name, save)
 
 
 async def teach(
@@ -82,7 +104,8 @@ async def teach(
     data = await run_in_threadpool(station.blob, row["image_sha256"])
     assert data is not None
     sha = sha256_of(data)
-    async with state.bank_lock:
+
+    async def save(detector: Detector) -> dict[str, Any] | None:
         held = {s["sha256"] for s in detector.references.sources} if detector.references else set()
         change = None
         if verdict == "good" and sha not in held:
@@ -94,19 +117,22 @@ async def teach(
         await run_in_threadpool(station.feedback, result_id, verdict, note, change)
         if change is not None:
             await state.batcher.exclusive(detector.use_references, change.bank)
-    # The bank when a "good" verdict holds the part, or a "defect" took it out: the page rescores on a bank it is
-    # sent, and a defect that changed nothing must not rescore (its rows would bury the verdict's).
-    return bank_info(state.config, detector) if verdict == "good" or change is not None else None
+        # The bank when a "good" verdict holds the part, or a "defect" took it out: the page rescores on a bank it
+        # is sent, and a defect that changed nothing must not rescore (its rows would bury the verdict's).
+        return bank_info(state.config, detector) if verdict == "good" or change is not None else None
+
+    return await saved(state, p.name, save)
 
 
 async def clear_good_parts(state: AppState, name: str) -> dict[str, Any]:
-    detector = await detector_of(state, name)
-    if not detector.supports(REFERENCES):
-        raise HTTPException(409, "an exported engine's bank is baked in: export again without --reference")
-    async with state.bank_lock:
+    async def save(detector: Detector) -> dict[str, Any]:
+        if not detector.supports(REFERENCES):
+            raise HTTPException(409, "an exported engine's bank is baked in: export again without --reference")
         await run_in_threadpool(state.station.save_bank, name, None)
         await state.batcher.exclusive(detector.clear_references)
-    return bank_info(state.config, detector)
+        return bank_info(state.config, detector)
+
+    return await saved(state, name, save)
 
 
 @router.get("/v1/profiles/{name}/references")
