@@ -7,6 +7,10 @@ import os
 import time
 from pathlib import Path
 
+from sqlalchemy import select
+
+from kanoclip.station import db
+from kanoclip.station.station import Station
 from tests.support.station import files, ok, probes, station_client
 
 
@@ -83,3 +87,37 @@ def test_retention_leaves_a_file_that_a_request_in_flight_has_just_put_again(tmp
     finally:
         assert station.engine is not None
         station.engine.dispose()
+
+
+def _bank_files(station: Station) -> set[str]:
+    """The store's files that no result and no good part names: the profiles' bank files, current or retired."""
+    assert station.engine is not None and station.store is not None
+    with station.engine.connect() as c:
+        named = {
+            h
+            for col in (db.results.c.image_sha256, db.results.c.overlay_sha256, db.results.c.map_sha256)
+            for (h,) in c.execute(select(col))
+            if h
+        }
+        named |= {h for (h,) in c.execute(select(db.references.c.sha256))}
+    return {p.name for p in station.store.root.rglob("*") if p.is_file()} - named
+
+
+def test_good_verdicts_keep_one_bank_file_not_one_per_verdict(tmp_path: Path, shared_data: Path) -> None:
+    """Finding 7: each "good" verdict stored a new copy of the whole bank and kept the old ones (2.3 GB after 50
+    verdicts, quadratic). A replaced bank file is retired: kept for the put grace (a reader of the old row finds it),
+    then removed, so the store holds the parts and one bank file."""
+    images = sorted((shared_data / "MVTec_AD/bottle/train/good").glob("*.png"))[:2] + probes(shared_data)
+    with station_client(tmp_path / "state") as c:
+        station = c.app.state.station  # type: ignore[attr-defined]
+        ok(c.post("/v1/references", files=files(images[:2])))
+        ids = [ok(c.post("/v1/detect", files=files([i])))["results"][0]["result_id"] for i in images[2:]]
+        ok(c.post(f"/v1/results/{ids[0]}/feedback", json={"verdict": "good"}))
+        assert len(_bank_files(station)) == 2  # the replaced one is within its grace: a reader may hold its name
+        station.store.grace_s = 0.0  # the grace passed
+        for rid in ids[1:]:
+            ok(c.post(f"/v1/results/{rid}/feedback", json={"verdict": "good"}))
+        ok(c.post(f"/v1/results/{ids[0]}/feedback", json={"verdict": "defect"}))
+        current = station.profile("default").bank_sha256
+        assert _bank_files(station) == {current}
+        assert ok(c.get("/v1/references"))["images"] == 4

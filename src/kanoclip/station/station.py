@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,10 +132,12 @@ class Station:
         return self._profiles.detector(name)
 
     def put_profile(self, name: str, fields: dict[str, Any], create: bool | None = None) -> Profile:
-        return self._profiles.put(name, fields, create, self._banks.rebuild)
+        with self._retiring_banks():
+            return self._profiles.put(name, fields, create, self._banks.rebuild)
 
     def delete_profile(self, name: str) -> None:
-        self._profiles.delete(name)
+        with self._retiring_banks():
+            self._profiles.delete(name)
 
     def describe(self, name: str) -> dict[str, Any]:
         return self._profiles.describe(name, self._banks.count(name))
@@ -155,7 +158,8 @@ class Station:
         if name not in self.profiles or fields:
             self.put_profile(name, fields)
         det = self.detector(name)
-        self._banks.take(name, run.references)
+        with self._retiring_banks():
+            self._banks.take(name, run.references)
         if run.calibration is not None or run.image_threshold is not None:
             thresholds = det.thresholds
             if run.calibration is not None:
@@ -170,7 +174,19 @@ class Station:
         return self._banks.count(name)
 
     def save_bank(self, name: str, bank: ReferenceBank | None, added: Sequence[tuple[str, bytes]] = ()) -> None:
-        self._banks.save(name, bank, added)
+        with self._retiring_banks():
+            self._banks.save(name, bank, added)
+
+    @contextmanager
+    def _retiring_banks(self) -> Iterator[None]:
+        """The bank files this instance's change replaced, retired once it is done (`Retention.retire`): the store
+        keeps one bank per profile, not one per verdict."""
+        before = {p.bank_sha256 for p in self.profiles.values() if p.bank_sha256}
+        try:
+            yield
+        finally:
+            for sha256 in before - {p.bank_sha256 for p in self.profiles.values()}:
+                self._retention.retire(sha256)
 
     def stage_bank(
         self, bank: ReferenceBank | None, added: Sequence[tuple[str, bytes]] = (), removed: Sequence[str] = ()
@@ -232,7 +248,8 @@ class Station:
     def feedback(
         self, result_id: int, verdict: str, note: str | None, change: BankChange | None = None
     ) -> dict[str, Any]:
-        return self._teaching.feedback(result_id, verdict, note, change)
+        with self._retiring_banks():
+            return self._teaching.feedback(result_id, verdict, note, change)
 
     def calibrate(self, name: str, false_alarm_rate: float = 0.01, forward: Forward = on_this_thread) -> dict[str, Any]:
         return self._teaching.calibrate(name, false_alarm_rate, forward)

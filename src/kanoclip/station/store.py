@@ -5,6 +5,7 @@ points at a missing file); a file no row names any more is removed by retention.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -49,8 +50,8 @@ PUT_GRACE_S = 60.0  # far longer than a put takes to reach its row's commit
 
 
 class BlobStore:
-    def __init__(self, root: Path) -> None:
-        self.root = root / "blobs"
+    def __init__(self, root: Path, grace_s: float = PUT_GRACE_S) -> None:
+        self.root, self.grace_s = root / "blobs", grace_s
         private_folder(self.root)
 
     def path(self, sha256: str) -> Path:
@@ -85,12 +86,18 @@ class BlobStore:
     def delete(self, sha256: str) -> None:
         self.path(sha256).unlink(missing_ok=True)
 
-    def delete_unneeded(self, sha256: str, grace_s: float = PUT_GRACE_S) -> bool:
-        """Delete a blob that no row names, unless it was put (or put again) within `grace_s`: a request in flight
-        writes its files before its row commits, and must not find them gone. Returns whether it went."""
+    def retire(self, sha256: str) -> None:
+        """A file no longer named by the row that named it (a replaced bank): its grace starts now, so a reader that
+        read the old row a moment ago still finds it."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(self.path(sha256))
+
+    def delete_unneeded(self, sha256: str) -> bool:
+        """Delete a blob that no row names, unless it was put (or put again, or retired) within `grace_s`: a request
+        in flight writes its files before its row commits, and must not find them gone. Returns whether it went."""
         path = self.path(sha256)
         try:
-            if time.time() - path.stat().st_mtime < grace_s:
+            if time.time() - path.stat().st_mtime < self.grace_s:
                 return False
         except FileNotFoundError:
             return False
