@@ -105,8 +105,8 @@ def _bank_files(station: Station) -> set[str]:
 
 def test_good_verdicts_keep_one_bank_file_not_one_per_verdict(tmp_path: Path, shared_data: Path) -> None:
     """Finding 7: each "good" verdict stored a new copy of the whole bank and kept the old ones (2.3 GB after 50
-    verdicts, quadratic). A replaced bank file is retired: kept for the put grace (a reader of the old row finds it),
-    then removed, so the store holds the parts and one bank file."""
+    verdicts, quadratic). A replaced bank file is retired: kept a few seconds (a reader of the old row finds it), then
+    removed, so the store holds the parts and one bank file."""
     images = sorted((shared_data / "MVTec_AD/bottle/train/good").glob("*.png"))[:2] + probes(shared_data)
     with station_client(tmp_path / "state") as c:
         station = c.app.state.station  # type: ignore[attr-defined]
@@ -114,7 +114,7 @@ def test_good_verdicts_keep_one_bank_file_not_one_per_verdict(tmp_path: Path, sh
         ids = [ok(c.post("/v1/detect", files=files([i])))["results"][0]["result_id"] for i in images[2:]]
         ok(c.post(f"/v1/results/{ids[0]}/feedback", json={"verdict": "good"}))
         assert len(_bank_files(station)) == 2  # the replaced one is within its grace: a reader may hold its name
-        station.store.grace_s = 0.0  # the grace passed
+        station.store.grace_s = 0.0  # the graces passed
         for rid in ids[1:]:
             ok(c.post(f"/v1/results/{rid}/feedback", json={"verdict": "good"}))
         ok(c.post(f"/v1/results/{ids[0]}/feedback", json={"verdict": "defect"}))

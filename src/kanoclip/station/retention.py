@@ -3,9 +3,9 @@
 The rule: the oldest results go first, a step of rows per transaction (a long prune never holds the database), and a
 file goes from the store only once no result, good part or bank names it any more and nothing put it within the last
 minute (a request in flight writes its files before its row commits). A bank file replaced by a newer one is retired:
-it goes the same way, a minute after its replacement. The claims a pruned result completed go in its transaction (a
-claim never names a missing result); events older than the newest pruned result go after, and so do claims never
-completed that are that old and a day past any claim's timeout.
+it goes the same way, 5 s after its replacement (a reader of the old row has opened it by then). The claims a pruned
+result completed go in its transaction (a claim never names a missing result); events older than the newest pruned
+result go after, and so do claims never completed that are that old and a day past any claim's timeout.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ class Retention:
             newest = max(newest or 0.0, max(row.created_at for row in rows))
 
     def retire(self, sha256: str) -> None:
-        """A bank file its profile no longer names (a newer bank replaced it): removed past the grace, at the next
-        `retire` or pass, once nothing names it, so the store holds one bank per profile, not one per change. The
-        files that went before it, past their grace, go now."""
+        """A bank file its profile no longer names (a newer bank replaced it): removed 5 s on, at the next `retire`
+        or pass, once nothing names it, so the store holds one bank per profile, not one per change. The files
+        retired before it, past their grace, go now."""
         if self.store is None:
             return
         self.store.retire(sha256)

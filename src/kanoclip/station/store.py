@@ -9,6 +9,7 @@ import contextlib
 import errno
 import hashlib
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -47,6 +48,8 @@ def private_folder(folder: Path) -> None:
 
 
 PUT_GRACE_S = 60.0  # far longer than a put takes to reach its row's commit
+RETIRED_GRACE_S = 5.0  # far longer than a reader takes from a profile's row to its bank file
+UNFINISHED = re.compile(r"\.[0-9a-f]{64}\.[A-Za-z0-9_]+")  # `atomic_write_bytes`' temporary name for a blob
 
 
 class BlobStore:
@@ -87,15 +90,29 @@ class BlobStore:
         self.path(sha256).unlink(missing_ok=True)
 
     def retire(self, sha256: str) -> None:
-        """A file no longer named by the row that named it (a replaced bank): its grace starts now, so a reader that
-        read the old row a moment ago still finds it."""
+        """A file no longer named by the row that named it (a replaced bank): it may go `RETIRED_GRACE_S` from now
+        (a reader of the old row a moment ago still finds it), unless it is put again meanwhile (a full grace)."""
+        expires = time.time() - self.grace_s + min(RETIRED_GRACE_S, self.grace_s)
         with contextlib.suppress(FileNotFoundError):
-            os.utime(self.path(sha256))
+            os.utime(self.path(sha256), (expires, expires))
 
     def delete_unneeded(self, sha256: str) -> bool:
         """Delete a blob that no row names, unless it was put (or put again, or retired) within `grace_s`: a request
         in flight writes its files before its row commits, and must not find them gone. Returns whether it went."""
-        path = self.path(sha256)
+        return self._delete_past_grace(self.path(sha256))
+
+    def unfinished(self) -> list[Path]:
+        """The temporary files of puts that a crash stopped before their rename (`atomic_write_bytes`): no row can
+        name them, and no put comes back for them."""
+        return sorted(p for p in self.root.glob("??/.*") if UNFINISHED.fullmatch(p.name) and p.is_file())
+
+    def delete_unfinished(self, path: Path) -> bool:
+        """Delete one of `unfinished`, unless it was written within `grace_s` (a put still writing it)."""
+        if path.parent.parent != self.root or not UNFINISHED.fullmatch(path.name):
+            raise ValueError(f"{path} is not a put's temporary file in {self.root}")
+        return self._delete_past_grace(path)
+
+    def _delete_past_grace(self, path: Path) -> bool:
         try:
             if time.time() - path.stat().st_mtime < self.grace_s:
                 return False
