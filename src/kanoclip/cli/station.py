@@ -283,8 +283,8 @@ def backup_command(parsed: Parsed) -> int:
         raise ConfigError(f"{state} is not a station's --state folder")
     report = backup(state, Path(o.out).expanduser(), o.database)
     print(f"backup -> {o.out}: the database and {report.files} file(s); {report.missing} file(s) pruned meanwhile")
-    if report.pg_dump:
-        print(f"the rows live in PostgreSQL: run  {report.pg_dump}")
+    if report.restore:
+        print(f"the rows are in its pg_dump file; to restore: {report.restore}")
     return 0
 
 
@@ -299,8 +299,8 @@ BACKUP_EPILOG = """examples:
   kanoclip station backup st st-backup                  while it runs; then: kanoclip station check st-backup
   kanoclip station backup /srv/kanoclip /mnt/backup/kc --database postgresql://kanoclip@db/kanoclip
 
-the database is copied as one snapshot (SQLite's online backup), then every file it names; with PostgreSQL the files
-are copied and the pg_dump command for the rows is printed.
+the database is copied as one snapshot (SQLite's online backup, or pg_dump for PostgreSQL, which needs PostgreSQL's
+client programs), then every file it names.
 """
 
 STATION_COMMANDS = Command(

@@ -1,36 +1,70 @@
 """`kanoclip station backup`: a copy of a running station's state that opens as a station.
 
-The rule: the database is copied first, as one consistent snapshot (SQLite's online backup API, while the station
-keeps writing), then every file its rows, good parts and banks name; a file retention removed in between is reported,
-never invented. PostgreSQL keeps its rows itself: the files are copied and the `pg_dump` command to run is returned.
+The rule: the database is copied first, as one consistent snapshot (SQLite's online backup API, or `pg_dump`'s
+snapshot of a PostgreSQL database, while the station keeps writing), then every file its rows, good parts and banks
+name, read after the snapshot, so each row the copy holds has its file; a file retention removed in between is
+reported, never invented. A PostgreSQL copy is restored with `pg_restore` into a new database (`RESTORE`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 import sqlite3
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlencode
 
 from sqlalchemy import create_engine, select
+from sqlalchemy.engine import make_url
 
 from kanoclip._files import atomic_write_bytes, make_folders
 from kanoclip.errors import ConfigError
 from kanoclip.station import db
 from kanoclip.station.store import FOLDER_MODE, BlobStore
 
+PG_DUMP_FILE = "station.pgdump"
+PG_DUMP_TIMEOUT_S = 6 * 3600  # a dump that hangs (a lock never granted) ends with an error, not never
+RESTORE = "createdb NEW && pg_restore --no-owner --dbname NEW {dump}; then serve --state {out} --database .../NEW"
+PG_CLIENT = "install PostgreSQL's client programs (Debian: apt install postgresql-client) or put pg_dump on PATH"
+
 
 @dataclass
 class BackupReport:
     files: int
     missing: int
-    pg_dump: str | None = None  # for PostgreSQL: the command that copies the rows
+    restore: str | None = None  # for PostgreSQL: how to restore the dump
+
+
+def pg_dump(url: str, out: Path) -> None:
+    """The database's rows into `out` (pg_dump's custom format: one consistent snapshot), its password passed in the
+    environment, never on a command line other users can read."""
+    binary = shutil.which("pg_dump")
+    if binary is None:
+        raise ConfigError(f"pg_dump is not installed: {PG_CLIENT}")
+    u = make_url(url)
+    env = {**os.environ, **({"PGPASSWORD": u.password} if u.password else {})}
+    target = f"postgresql://{quote(u.username or '')}@{u.host or ''}{f':{u.port}' if u.port else ''}/{u.database or ''}"
+    if u.query:  # sslmode and the like, as the station connects
+        target += "?" + urlencode(u.query, doseq=True)
+    done = subprocess.run(
+        [binary, "--format=custom", "--no-password", "--file", str(out), target],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PG_DUMP_TIMEOUT_S,
+    )
+    if done.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise ConfigError(f"pg_dump of {db.hidden(url)} failed: {done.stderr.strip() or done.returncode}")
 
 
 def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} is not empty: give a new folder for the backup")
     make_folders(out, FOLDER_MODE)
-    pg_dump = None
+    restore = None
     if database is None:
         source = sqlite3.connect((state / db.DATABASE_FILE).resolve().as_uri() + "?mode=ro", uri=True)
         target = sqlite3.connect(out / db.DATABASE_FILE)
@@ -42,7 +76,8 @@ def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
         url = db.database_url(out)
     else:
         url = database
-        pg_dump = f"pg_dump --format=custom --file {out / 'station.pgdump'} '{db.hidden(database)}'"
+        pg_dump(database, out / PG_DUMP_FILE)
+        restore = RESTORE.format(dump=out / PG_DUMP_FILE, out=out)
     engine = create_engine(url)
     try:
         with engine.connect() as c:
@@ -62,4 +97,4 @@ def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
         make_folders(target_store.path(sha).parent, FOLDER_MODE)
         atomic_write_bytes(target_store.path(sha), path.read_bytes())  # synced, never half a file
         copied += 1
-    return BackupReport(copied, missing, pg_dump)
+    return BackupReport(copied, missing, restore)
