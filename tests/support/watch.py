@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -9,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from kanoclip.station.sinks.config import SinkConfig
 from kanoclip.station.station import Station
 from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 from tests.support.station import BOTTLE, base_run
@@ -37,10 +39,17 @@ def bottles(shared_data: Path, n: int) -> list[Path]:
 FAST = {"settle_s": 0.3, "progress": False, "claim_timeout_s": 2.0}
 
 
+def watch_config(**cfg: Any) -> WatchConfig:
+    """`FAST` with these settings; the sinks' (webhook, ...) go into its `SinkConfig`."""
+    sink_fields = {f.name for f in dataclasses.fields(SinkConfig)}
+    sinks = SinkConfig(**{k: v for k, v in cfg.items() if k in sink_fields})
+    return WatchConfig(**{**FAST, **{k: v for k, v in cfg.items() if k not in sink_fields}}, sinks=sinks)
+
+
 @contextmanager
 def watching(station: Station, sources: list[str], **cfg: Any) -> Iterator[Watcher]:
     """A watcher running in a thread until the block ends."""
-    watcher = Watcher(LocalScorer(station, "default"), sources, WatchConfig(**{**FAST, **cfg}))
+    watcher = Watcher(LocalScorer(station, "default"), sources, watch_config(**cfg))
     done = threading.Event()
     thread = threading.Thread(target=watcher.run, kwargs={"until": done.is_set}, daemon=True)
     thread.start()

@@ -16,6 +16,7 @@ from kanoclip.inference.config import RunConfig
 from kanoclip.labels import Label, word
 from kanoclip.options import option
 from kanoclip.station.config import ServeConfig, StationConfig
+from kanoclip.station.sinks.config import SinkConfig
 from kanoclip.station.watch.config import WatchConfig
 
 
@@ -78,7 +79,9 @@ def serve_command(parsed: Parsed) -> int:
     if config.api_key:
         print("kanoclip: warning: --api-key is visible to every user of this machine in `ps`: use --api-key-file")
         key = config.api_key
-    config = dataclasses.replace(config, api_key=key, allowed_hosts=(config.host, *config.allowed_hosts))
+    config = dataclasses.replace(
+        config, api_key=key, allowed_hosts=(config.host, *config.allowed_hosts), sinks=parsed.get(SinkConfig)
+    )
     if config.host not in ("127.0.0.1", "localhost", "::1") and key is None:
         print(f"kanoclip: warning: serving on {config.host} without an API key: anyone who can reach it can use it")
     sock = listen(config.host, config.port)  # a port in use is said before the model loads
@@ -107,7 +110,9 @@ def watch_command(parsed: Parsed) -> int:
     from kanoclip.station.watch.watcher import LocalScorer, RemoteScorer, Watcher
 
     o, where, run = parsed.get(WatchOptions), parsed.get(StationConfig), run_config(parsed)
-    cfg = dataclasses.replace(parsed.get(WatchConfig), profile=where.profile, batch=run.batch_size)
+    cfg = dataclasses.replace(
+        parsed.get(WatchConfig), profile=where.profile, batch=run.batch_size, sinks=parsed.get(SinkConfig)
+    )
     cfg = dataclasses.replace(cfg, fps=cfg.fps or None)  # 0: every frame
     scorer: Any
     if o.server:
@@ -251,18 +256,26 @@ HISTORY_EPILOG = """examples:
 """
 
 STATION = Section("station", StationConfig)
+SINK_SECTION = Section("sinks", SinkConfig)
 SERVE = Command(
     "serve",
     "an HTTP inspection service with a web page",
     serve_command,
-    (Section("serve", ServeConfig), STATION, run_section(), MODEL),
+    (Section("serve", ServeConfig), SINK_SECTION, STATION, run_section(), MODEL),
     SERVE_EPILOG,
 )
 WATCH = Command(
     "watch",
     "score hot folders, videos and cameras into the station",
     watch_command,
-    (Section("watch", WatchOptions), Section("watching", WatchConfig), STATION, run_section(skip=()), MODEL),
+    (
+        Section("watch", WatchOptions),
+        Section("watching", WatchConfig),
+        SINK_SECTION,
+        STATION,
+        run_section(skip=()),
+        MODEL,
+    ),
     WATCH_EPILOG,
 )
 

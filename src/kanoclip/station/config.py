@@ -3,10 +3,11 @@ hosts, request and process limits, batching, retention. Each flag of `serve` and
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from kanoclip.errors import ConfigError
 from kanoclip.options import option
+from kanoclip.station.sinks.config import SinkConfig
 
 MB = 1024 * 1024
 GB = 1024 * MB
@@ -90,6 +91,8 @@ class ServeConfig:
         help="prune the oldest results while their stored files hold more than this many GB",
     )
     prune_every_s: float = 600.0
+
+    sinks: SinkConfig = field(default_factory=SinkConfig)  # set from the command's sinks section
 
     def __post_init__(self) -> None:
         """Refuse limits that cannot hold: a negative --max-store-gb once pruned every result without a word."""

@@ -28,6 +28,7 @@ from kanoclip.station.app.state import GUARDED, AppState, Served
 from kanoclip.station.app.uploads import decoded
 from kanoclip.station.claims import HOLDER_PATTERN, new_holder
 from kanoclip.station.results import Detection, public
+from kanoclip.station.sinks.message import message, result_fields
 
 router = APIRouter(dependencies=GUARDED)
 
@@ -103,8 +104,10 @@ async def detect_on(
         await run_in_threadpool(station.record, name, detector, detections, 1000 * (inferred - start))
         if detections[0].lost:
             raise HTTPException(409, "another watcher took this file over while it was scored: nothing recorded")
+        threshold = detector.thresholds.image_threshold
         for d in detections:
             state.metrics.observe_detection(name, d.prediction.pred_score, d.prediction.pred_label)
+            state.sinks.send(message(name, result_fields(d), threshold))
         results = [
             {**await run_in_threadpool(answer, d, detector, return_map, s.batched_with), "references": s.references}
             for d, s in zip(detections, scored, strict=True)

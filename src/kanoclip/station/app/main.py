@@ -27,6 +27,7 @@ from kanoclip.station.app.batching import MicroBatcher, PixelBudget
 from kanoclip.station.app.state import AppState, state_of
 from kanoclip.station.config import ServeConfig
 from kanoclip.station.guard import RequestGuard
+from kanoclip.station.sinks.fanout import Sinks
 from kanoclip.station.station import DEFAULT_PROFILE, Conflict, NotFound, Station
 from kanoclip.station.store import DiskFull
 from kanoclip.station.telemetry import CountRequests, ServeMetrics
@@ -57,6 +58,9 @@ def create_app(
     shared.limits = dataclasses.replace(ImageLimits(max_pixels=station.base.max_pixels), max_bytes=cfg.max_upload_bytes)
     shared.bank_lock = asyncio.Lock()
     shared.pixels = PixelBudget(cfg.max_inflight_pixels, cfg.pixel_wait_s)
+    shared.sinks = Sinks.open(
+        cfg.sinks, lambda m, kind, why: station.event(m.get("profile"), str(m.get("source")), kind, why)
+    )
 
     app.add_middleware(CountRequests, metrics=shared.metrics)
     app.add_middleware(
@@ -86,6 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     for task in tasks:
         task.cancel()
     await shared.batcher.stop()
+    await run_in_threadpool(shared.sinks.close)  # what is queued is delivered (each sink for at most 10 s)
 
 
 async def _follow_other_instances(shared: AppState) -> None:

@@ -14,6 +14,7 @@ from kanoclip.data.images import ImageLimits
 from kanoclip.inference.detector import Detector
 from kanoclip.station.app.batching import MicroBatcher, PixelBudget
 from kanoclip.station.config import ServeConfig
+from kanoclip.station.sinks.fanout import Sinks
 from kanoclip.station.station import Station
 from kanoclip.station.telemetry import ServeMetrics
 
@@ -31,6 +32,7 @@ class AppState(Protocol):
     limits: ImageLimits  # the decoder's limits for uploads
     bank_lock: asyncio.Lock  # one bank update at a time: a clear never lands between a reduction and its swap
     pixels: PixelBudget
+    sinks: Sinks  # where each recorded result goes besides the history (--webhook, ...)
 
 
 def state_of(app: Any) -> AppState:

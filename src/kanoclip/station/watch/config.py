@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kanoclip.errors import ConfigError
 from kanoclip.options import option
+from kanoclip.station.sinks.config import SINKS, SinkConfig
 
-FOLDERS, VIDEO, SINKS = "folders", "video and cameras", "sinks"
+FOLDERS, VIDEO = "folders", "video and cameras"
 
 
 @dataclass
@@ -28,12 +29,7 @@ class WatchConfig:
     copy: bool = option(False, group=FOLDERS, help="copy into --ok-dir/--ng-dir instead of moving")
     fps: float | None = option(1.0, group=VIDEO, help="frames scored per second of video and streams (0: every frame)")
     batch: int = 8  # set from the run's --batch-size
-    webhook: str | None = option(
-        None, metavar="URL", group=SINKS, help="POST each result as JSON here (retried; never blocks scoring)"
-    )
-    webhook_on: str = option(
-        "all", choices=("all", "defect", "ng"), group=SINKS, help="every result, or defects only (ng: the old name)"
-    )
+    sinks: SinkConfig = field(default_factory=SinkConfig)  # set from the command's sinks section
     progress: bool = option(True, name="--quiet", negate=True, group=SINKS, help="no live progress line")
 
     def __post_init__(self) -> None:

@@ -43,6 +43,8 @@ from kanoclip.inference.detector import Prediction
 from kanoclip.labels import Label
 from kanoclip.station.claims import new_holder
 from kanoclip.station.results import scored_with
+from kanoclip.station.sinks.fanout import Sinks
+from kanoclip.station.sinks.message import message, result_fields
 from kanoclip.station.station import Detection, Station
 from kanoclip.station.watch.config import WatchConfig
 from kanoclip.station.watch.hotfolder import HotFolder
@@ -199,17 +201,7 @@ class RemoteScorer:
 
 
 def _answer(d: Detection) -> dict[str, Any]:
-    p = d.prediction
-    return {
-        "id": d.result_id,
-        "source": d.source,
-        "score": p.pred_score,
-        "label": p.pred_label,
-        "error": p.error,
-        "frame_index": d.frame_index,
-        "frame_time": d.frame_time,
-        "busy": d.lost,  # taken over while scored: the new holder records and sorts it
-    }
+    return {**result_fields(d), "busy": d.lost}  # busy: taken over while scored: the new holder records and sorts it
 
 
 def file_key(profile: str, path: Path, data: bytes) -> str:
@@ -255,15 +247,7 @@ class Watcher:
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(4 * cfg.batch, 16))
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.webhook = None
-        if cfg.webhook:
-            from kanoclip.station.watch.sinks import Webhook
-
-            self.webhook = Webhook(
-                cfg.webhook,
-                cfg.webhook_on,
-                lambda r, why: self.scorer.event(str(r.get("source")), "webhook_failed", why),
-            )
+        self.sinks = Sinks.open(cfg.sinks, lambda m, kind, why: self.scorer.event(str(m.get("source")), kind, why))
         self.counts = {"scored": 0, Label.DEFECT.word: 0, "failed": 0, "skipped": 0}
         self.latencies: list[float] = []  # seconds from a file found complete to its result recorded
         self.on_result: Callable[[dict[str, Any]], None] | None = None
@@ -375,8 +359,7 @@ class Watcher:
             for t in self.threads:
                 t.join(timeout=10)
             self.scorer.release()  # claimed, not recorded: the next watcher takes them now, not after the timeout
-            if self.webhook is not None:
-                self.webhook.close()
+            self.sinks.close()
             if self.cfg.progress:
                 self._progress(time.monotonic() - started)
                 print(file=sys.stderr)
@@ -408,8 +391,7 @@ class Watcher:
                 self.counts[Label.DEFECT.word] += int(result.get("label") == Label.DEFECT)
                 if item.path is not None:
                     self._sort(item.path, result.get("label"))
-            if self.webhook is not None:
-                self.webhook.send(result)
+            self.sinks.send(message(self.cfg.profile, result))
             if self.on_result is not None:
                 self.on_result(result)
 

@@ -1,4 +1,4 @@
-"""Where results go besides the history: a webhook that receives each result (or each NG one) as JSON.
+"""A webhook that receives each result (or each defective one) as JSON.
 
 Deliveries run on their own thread from a bounded queue, so a sink that is slow or down never blocks scoring; each is
 tried a few times with backoff, and what could not be delivered (or did not fit in the queue) is reported to

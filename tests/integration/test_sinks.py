@@ -1,0 +1,61 @@
+"""Sinks on `serve` as on `watch` (#31): each recorded result goes to the webhook as one message of the documented
+schema (`kanoclip.station.sinks.message`), and an undelivered one is an event while the result stays in the history."""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+from kanoclip.inference.thresholds import Thresholds
+from kanoclip.labels import Label
+from kanoclip.station.sinks.config import SinkConfig
+from tests.support.station import files, ok, probes, station_client
+from tests.support.streams import webhook_receiver
+
+KEYS = {"schema", "profile", "id", "source", "score", "label", "verdict", "threshold", "time", "error"}
+KEYS |= {"frame_index", "frame_time"}
+
+
+def _wait(condition, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_serve_sends_each_recorded_result_to_the_webhook(tmp_path: Path, shared_data: Path) -> None:
+    with webhook_receiver() as hook, station_client(tmp_path / "state", sinks=SinkConfig(webhook=hook["url"])) as c:
+        ok(c.patch("/v1/profiles/default", json={"class_name": "bottle"}))
+        answer = ok(c.post("/v1/detect", files=files(probes(shared_data))))
+        _wait(lambda: len(hook["received"]) == 3)
+    rows = {r["result_id"]: r for r in answer["results"]}
+    for m in hook["received"]:
+        assert set(m) == KEYS and m["schema"] == "kanoclip.result/1" and m["profile"] == "default"
+        assert m["score"] == rows[m["id"]]["score"] and m["source"] == rows[m["id"]]["filename"]
+        assert m["label"] is None and m["verdict"] is None and m["threshold"] is None  # no threshold chosen yet
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["time"])
+    assert sorted(m["id"] for m in hook["received"]) == sorted(rows)
+
+
+def test_a_labelled_result_says_its_verdict_in_words_and_numbers(tmp_path: Path, shared_data: Path) -> None:
+    with webhook_receiver() as hook, station_client(tmp_path / "state", sinks=SinkConfig(webhook=hook["url"])) as c:
+        ok(c.patch("/v1/profiles/default", json={"class_name": "bottle"}))
+        c.app.state.station.set_thresholds("default", Thresholds(-1.0))  # type: ignore[attr-defined]
+        ok(c.post("/v1/detect", files=files(probes(shared_data)[:1])))
+        _wait(lambda: len(hook["received"]) == 1)
+    m = hook["received"][0]
+    assert (m["label"], m["verdict"], m["threshold"]) == (int(Label.DEFECT), "defect", -1.0)
+
+
+def test_a_webhook_that_is_down_is_an_event_and_the_result_stays(tmp_path: Path, shared_data: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}/hook"  # nothing listens once closed
+    with station_client(tmp_path / "state", sinks=SinkConfig(webhook=closed)) as c:
+        rid = ok(c.post("/v1/detect", files=files(probes(shared_data)[:1])))["results"][0]["result_id"]
+        _wait(lambda: ok(c.get("/v1/events"))["events"], seconds=60)
+        events = ok(c.get("/v1/events"))["events"]
+        assert events[0]["kind"] == "webhook_failed" and closed in events[0]["detail"]
+        assert c.get(f"/v1/results/{rid}").status_code == 200
