@@ -4,6 +4,7 @@ Every server here (MJPEG camera, webhook receiver) listens on 127.0.0.1 and stop
 from __future__ import annotations
 
 import hashlib
+import re
 import shutil
 import threading
 import time
@@ -63,9 +64,43 @@ def test_ng_dir_receives_exactly_the_ng_files_and_ok_dir_the_rest(tmp_path: Path
     with watching(station, [str(inbox)], ok_dir=ok, ng_dir=ng):
         wait_for(lambda: len(rows(station)) == 8 and not any(inbox.iterdir()), what="8 sorted files")
     labels = {Path(r["source"]).name: r["label"] for r in rows(station)}
-    assert sorted(p.name for p in ng.iterdir()) == sorted(n for n, label in labels.items() if label == 1)
-    assert sorted(p.name for p in ok.iterdir()) == sorted(n for n, label in labels.items() if label == 0)
+    assert sorted(_original(p) for p in ng.iterdir()) == sorted(n for n, label in labels.items() if label == 1)
+    assert sorted(_original(p) for p in ok.iterdir()) == sorted(n for n, label in labels.items() if label == 0)
     assert 0 < len(list(ng.iterdir())) < 8
+
+
+def _original(sorted_copy: Path) -> str:
+    """`20261204T081502.120Z_000042_cam.png` -> `cam.png` (and the prefix has that form)."""
+    when, number, name = sorted_copy.name.split("_", 2)
+    assert re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z", when) and re.fullmatch(r"\d{6}", number), sorted_copy.name
+    return name
+
+
+def test_a_camera_writing_every_part_as_one_name_into_a_folder_that_holds_the_sort_folders(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """#31: three parts written one after another as `cam.png`, with --ok-dir and --ng-dir inside the watched
+    folder: three rows, three sorted files (none overwritten), and nothing sorted is taken in again."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    ok, ng = inbox / "ok", inbox / "ng"
+    images = bottles(shared_data, 3)
+    station = station_at(tmp_path / "state")
+    station.set_thresholds("default", Thresholds(-1.0))  # every part a defect: all three meet in ng/
+    with watching(station, [str(inbox)], ok_dir=ok, ng_dir=ng):
+        for i, image in enumerate(images, 1):
+            (inbox / ".cam.png.tmp").write_bytes(image.read_bytes())
+            (inbox / ".cam.png.tmp").rename(inbox / "cam.png")
+            wait_for(lambda i=i: len(rows(station)) == i and not (inbox / "cam.png").exists(), what=f"part {i}")
+        time.sleep(1.5)  # a sorted part taken in again would be scored by now
+    recorded = rows(station)
+    assert len(recorded) == 3 and {r["source"] for r in recorded} == {str(inbox / "cam.png")}
+    assert sorted(r["image_sha256"] for r in recorded) == sorted(
+        hashlib.sha256(p.read_bytes()).hexdigest() for p in images
+    )
+    copies = sorted(ng.iterdir())
+    assert [_original(p) for p in copies] == ["cam.png"] * 3 and not list(ok.iterdir())
+    assert [p.read_bytes() for p in copies] == [p.read_bytes() for p in images]  # in the order written
 
 
 def test_a_generated_video_gives_one_row_per_sampled_frame_and_pasted_defects_score_higher(

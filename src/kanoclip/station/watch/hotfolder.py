@@ -3,7 +3,8 @@
 The `watchdog` library reports changes (inotify on Linux; its polling observer on network filesystems, where no
 events arrive). A file counts as complete when its size and modification time have held for `settle_s`, so a file
 copied in slowly, in chunks, is never read half-written; one still changing after `max_wait_s` is reported as never
-completed. Hidden files and names of partial uploads (`.part`, `.tmp`, `.crdownload`) are ignored until renamed.
+completed. Hidden files and names of partial uploads (`.part`, `.tmp`, `.crdownload`) are ignored until renamed, and
+so is everything under the folders the watcher sorts into (`exclude`).
 """
 
 from __future__ import annotations
@@ -37,12 +38,22 @@ class _Pending:
 
 
 class HotFolder:
-    def __init__(self, folder: Path, settle_s: float, max_wait_s: float, poll: bool, existing: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        settle_s: float,
+        max_wait_s: float,
+        poll: bool,
+        existing: str,
+        exclude: tuple[Path, ...] = (),
+    ) -> None:
         if not folder.is_dir():
             raise ConfigError(f"{folder} is not a folder to watch (missing, or a file): create it or check the path")
         if existing not in ("score", "skip"):
             raise ConfigError(f"--existing is score or skip, got {existing!r}")
         self.folder, self.settle_s, self.max_wait_s = folder.resolve(), settle_s, max_wait_s
+        # --ok-dir/--ng-dir inside the folder: what is sorted there is never taken in again
+        self.exclude = tuple(d.resolve() for d in exclude)
         self.pending: dict[Path, _Pending] = {}
         self.lock = threading.Lock()
         self.poll = poll
@@ -52,6 +63,8 @@ class HotFolder:
         self.skipped = {path: _identity(path) for path in self._files()} if existing == "skip" else {}
 
     def wanted(self, path: Path) -> bool:
+        if any(path.is_relative_to(d) for d in self.exclude):
+            return False
         rel = path.relative_to(self.folder) if path.is_relative_to(self.folder) else path
         if any(part.startswith(".") for part in rel.parts):
             return False

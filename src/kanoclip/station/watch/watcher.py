@@ -16,9 +16,11 @@ label on the next start, so a crash between the two never leaves it unsorted.
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
 import hashlib
 import io
+import itertools
 import os
 import queue
 import shutil
@@ -36,6 +38,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from kanoclip._files import make_folders, sync_folder
 from kanoclip.data.images import decode
 from kanoclip.data.video import frames, is_live, is_video
 from kanoclip.errors import ConfigError, KanoclipError
@@ -240,15 +243,18 @@ class Watcher:
                     raise ConfigError(f"{source}: no such video file")
                 self.videos.append(source)
             else:
-                self.folders.append(HotFolder(Path(source), cfg.settle_s, cfg.max_wait_s, cfg.poll, cfg.existing))
+                sorted_into = tuple(d for d in (cfg.ok_dir, cfg.ng_dir) if d is not None)
+                hot = HotFolder(Path(source), cfg.settle_s, cfg.max_wait_s, cfg.poll, cfg.existing, sorted_into)
+                self.folders.append(hot)
         for d in (cfg.ok_dir, cfg.ng_dir):
             if d is not None:
-                d.mkdir(parents=True, exist_ok=True)
+                make_folders(d)
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(4 * cfg.batch, 16))
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
         self.sinks = Sinks.open(cfg.sinks, lambda m, kind, why: self.scorer.event(str(m.get("source")), kind, why))
         self.counts = {"scored": 0, Label.DEFECT.word: 0, "failed": 0, "skipped": 0}
+        self.sequence = itertools.count(1)  # the sorted copies' numbers
         self.latencies: list[float] = []  # seconds from a file found complete to its result recorded
         self.on_result: Callable[[dict[str, Any]], None] | None = None
 
@@ -396,7 +402,8 @@ class Watcher:
                 self.on_result(result)
 
     def _sort(self, path: Path, label: int | None) -> None:
-        """Into --ok-dir or --ng-dir by label (unlabelled and failed files stay)."""
+        """Into --ok-dir or --ng-dir by label (unlabelled and failed files stay), under a name of its own: the UTC
+        time, a sequence number and its name, so a camera that writes every part as `cam.png` keeps every part."""
         target = (
             {Label.GOOD: self.cfg.ok_dir, Label.DEFECT: self.cfg.ng_dir}.get(Label(label))
             if label is not None
@@ -404,10 +411,12 @@ class Watcher:
         )
         if target is None or not path.exists():
             return
-        destination = target / path.name
-        if destination.exists():
-            destination = target / f"{path.stem}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}{path.suffix}"
-        place(path, destination, self.cfg.copy)
+        while True:
+            try:
+                place(path, target / sorted_name(path.name, next(self.sequence)), self.cfg.copy)
+                return
+            except FileExistsError:  # another watcher's part under the same name: the next number
+                continue
 
     def _progress(self, elapsed: float) -> None:
         c = self.counts
@@ -422,23 +431,57 @@ class Watcher:
         )
 
 
+def sorted_name(name: str, sequence: int) -> str:
+    """`20261204T081502.120Z_000042_cam.png`: sorts by when it was sorted, and never equals another part's."""
+    now = dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%S}.{now.microsecond // 1000:03d}Z_{sequence:06d}_{name}"
+
+
 def place(source: Path, destination: Path, copy: bool) -> None:
-    """Move (or copy) a file so that it appears whole in `destination` or not at all: a rename on one filesystem,
-    else a copy to a hidden temporary beside the destination, renamed, then the source removed."""
+    """Move (or copy) a file so that it appears whole in `destination` or not at all, and never over a file already
+    there (`FileExistsError`): a hard link then an unlink on one filesystem; across filesystems a copy into a hidden
+    temporary beside the destination, synced, linked into place, then the source removed. Each folder whose names
+    changed is synced, so a crash after this returns neither loses the part nor finds it in both places."""
     if not copy:
         try:
-            os.replace(source, destination)
+            if _link_new(source, destination):
+                source.unlink()
+            sync_folder(source.parent)
             return
         except OSError as e:
-            if e.errno != errno.EXDEV:  # another filesystem: copy, then remove
+            if e.errno not in CROSS_DEVICE:
                 raise
     fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    os.close(fd)
     try:
-        shutil.copy2(source, tmp)
-        os.replace(tmp, destination)
-    except BaseException:
+        with os.fdopen(fd, "wb") as out, source.open("rb") as f:
+            shutil.copyfileobj(f, out)
+            out.flush()
+            os.fsync(out.fileno())
+        shutil.copystat(source, tmp)
+        _link_new(Path(tmp), destination)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
     if not copy:
         source.unlink()
+        sync_folder(source.parent)
+
+
+CROSS_DEVICE = (errno.EXDEV,)
+
+
+def _link_new(source: Path, destination: Path) -> bool:
+    """`destination` becomes a name of `source`'s file, only if it is free (a rename would replace a file there):
+    True, and the caller removes the source's name. On a filesystem without hard links, a rename once the name is
+    seen free: False, the source's name is gone already. The destination's folder is synced."""
+    try:
+        os.link(source, destination)
+        linked = True
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            raise
+        if destination.exists():
+            raise FileExistsError(errno.EEXIST, "a sorted part is there already", str(destination)) from e
+        os.rename(source, destination)
+        linked = False
+    sync_folder(destination.parent)
+    return linked
