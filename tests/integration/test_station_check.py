@@ -88,3 +88,31 @@ def test_a_backup_taken_under_load_opens_as_a_station_with_the_same_history(
             assert c.get(f"/v1/results/{r['id']}").status_code == 200
     assert main(["station", "backup", str(state), str(out)]) == 2  # never over an earlier backup
     assert "is not empty" in capsys.readouterr().err
+
+
+def test_a_put_killed_before_its_rename_leaves_a_temporary_file_that_fix_removes_past_the_grace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A kill -9 during a put leaves `.SHA.xxxxxxxx` (`atomic_write_bytes`' temporary file) in the store: no row
+    names it and no put comes back for it, so `station check` counts it as an orphan and `--fix` removes it once
+    past the grace (a put still writing it is left alone). Found by tests/system/test_fault_injection.py."""
+    from kanoclip.station.station import Station
+    from tests.support.station import base_run
+
+    state = tmp_path / "state"
+    station = Station.open(base_run(), state)
+    assert station.engine is not None
+    station.engine.dispose()
+    old, fresh = (hashlib.sha256(x).hexdigest() for x in (b"killed mid-put", b"being written"))
+    temporary = []
+    for sha, suffix in ((old, "k9x_2a7q"), (fresh, "w1r3tm0p")):
+        (state / "blobs" / sha[:2]).mkdir(exist_ok=True)
+        temporary.append(state / "blobs" / sha[:2] / f".{sha}.{suffix}")
+        temporary[-1].write_bytes(b"half a pa")
+    then = time.time() - 3600
+    os.utime(temporary[0], (then, then))
+    assert main(["station", "check", str(state)]) == 1
+    assert "0 missing file(s), 2 orphan file(s), 0 removed" in capsys.readouterr().out
+    assert main(["station", "check", str(state), "--fix"]) == 1  # the fresh one is a put in flight
+    assert "0 missing file(s), 2 orphan file(s), 1 removed" in capsys.readouterr().out
+    assert not temporary[0].exists() and temporary[1].exists()

@@ -2,7 +2,8 @@
 
 The rule: a row names only files the store holds (a missing one is reported, never invented), and a file that no
 result, good part or bank names is an orphan (a lost claim race, a crash between a put and its row), removed with
-`--fix` once it is past the put grace: a request in flight may be about to name it.
+`--fix` once it is past the put grace: a request in flight may be about to name it. So is the temporary file of a
+put that a crash stopped before its rename: nothing else ever removes it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class CheckReport:
     rows: int = 0
     files: int = 0
     dangling: list[tuple[str, str]] = field(default_factory=list)  # (what names it, the missing file's sha256)
-    orphans: list[str] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)  # sha256 of files nothing names, then unfinished puts' names
     removed: int = 0
 
     @property
@@ -53,7 +54,9 @@ def check(engine: Engine, store: BlobStore, fix: bool = False) -> CheckReport:
                     report.dangling.append((f"profile {name!r}'s bank", sha))
     stored = {p.name for p in store.root.rglob("*") if p.is_file() and SHA256.fullmatch(p.name)}
     report.files = len(stored)
-    report.orphans = sorted(stored - named)
+    unnamed, unfinished = sorted(stored - named), store.unfinished()
+    report.orphans = unnamed + [p.name for p in unfinished]
     if fix:
-        report.removed = sum(store.delete_unneeded(sha) for sha in report.orphans)
+        report.removed = sum(store.delete_unneeded(sha) for sha in unnamed)
+        report.removed += sum(store.delete_unfinished(path) for path in unfinished)
     return report
