@@ -121,3 +121,26 @@ def test_good_verdicts_keep_one_bank_file_not_one_per_verdict(tmp_path: Path, sh
         current = station.profile("default").bank_sha256
         assert _bank_files(station) == {current}
         assert ok(c.get("/v1/references"))["images"] == 4
+
+
+def test_files_an_earlier_process_left_unnamed_go_at_the_next_start(tmp_path: Path, shared_data: Path) -> None:
+    """Found by the fault injection (#30): retention kept the unnamed files still inside their grace (retired banks,
+    files put again) in memory only, so a restart or a kill left them for ever; a put killed before its rename left
+    its temporary file. The next start sweeps both once they are past the grace."""
+    state = tmp_path / "state"
+    images = sorted((shared_data / "MVTec_AD/bottle/train/good").glob("*.png"))[:3]
+    with station_client(state) as c:
+        ok(c.post("/v1/references", files=files(images[:2])))
+        ok(c.post("/v1/references", files=files(images[2:])))  # the first bank file is retired, within its grace
+        station = c.app.state.station  # type: ignore[attr-defined]
+        current = station.profile("default").bank_sha256
+        named = {p.name for p in stored(state)} - set(_bank_files(station))
+    assert len(_bank_files(station)) == 2
+    unfinished = station.store.path(current).parent / f".{current}.abcd1234"
+    unfinished.write_bytes(b"half a put")
+    age([*stored(state), unfinished])
+    with station_client(state) as c:
+        station = c.app.state.station  # type: ignore[attr-defined]
+        wait_for(lambda: _bank_files(station) == {current} and not unfinished.exists())
+        assert ok(c.get("/v1/references"))["images"] == 3
+    assert named <= {p.name for p in stored(state)}  # every named file is still there

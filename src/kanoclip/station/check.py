@@ -8,15 +8,12 @@ put that a crash stopped before its rename: nothing else ever removes it.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, select
 
 from kanoclip.station import db
 from kanoclip.station.store import BlobStore
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass
@@ -52,7 +49,7 @@ def check(engine: Engine, store: BlobStore, fix: bool = False) -> CheckReport:
                 named.add(sha)
                 if not store.exists(sha):
                     report.dangling.append((f"profile {name!r}'s bank", sha))
-    stored = {p.name for p in store.root.rglob("*") if p.is_file() and SHA256.fullmatch(p.name)}
+    stored = set(store.names())
     report.files = len(stored)
     unnamed, unfinished = sorted(stored - named), store.unfinished()
     report.orphans = unnamed + [p.name for p in unfinished]

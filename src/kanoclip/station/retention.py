@@ -10,6 +10,7 @@ result go after, and so do claims never completed that are that old and a day pa
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
@@ -59,6 +60,18 @@ class Retention:
             self._drop_unnamed(hashes)
             removed += len(rows)
             newest = max(newest or 0.0, max(row.created_at for row in rows))
+
+    def sweep_store(self, step: int = 500) -> None:
+        """Once at start: the files nothing names that an earlier process left for a pass it never made (what it
+        deferred died with it: a kill, a restart), and the temporary files of puts a crash stopped, each once past
+        its grace. One walk of the store, `step` names per query."""
+        if self.engine is None or self.store is None:
+            return
+        names = self.store.names()
+        while chunk := set(itertools.islice(names, step)):
+            self._drop_unnamed(chunk)
+        for path in self.store.unfinished():
+            self.store.delete_unfinished(path)
 
     def retire(self, sha256: str) -> None:
         """A bank file its profile no longer names (a newer bank replaced it): removed 5 s on, at the next `retire`

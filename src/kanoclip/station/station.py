@@ -238,6 +238,9 @@ class Station:
     def events(self, name: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         return self._claims.events(name, limit)
 
+    def sweep_store(self) -> None:
+        self._retention.sweep_store()
+
     def prune(self, keep_days: float | None, max_store_bytes: int | None, step: int = 500) -> int:
         return self._retention.prune(keep_days, max_store_bytes, step)
 

@@ -12,6 +12,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from kanoclip._files import atomic_write_bytes, make_folders
@@ -47,6 +48,7 @@ def private_folder(folder: Path) -> None:
         raise
 
 
+SHA256 = re.compile(r"[0-9a-f]{64}")  # a stored file's name
 PUT_GRACE_S = 60.0  # far longer than a put takes to reach its row's commit
 RETIRED_GRACE_S = 5.0  # far longer than a reader takes from a profile's row to its bank file
 UNFINISHED = re.compile(r"\.[0-9a-f]{64}\.[A-Za-z0-9_]+")  # `atomic_write_bytes`' temporary name for a blob
@@ -100,6 +102,10 @@ class BlobStore:
         """Delete a blob that no row names, unless it was put (or put again, or retired) within `grace_s`: a request
         in flight writes its files before its row commits, and must not find them gone. Returns whether it went."""
         return self._delete_past_grace(self.path(sha256))
+
+    def names(self) -> Iterator[str]:
+        """The sha256 of every stored file, as a walk of the store finds them."""
+        return (p.name for p in self.root.glob("??/*") if SHA256.fullmatch(p.name) and p.is_file())
 
     def unfinished(self) -> list[Path]:
         """The temporary files of puts that a crash stopped before their rename (`atomic_write_bytes`): no row can

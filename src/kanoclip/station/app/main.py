@@ -84,6 +84,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     station, cfg = shared.station, shared.config
     shared.batcher.start()
     tasks = [asyncio.create_task(_follow_other_instances(shared))] if station.keeps else []
+    if station.keeps:
+        tasks.append(asyncio.create_task(_sweep_store(station)))
     if station.keeps and (cfg.keep_days is not None or cfg.max_store_bytes is not None):
         tasks.append(asyncio.create_task(_prune_history(station, cfg)))
     yield
@@ -101,6 +103,14 @@ async def _follow_other_instances(shared: AppState) -> None:
             await shared.batcher.exclusive(shared.station.changed_profiles)
         except Exception as e:  # an unreachable database for a moment: the next poll tries again
             log.warning("could not poll the database for profile changes: %s", e)
+
+
+async def _sweep_store(station: Station) -> None:
+    """Once at start, beside the serving: the files an earlier process left unnamed (`Retention.sweep_store`)."""
+    try:
+        await run_in_threadpool(station.sweep_store)
+    except Exception as e:
+        log.warning("could not sweep the store for files nothing names: %s", e)
 
 
 async def _prune_history(station: Station, cfg: ServeConfig) -> None:
