@@ -257,3 +257,28 @@ def test_an_unknown_profile_without_model_flags_is_a_clear_error(
     inbox.mkdir()
     code = main(["watch", str(inbox), "--profile", "nope", "--state", str(tmp_path / "state"), "--quiet"])
     assert code == 2 and "no profile 'nope'" in capsys.readouterr().err
+
+
+def test_without_a_terminal_progress_is_whole_lines_at_the_summary_interval(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#31: with output to a file the live line was rewritten with a carriage return every second and never ended
+    (a log grew one endless line; a journal showed nothing). Now: newline-terminated summaries, one per
+    `summary_s` (30 s by default; 0.5 s here), with the counts, the queue and the last error."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    shutil.copy(bottles(shared_data, 1)[0], inbox / "part.png")
+    station = station_at(tmp_path / "state")
+    assert WatchConfig().summary_s == 30.0
+    started = time.monotonic()
+    with watching(station, [str(inbox)], progress=True, summary_s=0.5):
+        wait_for(lambda: len(rows(station)) == 2, what="both files")
+        time.sleep(1.2)
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and err.endswith("\n")
+    assert 2 <= len(lines) <= elapsed / 0.5 + 2, lines
+    assert lines[-1].startswith("watch default: 1 scored") and "1 failed" in lines[-1] and "queue 0" in lines[-1]
+    assert "last error: " in lines[-1] and "broken.png" in lines[-1]

@@ -30,7 +30,14 @@ class WatchConfig:
     fps: float | None = option(1.0, group=VIDEO, help="frames scored per second of video and streams (0: every frame)")
     batch: int = 8  # set from the run's --batch-size
     sinks: SinkConfig = field(default_factory=SinkConfig)  # set from the command's sinks section
-    progress: bool = option(True, name="--quiet", negate=True, group=SINKS, help="no live progress line")
+    progress: bool = option(
+        True,
+        name="--quiet",
+        negate=True,
+        group=SINKS,
+        help="no progress (a live line on a terminal, else one every 30 s)",
+    )
+    summary_s: float = 30.0  # without a terminal, a progress line this often
 
     def __post_init__(self) -> None:
         for flag, value in (("--settle-s", self.settle_s), ("--max-wait-s", self.max_wait_s)):

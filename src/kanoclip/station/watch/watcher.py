@@ -52,6 +52,8 @@ from kanoclip.station.station import Detection, Station
 from kanoclip.station.watch.config import WatchConfig
 from kanoclip.station.watch.hotfolder import HotFolder
 
+LIVE_S = 1.0  # on a terminal, the progress line is rewritten this often
+
 
 @dataclass
 class Item:
@@ -255,6 +257,7 @@ class Watcher:
         self.sinks = Sinks.open(cfg.sinks, lambda m, kind, why: self.scorer.event(str(m.get("source")), kind, why))
         self.counts = {"scored": 0, Label.DEFECT.word: 0, "failed": 0, "skipped": 0}
         self.sequence = itertools.count(1)  # the sorted copies' numbers
+        self.last_error: str | None = None  # for the progress summary
         self.latencies: list[float] = []  # seconds from a file found complete to its result recorded
         self.on_result: Callable[[dict[str, Any]], None] | None = None
 
@@ -345,7 +348,8 @@ class Watcher:
             self.threads.append(threading.Thread(target=self._video, args=(source,), daemon=True))
         for t in self.threads:
             t.start()
-        started, shown = time.monotonic(), 0.0
+        started = shown = time.monotonic()
+        live = sys.stderr.isatty()  # a terminal: one line rewritten; a log or a journal: a line every summary_s
         try:
             while not until() and not self.stopping.is_set():
                 batch = self._take()
@@ -353,9 +357,9 @@ class Watcher:
                     self._score(batch)
                 elif not self.folders and not any(t.is_alive() for t in self.threads):
                     break
-                if self.cfg.progress and time.monotonic() - shown >= 1.0:
+                if self.cfg.progress and time.monotonic() - shown >= (LIVE_S if live else self.cfg.summary_s):
                     shown = time.monotonic()
-                    self._progress(shown - started)
+                    self._progress(shown - started, live)
         except KeyboardInterrupt:
             pass
         finally:
@@ -367,8 +371,9 @@ class Watcher:
             self.scorer.release()  # claimed, not recorded: the next watcher takes them now, not after the timeout
             self.sinks.close()
             if self.cfg.progress:
-                self._progress(time.monotonic() - started)
-                print(file=sys.stderr)
+                self._progress(time.monotonic() - started, live)
+                if live:
+                    print(file=sys.stderr)
         return dict(self.counts)
 
     def _take(self) -> list[Item]:
@@ -392,6 +397,7 @@ class Watcher:
             self.latencies.append(now - item.arrived)
             if result.get("error"):
                 self.counts["failed"] += 1
+                self.last_error = f"{result.get('source')}: {result.get('error')}"
             else:
                 self.counts["scored"] += 1
                 self.counts[Label.DEFECT.word] += int(result.get("label") == Label.DEFECT)
@@ -418,17 +424,20 @@ class Watcher:
             except FileExistsError:  # another watcher's part under the same name: the next number
                 continue
 
-    def _progress(self, elapsed: float) -> None:
+    def _progress(self, elapsed: float, live: bool) -> None:
+        """The counts so far: on a terminal one line rewritten in place; else a whole line (a log file or a
+        journal, which shows a line once it ends), with the last error."""
         c = self.counts
         rate = c["scored"] / elapsed if elapsed > 0 else 0.0
-        print(
-            f"\rwatch {self.cfg.profile}: {c['scored']} scored ({rate:.1f}/s), {c['defect']} defect, "
-            f"{c['failed']} failed, "
-            f"{c['skipped']} already done, queue {self.queue.qsize()}",
-            end="",
-            file=sys.stderr,
-            flush=True,
+        line = (
+            f"watch {self.cfg.profile}: {c['scored']} scored ({rate:.1f}/s), {c['defect']} defect, "
+            f"{c['failed']} failed, {c['skipped']} already done, queue {self.queue.qsize()}"
         )
+        if live:
+            print(f"\r{line}", end="", file=sys.stderr, flush=True)
+        else:
+            good = c["scored"] - c["defect"]
+            print(f"{line} ({good} good); last error: {self.last_error or 'none'}", file=sys.stderr, flush=True)
 
 
 def sorted_name(name: str, sequence: int) -> str:
@@ -449,7 +458,7 @@ def place(source: Path, destination: Path, copy: bool) -> None:
             sync_folder(source.parent)
             return
         except OSError as e:
-            if e.errno not in CROSS_DEVICE:
+            if e.errno != errno.EXDEV:  # another filesystem: copy, then remove
                 raise
     fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
     try:
@@ -464,9 +473,6 @@ def place(source: Path, destination: Path, copy: bool) -> None:
     if not copy:
         source.unlink()
         sync_folder(source.parent)
-
-
-CROSS_DEVICE = (errno.EXDEV,)
 
 
 def _link_new(source: Path, destination: Path) -> bool:
