@@ -57,14 +57,14 @@ def make_folders(folder: Path, mode: int = 0o777) -> None:
     sync_folder(folder.parent)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
     """Write a file so that readers see the old content or the new one, never a torn one, and a crash keeps it once
     this returns: the bytes and then the folder's entry are synced (one folder sync per write). Its mode follows
-    the umask as a plain open() would (mkstemp alone would make every output 0600)."""
+    the umask as a plain open() would (mkstemp alone would make every output 0600), or is `mode` (a private one)."""
     make_folders(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        os.fchmod(fd, 0o666 & ~umask())
+        os.fchmod(fd, 0o666 & ~umask() if mode is None else mode)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

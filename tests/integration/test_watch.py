@@ -282,3 +282,41 @@ def test_without_a_terminal_progress_is_whole_lines_at_the_summary_interval(
     assert 2 <= len(lines) <= elapsed / 0.5 + 2, lines
     assert lines[-1].startswith("watch default: 1 scored") and "1 failed" in lines[-1] and "queue 0" in lines[-1]
     assert "last error: " in lines[-1] and "broken.png" in lines[-1]
+
+
+def test_a_link_out_of_the_folder_is_skipped_with_one_line_and_nothing_outside_is_read_or_stored(
+    tmp_path: Path, shared_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """#31: a symlink in the watched folder to a file outside it (`/etc/shadow` was tried) was copied into the store
+    readable by everyone, and an image outside was scored through a link. Now a link is followed only to a file
+    inside the folder; undecodable bytes are never stored; stored files are private (0600)."""
+    inbox, outside = tmp_path / "inbox", tmp_path / "elsewhere"
+    inbox.mkdir()
+    outside.mkdir()
+    secret, image = outside / "secret.png", bottles(shared_data, 2)
+    secret.write_bytes(b"root:$6$not-an-image")
+    shutil.copy(image[0], outside / "part.png")
+    (inbox / "shadow.png").symlink_to(secret)
+    (inbox / "outside.png").symlink_to(outside / "part.png")
+    (inbox / ".camera").mkdir()  # hidden: not watched itself
+    shutil.copy(image[1], inbox / ".camera" / "real.png")
+    (inbox / "inside.png").symlink_to(inbox / ".camera" / "real.png")  # a link to a file inside: followed
+    (inbox / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    station = station_at(tmp_path / "state")
+    with watching(station, [str(inbox)]):
+        wait_for(lambda: len(rows(station)) == 2, what="inside.png and garbage.png")
+        time.sleep(1.0)  # the links out would be read by now
+    recorded = {Path(r["source"]).name: r for r in rows(station)}
+    assert set(recorded) == {"inside.png", "garbage.png"} and recorded["inside.png"]["error"] is None
+    assert recorded["garbage.png"]["error"] and recorded["garbage.png"]["image_sha256"] is None
+    stored = [p for p in (tmp_path / "state" / "blobs").rglob("*") if p.is_file()]
+    contents = {p.read_bytes() for p in stored}
+    assert secret.read_bytes() not in contents and (outside / "part.png").read_bytes() not in contents
+    assert b"\x89PNG\r\n\x1a\n garbage" not in contents
+    assert {oct(p.stat().st_mode & 0o777) for p in stored} == {"0o600"}
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "outside" in line]
+    assert len(warnings) == 2 and all("skipped, never read" in w for w in warnings)
+    assert {e["source"] for e in events(station, "source_error")} == {
+        str(inbox / "shadow.png"),
+        str(inbox / "outside.png"),
+    }

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from kanoclip._files import atomic_write_bytes, make_folders
 from kanoclip.errors import ConfigError
 from kanoclip.station import db
-from kanoclip.station.store import FOLDER_MODE, BlobStore
+from kanoclip.station.store import FILE_MODE, FOLDER_MODE, BlobStore
 
 PG_DUMP_FILE = "station.pgdump"
 PG_DUMP_TIMEOUT_S = 6 * 3600  # a dump that hangs (a lock never granted) ends with an error, not never
@@ -95,6 +95,6 @@ def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
             missing += 1
             continue
         make_folders(target_store.path(sha).parent, FOLDER_MODE)
-        atomic_write_bytes(target_store.path(sha), path.read_bytes())  # synced, never half a file
+        atomic_write_bytes(target_store.path(sha), path.read_bytes(), FILE_MODE)  # synced, never half a file
         copied += 1
     return BackupReport(copied, missing, restore)

@@ -129,7 +129,7 @@ class Results:
         assert self.store is not None
         p = d.prediction
         files = artifacts(d.rgb, p, det) if p.error is None else None
-        image_sha = self.store.put(d.data)
+        image_sha = self.store.put(d.data) if d.data else None  # no bytes: nothing that decoded as an image
         overlay_sha = map_sha = None
         stored = len(d.data)
         if files is not None:

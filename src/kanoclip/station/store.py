@@ -29,6 +29,7 @@ def sha256_of(data: bytes) -> str:
 
 
 FOLDER_MODE = 0o700  # the store holds every image inspected: readable by the station's user only
+FILE_MODE = 0o600  # and each of its files, wherever one is copied
 READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
@@ -73,7 +74,7 @@ class BlobStore:
             pass
         try:
             make_folders(path.parent, FOLDER_MODE)  # blobs/xx, 0700, its name synced into blobs/
-            atomic_write_bytes(path, data)  # the bytes, then its name in blobs/xx, synced
+            atomic_write_bytes(path, data, FILE_MODE)  # the bytes, then its name in blobs/xx, synced
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull(

@@ -4,18 +4,21 @@ The `watchdog` library reports changes (inotify on Linux; its polling observer o
 events arrive). A file counts as complete when its size and modification time have held for `settle_s`, so a file
 copied in slowly, in chunks, is never read half-written; one still changing after `max_wait_s` is reported as never
 completed. Hidden files and names of partial uploads (`.part`, `.tmp`, `.crdownload`) are ignored until renamed, and
-so is everything under the folders the watcher sorts into (`exclude`).
+so is everything under the folders the watcher sorts into (`exclude`). A symbolic link is followed only to a file
+inside the folder.
 """
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from kanoclip.data.images import is_image_file
-from kanoclip.errors import ConfigError
+from kanoclip.errors import ConfigError, KanoclipError
 
 WRITES = ("created", "modified", "moved", "closed")  # watchdog's event types that change a file
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".filepart")
@@ -27,6 +30,10 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return st.st_size, st.st_mtime_ns
+
+
+class OutsideFolder(KanoclipError):
+    """A path in the folder whose file lies elsewhere (a symbolic link out of it) or is not a regular file."""
 
 
 @dataclass
@@ -69,6 +76,18 @@ class HotFolder:
         if any(part.startswith(".") for part in rel.parts):
             return False
         return path.suffix.lower() not in PARTIAL_SUFFIXES and is_image_file(path)
+
+    def read(self, path: Path) -> bytes:
+        """The file's bytes, read only where its real path lies inside the folder (a link to `/etc/shadow`, or to
+        any file elsewhere, is an `OutsideFolder`, never read) and only from a regular file."""
+        real = path.resolve()
+        if not real.is_relative_to(self.folder) or any(real.is_relative_to(d) for d in self.exclude):
+            raise OutsideFolder(f"{path} is a link to {real}, outside {self.folder}: skipped, never read")
+        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))  # swapped for a link meanwhile: ELOOP
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise OutsideFolder(f"{path} is not a regular file: skipped, never read")
+            return f.read()
 
     def start(self) -> None:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler

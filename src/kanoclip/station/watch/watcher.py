@@ -50,7 +50,7 @@ from kanoclip.station.sinks.fanout import Sinks
 from kanoclip.station.sinks.message import message, result_fields
 from kanoclip.station.station import Detection, Station
 from kanoclip.station.watch.config import WatchConfig
-from kanoclip.station.watch.hotfolder import HotFolder
+from kanoclip.station.watch.hotfolder import HotFolder, OutsideFolder
 
 LIVE_S = 1.0  # on a terminal, the progress line is rewritten this often
 
@@ -113,7 +113,7 @@ class LocalScorer:
         detections = [
             Detection(
                 item.source,
-                item.data or b"",
+                item.data if item.rgb is not None and item.data else b"",  # undecodable bytes are never stored
                 item.rgb if item.rgb is not None else np.zeros((1, 1, 3), np.uint8),
                 predicted.get(id(item)) or Prediction(item.source, error=item.error or "unreadable"),
                 key=item.key,
@@ -254,7 +254,10 @@ class Watcher:
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(4 * cfg.batch, 16))
         self.stopping = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.sinks = Sinks.open(cfg.sinks, lambda m, kind, why: self.scorer.event(str(m.get("source")), kind, why))
+        engine = scorer.station.engine if isinstance(scorer, LocalScorer) else None  # a state: sinks keep there
+        self.sinks = Sinks.open(
+            cfg.sinks, lambda m, kind, why: self.scorer.event(str(m.get("source")), kind, why), engine
+        )
         self.counts = {"scored": 0, Label.DEFECT.word: 0, "failed": 0, "skipped": 0}
         self.sequence = itertools.count(1)  # the sorted copies' numbers
         self.last_error: str | None = None  # for the progress summary
@@ -264,6 +267,7 @@ class Watcher:
     # -- sources -----------------------------------------------------------------------------------------------------
     def _folder(self, hot: HotFolder) -> None:
         retry: dict[Path, float] = {}
+        refused: set[Path] = set()
         while not self.stopping.is_set():
             complete, never = hot.ready()
             now = time.monotonic()
@@ -277,7 +281,13 @@ class Watcher:
                 if self.stopping.is_set():  # stopping: claim nothing more (what is claimed is released)
                     break
                 try:
-                    data = path.read_bytes()
+                    data = hot.read(path)
+                except OutsideFolder as e:
+                    if path not in refused:  # one line per path, not one per look
+                        refused.add(path)
+                        print(f"kanoclip watch: {e}", file=sys.stderr, flush=True)
+                        self.scorer.event(str(path), "source_error", str(e))
+                    continue
                 except OSError as e:
                     self.scorer.event(str(path), "source_error", f"cannot read: {e.strerror or e}")
                     continue
