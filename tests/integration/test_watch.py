@@ -21,7 +21,7 @@ from kanoclip.inference.thresholds import Thresholds
 from kanoclip.station.station import Station
 from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 from tests.support.serving import TINY_FLAGS
-from tests.support.station import BOTTLE
+from tests.support.station import BOTTLE, base_run
 from tests.support.streams import mjpeg_camera, webhook_receiver
 from tests.support.watch import FAST, bottles, station_at, wait_for, watching
 
@@ -320,3 +320,30 @@ def test_a_link_out_of_the_folder_is_skipped_with_one_line_and_nothing_outside_i
         str(inbox / "shadow.png"),
         str(inbox / "outside.png"),
     }
+
+
+def test_a_local_watch_uses_the_bank_and_threshold_the_station_was_given_meanwhile(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """#31: a local watch kept the bank and threshold it started with; a change made through the station (here a
+    second instance on the same state, as `serve` is) is used from the next batch once it has looked (2 s)."""
+    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    inbox.mkdir()
+    parts = bottles(shared_data, 3)
+    station = station_at(state)
+    with watching(station, [str(inbox)]):
+        shutil.copy(parts[0], inbox / "first.png")
+        wait_for(lambda: len(rows(station)) == 1, what="the first part")
+        other = Station.open(base_run(), state)
+        other.configure(
+            "default", base_run(references=(str(next((shared_data / BOTTLE / "train/good").glob("*.png"))),))
+        )
+        other.set_thresholds("default", Thresholds(-1.0))
+        bank = other.profile("default").bank_sha256
+        time.sleep(2.5)
+        shutil.copy(parts[1], inbox / "second.png")
+        wait_for(lambda: len(rows(station)) == 2, what="the second part")
+    first, second = rows(station)
+    assert (first["image_threshold"], first["label"], first["bank_id"]) == (None, None, None)
+    assert (second["image_threshold"], second["label"]) == (-1.0, 1)
+    assert second["bank_id"] is not None and bank is not None

@@ -53,6 +53,7 @@ from kanoclip.station.watch.config import WatchConfig
 from kanoclip.station.watch.hotfolder import HotFolder, OutsideFolder
 
 LIVE_S = 1.0  # on a terminal, the progress line is rewritten this often
+FOLLOW_S = 2.0  # a local watcher looks this often for changes made to its profile through the station
 
 
 @dataclass
@@ -81,9 +82,19 @@ class Scorer(Protocol):
 class LocalScorer:
     """Scores in this process, on the station's database, holding its claims under its own holder id."""
 
-    def __init__(self, station: Station, profile: str) -> None:
+    def __init__(self, station: Station, profile: str, follow_s: float = FOLLOW_S) -> None:
         self.station, self.profile, self.holder = station, profile, new_holder()
         self.detector = station.detector(profile)
+        self.follow_s, self.looked = follow_s, time.monotonic()
+
+    def _follow(self) -> None:
+        """The profile as the station has it now: a bank, threshold or model changed through `serve` (or another
+        instance) since this watcher last looked is used from the next batch on (scoring thread)."""
+        if time.monotonic() - self.looked < self.follow_s:
+            return
+        self.looked = time.monotonic()
+        if self.profile in self.station.changed_profiles():
+            self.detector = self.station.detector(self.profile)
 
     def labelled(self) -> bool:
         return self.detector.thresholds.image_threshold is not None
@@ -96,6 +107,7 @@ class LocalScorer:
         return self.station.release(self.holder)
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
+        self._follow()
         det, start = self.detector, time.perf_counter()
         arrays, readable = [], []
         for item in items:
