@@ -347,3 +347,35 @@ def test_a_local_watch_uses_the_bank_and_threshold_the_station_was_given_meanwhi
     assert (first["image_threshold"], first["label"], first["bank_id"]) == (None, None, None)
     assert (second["image_threshold"], second["label"]) == (-1.0, 1)
     assert second["bank_id"] is not None and bank is not None
+
+
+def test_a_file_written_with_pauses_longer_than_the_settle_is_recorded_once_and_whole(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """#31: completion was a settle timer only, so a file written in 4 chunks with 2 s pauses (settle 1 s) was
+    recorded as "corrupt or truncated" after its first chunk and never looked at again. Now a file that does not
+    decode is tried again while it changes; and one truncated, closed, then completed later is recorded once, whole;
+    one that stays undecodable for --corrupt-after is recorded once, as corrupt."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    slow, late = (p.read_bytes() for p in bottles(shared_data, 2))
+    station = station_at(tmp_path / "state")
+    with watching(station, [str(inbox)], settle_s=1.0, corrupt_after_s=4.0):
+        with (inbox / "slow.png").open("wb") as f:
+            for i in range(4):
+                f.write(slow[i * len(slow) // 4 : (i + 1) * len(slow) // 4])
+                f.flush()
+                time.sleep(2.0 if i < 3 else 0.0)
+        (inbox / "late.png").write_bytes(late[: len(late) // 2])  # closed: complete by inotify, yet truncated
+        time.sleep(2.0)
+        with (inbox / "late.png").open("ab") as f:
+            f.write(late[len(late) // 2 :])
+        (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n and nothing more")
+        wait_for(lambda: len(rows(station)) == 3, what="three rows")
+        time.sleep(1.5)  # a second row for any of them would land by now
+    recorded = {Path(r["source"]).name: r for r in rows(station)}
+    assert len(rows(station)) == 3
+    for name, data in (("slow.png", slow), ("late.png", late)):
+        assert recorded[name]["error"] is None, recorded[name]
+        assert recorded[name]["image_sha256"] == hashlib.sha256(data).hexdigest()  # whole
+    assert recorded["broken.png"]["error"] and recorded["broken.png"]["image_sha256"] is None

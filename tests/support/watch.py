@@ -36,7 +36,7 @@ def bottles(shared_data: Path, n: int) -> list[Path]:
     return sorted((shared_data / BOTTLE / "test").rglob("*.png"))[:n]
 
 
-FAST = {"settle_s": 0.3, "progress": False, "claim_timeout_s": 2.0}
+FAST = {"settle_s": 0.3, "progress": False, "claim_timeout_s": 2.0, "corrupt_after_s": 1.0}
 
 
 def watch_config(**cfg: Any) -> WatchConfig:

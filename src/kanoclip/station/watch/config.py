@@ -20,6 +20,13 @@ class WatchConfig:
     existing: str = option("score", choices=("score", "skip"), group=FOLDERS, help="files already there at start")
     settle_s: float = option(1.0, group=FOLDERS, help="a file is complete once its size and mtime held this long")
     max_wait_s: float = option(300.0, group=FOLDERS, help="record a file still changing after this many seconds")
+    corrupt_after_s: float = option(
+        30.0,
+        name="--corrupt-after",
+        metavar="SECONDS",
+        group=FOLDERS,
+        help="a file that does not decode is tried again until unchanged this long, then recorded as corrupt",
+    )
     claim_timeout_s: float = option(
         300.0, group=FOLDERS, help="retry a file whose watcher died this long ago (its claim is taken over)"
     )
@@ -40,7 +47,11 @@ class WatchConfig:
     summary_s: float = 30.0  # without a terminal, a progress line this often
 
     def __post_init__(self) -> None:
-        for flag, value in (("--settle-s", self.settle_s), ("--max-wait-s", self.max_wait_s)):
+        for flag, value in (
+            ("--settle-s", self.settle_s),
+            ("--max-wait-s", self.max_wait_s),
+            ("--corrupt-after", self.corrupt_after_s),
+        ):
             if not value > 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")
         if not self.claim_timeout_s > 0 or (self.fps is not None and self.fps < 0):

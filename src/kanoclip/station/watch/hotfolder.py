@@ -1,11 +1,12 @@
 """A hot folder: image files that arrive in a folder, handed on once complete.
 
 The `watchdog` library reports changes (inotify on Linux; its polling observer on network filesystems, where no
-events arrive). A file counts as complete when its size and modification time have held for `settle_s`, so a file
-copied in slowly, in chunks, is never read half-written; one still changing after `max_wait_s` is reported as never
-completed. Hidden files and names of partial uploads (`.part`, `.tmp`, `.crdownload`) are ignored until renamed, and
-so is everything under the folders the watcher sorts into (`exclude`). A symbolic link is followed only to a file
-inside the folder.
+events arrive). A file counts as complete when its writer closes it (inotify's IN_CLOSE_WRITE) or it is renamed into
+the folder, or else when its size and modification time have held for `settle_s`; a file read too early (a writer
+that closes between chunks, or pauses longer than the settle) fails to decode and is tried again by the watcher. One
+still changing after `max_wait_s` is reported as never completed. Hidden files and names of partial uploads (`.part`,
+`.tmp`, `.crdownload`) are ignored until renamed, and so is everything under the folders the watcher sorts into
+(`exclude`). A symbolic link is followed only to a file inside the folder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from kanoclip.data.images import is_image_file
 from kanoclip.errors import ConfigError, KanoclipError
 
 WRITES = ("created", "modified", "moved", "closed")  # watchdog's event types that change a file
+COMPLETES = ("closed", "moved")  # of those, the ones that say its writer is done: closed after writing, renamed in
 PARTIAL_SUFFIXES = (".part", ".tmp", ".crdownload", ".partial", ".filepart")
 
 
@@ -42,6 +44,7 @@ class _Pending:
     size: int = -1
     mtime_ns: int = -1
     stable_since: float = 0.0
+    closed: bool = False  # closed after writing, or renamed in: complete without settling
 
 
 class HotFolder:
@@ -100,8 +103,11 @@ class HotFolder:
             def on_any_event(self, event: FileSystemEvent) -> None:
                 if event.is_directory or event.event_type not in WRITES:  # reading a file is not a change
                     return
-                where = getattr(event, "dest_path", "") or event.src_path
-                hot.seen(Path(str(where)))
+                where = Path(str(getattr(event, "dest_path", "") or event.src_path))
+                if event.event_type in COMPLETES:
+                    hot.closed(where)
+                else:
+                    hot.seen(where)
 
         observer = PollingObserver(timeout=1.0) if self.poll else Observer()
         observer.schedule(Handler(), str(self.folder), recursive=True)
@@ -126,7 +132,14 @@ class HotFolder:
     def seen(self, path: Path) -> None:
         if self.wanted(path):
             with self.lock:
-                self.pending.setdefault(path, _Pending(time.monotonic()))
+                self.pending.setdefault(path, _Pending(time.monotonic())).closed = False
+
+    def closed(self, path: Path) -> None:
+        """Its writer closed it (inotify's IN_CLOSE_WRITE), or it was renamed into the folder: complete now, not
+        after the settle time (which stays for folders without such events: network ones, other systems)."""
+        if self.wanted(path):
+            with self.lock:
+                self.pending.setdefault(path, _Pending(time.monotonic())).closed = True
 
     def ready(self) -> tuple[list[Path], list[Path]]:
         """Files complete now (handed on once), and files that never completed within `max_wait_s` (dropped)."""
@@ -138,7 +151,10 @@ class HotFolder:
                 except FileNotFoundError:  # renamed or removed before it settled
                     del self.pending[path]
                     continue
-                if (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
+                if p.closed and st.st_size > 0:
+                    complete.append(path)
+                    del self.pending[path]
+                elif (st.st_size, st.st_mtime_ns) != (p.size, p.mtime_ns):
                     p.size, p.mtime_ns, p.stable_since = st.st_size, st.st_mtime_ns, now
                     if now - p.first_seen > self.max_wait_s:
                         never.append(path)

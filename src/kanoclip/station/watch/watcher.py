@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from kanoclip._files import make_folders, sync_folder
-from kanoclip.data.images import decode
+from kanoclip.data.images import ImageLimits, decode
 from kanoclip.data.video import frames, is_live, is_video
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.inference.detector import Prediction
@@ -54,6 +54,14 @@ from kanoclip.station.watch.hotfolder import HotFolder, OutsideFolder
 
 LIVE_S = 1.0  # on a terminal, the progress line is rewritten this often
 FOLLOW_S = 2.0  # a local watcher looks this often for changes made to its profile through the station
+RETRY_FIRST_S, RETRY_MAX_S = 0.25, 5.0  # a file that does not decode yet is tried again after these, doubling
+
+
+@dataclass
+class _Broken:
+    identity: tuple[int, int] | None  # (size, mtime) when it last failed to decode
+    unchanged_since: float
+    delay: float  # until its next try
 
 
 @dataclass
@@ -78,6 +86,8 @@ class Scorer(Protocol):
     def labelled(self) -> bool: ...
     def release(self) -> int: ...
 
+    limits: ImageLimits
+
 
 class LocalScorer:
     """Scores in this process, on the station's database, holding its claims under its own holder id."""
@@ -86,6 +96,7 @@ class LocalScorer:
         self.station, self.profile, self.holder = station, profile, new_holder()
         self.detector = station.detector(profile)
         self.follow_s, self.looked = follow_s, time.monotonic()
+        self.limits = self.detector.limits  # what the folder's reader decodes under
 
     def _follow(self) -> None:
         """The profile as the station has it now: a bank, threshold or model changed through `serve` (or another
@@ -151,6 +162,7 @@ class RemoteScorer:
         import httpx
 
         self.url, self.profile, self.claim_timeout_s = url.rstrip("/"), profile, claim_timeout_s
+        self.limits = ImageLimits()  # the folder's reader checks a file decodes; the server applies its own limits
         self.holder = new_holder()
         self.client = httpx.Client(timeout=300, headers={"X-API-Key": api_key} if api_key else {})
         try:
@@ -280,9 +292,12 @@ class Watcher:
     def _folder(self, hot: HotFolder) -> None:
         retry: dict[Path, float] = {}
         refused: set[Path] = set()
+        broken: dict[Path, _Broken] = {}  # complete by the folder's signs, yet not (yet) a whole image
         while not self.stopping.is_set():
             complete, never = hot.ready()
             now = time.monotonic()
+            for path in complete:  # complete again (written to since): its pending retry is this look
+                retry.pop(path, None)
             for path in [p for p, at in retry.items() if at <= now]:
                 del retry[path]
                 complete.append(path)
@@ -303,6 +318,14 @@ class Watcher:
                 except OSError as e:
                     self.scorer.event(str(path), "source_error", f"cannot read: {e.strerror or e}")
                     continue
+                try:
+                    rgb, error = decode(data, str(path), self.scorer.limits), None
+                    broken.pop(path, None)
+                except KanoclipError as e:
+                    if self._still_completing(path, broken, now):
+                        retry[path] = now + broken[path].delay
+                        continue
+                    rgb, error = None, str(e)  # unchanged for --corrupt-after: recorded once, as corrupt
                 key = file_key(self.cfg.profile, path, data)
                 state, label = self.scorer.claim(key, str(path), self.cfg.claim_timeout_s)
                 if state == "done":
@@ -311,8 +334,26 @@ class Watcher:
                 elif state == "busy":
                     retry[path] = now + min(self.cfg.claim_timeout_s, 5.0)
                 else:
-                    self._put(Item(str(path), data, key=key, path=path))
+                    self._put(Item(str(path), data, rgb, key=key, path=path, error=error))
             self.stopping.wait(0.1)
+
+    def _still_completing(self, path: Path, broken: dict[Path, _Broken], now: float) -> bool:
+        """After a file failed to decode: False once it has stayed unchanged (size, mtime) for --corrupt-after
+        (it is corrupt); else True, and its next try is due after a delay that doubles while it stays as it is."""
+        try:
+            st = path.stat()
+            identity: tuple[int, int] | None = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            identity = None
+        b = broken.get(path)
+        if b is None or b.identity != identity:  # new, or written to since: the writer is still at it
+            broken[path] = _Broken(identity, now, RETRY_FIRST_S)
+            return True
+        if now - b.unchanged_since >= self.cfg.corrupt_after_s:
+            del broken[path]
+            return False
+        b.delay = min(2 * b.delay, RETRY_MAX_S)
+        return True
 
     def _video(self, source: str) -> None:
         live = is_live(source)
