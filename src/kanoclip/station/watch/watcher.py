@@ -21,6 +21,7 @@ import errno
 import hashlib
 import io
 import itertools
+import math
 import os
 import queue
 import shutil
@@ -55,6 +56,7 @@ from kanoclip.station.watch.hotfolder import HotFolder, OutsideFolder
 LIVE_S = 1.0  # on a terminal, the progress line is rewritten this often
 FOLLOW_S = 2.0  # a local watcher looks this often for changes made to its profile through the station
 RETRY_FIRST_S, RETRY_MAX_S = 0.25, 5.0  # a file that does not decode yet is tried again after these, doubling
+RETRY_SERVER_MAX_S, SAY_EVERY_S = 30.0, 60.0  # a server away: tried at most this far apart; said this often
 
 
 @dataclass
@@ -163,6 +165,7 @@ class RemoteScorer:
 
         self.url, self.profile, self.claim_timeout_s = url.rstrip("/"), profile, claim_timeout_s
         self.limits = ImageLimits()  # the folder's reader checks a file decodes; the server applies its own limits
+        self.stopping = threading.Event()  # the watcher's: a server away is waited for until it stops
         self.holder = new_holder()
         self.client = httpx.Client(timeout=300, headers={"X-API-Key": api_key} if api_key else {})
         try:
@@ -190,6 +193,9 @@ class RemoteScorer:
         return int(response.json().get("released", 0)) if response.status_code == 200 else 0
 
     def score(self, items: list[Item]) -> list[dict[str, Any]]:
+        """Each item POSTed until the server answers: a connection error or a 5xx (a restart, an overload) is tried
+        again with backoff, for ever, while the watcher runs; a 409 (held by another watcher) is busy; another 4xx
+        refuses that one file, which is recorded as an event, and the next goes on."""
         out: list[dict[str, Any]] = []
         for item in items:
             if item.data is None:
@@ -201,17 +207,17 @@ class RemoteScorer:
             for name, value in (("frame_index", item.frame_index), ("frame_time", item.frame_time)):
                 if value is not None:
                     params[name] = value
-            response = self.client.post(
-                f"{self.url}/v1/profiles/{self.profile}/detect",
-                params=params,
-                files=[("files", (item.source, item.data))],
-            )
-            if response.status_code == 409:
+            response = self._answered(params, item.source, item.data)
+            if response is None or response.status_code == 409:  # stopping, or another watcher holds it
                 out.append({"source": item.source, "busy": True, "label": None})
                 continue
             if response.status_code != 200:
-                raise KanoclipError(f"{self.url}: {response.status_code} {response.text[:300]}")
-            r = response.json()["results"][0]
+                error = f"the server refused it: HTTP {response.status_code}: {_detail(response)}"
+                self.event(item.source, "source_error", error)
+                out.append({"source": item.source, "error": error, "label": None})
+                continue
+            body = response.json()
+            r = body["results"][0]
             out.append(
                 {
                     "source": item.source,
@@ -219,18 +225,59 @@ class RemoteScorer:
                     "score": r.get("score"),
                     "label": r.get("label"),
                     "error": r.get("error"),
+                    "threshold": body.get("threshold"),
                 }
             )
         return out
 
+    def _answered(self, params: dict[str, Any], source: str, data: bytes) -> Any:
+        """The server's answer other than a 5xx; None once the watcher stops while the server is away."""
+        import httpx
+
+        delay, said = RETRY_FIRST_S, -math.inf
+        while not self.stopping.is_set():
+            try:
+                response = self.client.post(
+                    f"{self.url}/v1/profiles/{self.profile}/detect",
+                    params=params,
+                    files=[("files", (source, data))],
+                )
+                if response.status_code < 500:
+                    return response
+                error = f"HTTP {response.status_code}: {_detail(response)}"
+            except httpx.TransportError as e:
+                error = f"{type(e).__name__}: {e}"
+            if time.monotonic() - said >= SAY_EVERY_S:  # once a minute, not once a try
+                said = time.monotonic()
+                print(f"kanoclip watch: {self.url}: {error}; trying again (files wait)", file=sys.stderr, flush=True)
+            self.stopping.wait(delay)
+            delay = min(2 * delay, RETRY_SERVER_MAX_S)
+        return None
+
     def event(self, source: str, kind: str, detail: str) -> None:
-        self.client.post(
-            f"{self.url}/v1/events", json={"profile": self.profile, "source": source, "kind": kind, "detail": detail}
-        )
+        """Into the server's history (best effort: a server away loses the event, never the watcher)."""
+        import httpx
+
+        try:
+            self.client.post(
+                f"{self.url}/v1/events",
+                json={"profile": self.profile, "source": source, "kind": kind, "detail": detail},
+            )
+        except httpx.HTTPError as e:
+            print(f"kanoclip watch: {self.url}: event not recorded ({kind} {source}): {e}", file=sys.stderr)
+
+
+def _detail(response: Any) -> str:
+    """A server's error as it says it (FastAPI's `detail`), else the start of its body."""
+    try:
+        return str(response.json().get("detail", response.text))[:300]
+    except ValueError:
+        return str(response.text[:300])
 
 
 def _answer(d: Detection) -> dict[str, Any]:
-    return {**result_fields(d), "busy": d.lost}  # busy: taken over while scored: the new holder records and sorts it
+    # busy: taken over while scored: the new holder records and sorts it; the threshold its pass was judged by
+    return {**result_fields(d), "busy": d.lost, "threshold": (d.used or {}).get("image_threshold")}
 
 
 def file_key(profile: str, path: Path, data: bytes) -> str:
@@ -249,6 +296,41 @@ def jpeg(rgb: NDArray[np.uint8]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(rgb).save(buffer, format="JPEG", quality=95)
     return buffer.getvalue()
+
+
+class Retries:
+    """When each file put off (busy, not yet decodable) is looked at again: shared by the folder threads, which
+    take their own, and the scoring loop, which puts back what a server or another watcher held. A file put off
+    again waits twice as long as the last time, up to `RETRY_MAX_S`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.when: dict[Path, float] = {}
+        self.delay: dict[Path, float] = {}
+
+    def at(self, path: Path, when: float) -> None:
+        with self.lock:
+            self.when[path] = when
+
+    def later(self, path: Path, now: float) -> None:
+        with self.lock:
+            delay = self.delay[path] = min(2 * self.delay.get(path, RETRY_FIRST_S), RETRY_MAX_S)
+            self.when[path] = now + delay
+
+    def drop(self, path: Path, backoff: bool = False) -> None:
+        """Not due any more (and, with `backoff`, done: its delay forgotten)."""
+        with self.lock:
+            self.when.pop(path, None)
+            if backoff:
+                self.delay.pop(path, None)
+
+    def due(self, folder: Path, now: float) -> list[Path]:
+        """The files of `folder` due now, taken off the schedule."""
+        with self.lock:
+            paths = [p for p, at in self.when.items() if at <= now and p.is_relative_to(folder)]
+            for p in paths:
+                del self.when[p]
+        return paths
 
 
 class Watcher:
@@ -276,7 +358,7 @@ class Watcher:
             if d is not None:
                 make_folders(d)
         self.queue: queue.Queue[Item] = queue.Queue(maxsize=max(4 * cfg.batch, 16))
-        self.stopping = threading.Event()
+        self.stopping = scorer.stopping if isinstance(scorer, RemoteScorer) else threading.Event()
         self.threads: list[threading.Thread] = []
         engine = scorer.station.engine if isinstance(scorer, LocalScorer) else None  # a state: sinks keep there
         self.sinks = Sinks.open(
@@ -284,23 +366,22 @@ class Watcher:
         )
         self.counts = {"scored": 0, Label.DEFECT.word: 0, "failed": 0, "skipped": 0}
         self.sequence = itertools.count(1)  # the sorted copies' numbers
+        self.retry = Retries()
         self.last_error: str | None = None  # for the progress summary
         self.latencies: list[float] = []  # seconds from a file found complete to its result recorded
         self.on_result: Callable[[dict[str, Any]], None] | None = None
 
     # -- sources -----------------------------------------------------------------------------------------------------
     def _folder(self, hot: HotFolder) -> None:
-        retry: dict[Path, float] = {}
+        retry = self.retry
         refused: set[Path] = set()
         broken: dict[Path, _Broken] = {}  # complete by the folder's signs, yet not (yet) a whole image
         while not self.stopping.is_set():
             complete, never = hot.ready()
             now = time.monotonic()
             for path in complete:  # complete again (written to since): its pending retry is this look
-                retry.pop(path, None)
-            for path in [p for p, at in retry.items() if at <= now]:
-                del retry[path]
-                complete.append(path)
+                retry.drop(path)
+            complete += retry.due(hot.folder, now)
             for path in never:
                 self.scorer.event(str(path), "never_completed", f"still changing after {self.cfg.max_wait_s:g} s")
                 self.counts["failed"] += 1
@@ -323,7 +404,7 @@ class Watcher:
                     broken.pop(path, None)
                 except KanoclipError as e:
                     if self._still_completing(path, broken, now):
-                        retry[path] = now + broken[path].delay
+                        retry.at(path, now + broken[path].delay)
                         continue
                     rgb, error = None, str(e)  # unchanged for --corrupt-after: recorded once, as corrupt
                 key = file_key(self.cfg.profile, path, data)
@@ -331,8 +412,8 @@ class Watcher:
                 if state == "done":
                     self.counts["skipped"] += 1
                     self._sort(path, label)  # recorded before a crash, not yet sorted
-                elif state == "busy":
-                    retry[path] = now + min(self.cfg.claim_timeout_s, 5.0)
+                elif state == "busy":  # another watcher holds it: looked at again, less often each time
+                    retry.later(path, now)
                 else:
                     self._put(Item(str(path), data, rgb, key=key, path=path, error=error))
             self.stopping.wait(0.1)
@@ -455,8 +536,12 @@ class Watcher:
         results = self.scorer.score(batch)
         now = time.monotonic()
         for item, result in zip(batch, results, strict=True):
-            if result.get("busy"):
+            if result.get("busy"):  # held by another watcher, or the server was stopping: tried again later
+                if item.path is not None and not self.stopping.is_set():
+                    self.retry.later(item.path, now)
                 continue
+            if item.path is not None:
+                self.retry.drop(item.path, backoff=True)
             self.latencies.append(now - item.arrived)
             if result.get("error"):
                 self.counts["failed"] += 1
@@ -466,7 +551,7 @@ class Watcher:
                 self.counts[Label.DEFECT.word] += int(result.get("label") == Label.DEFECT)
                 if item.path is not None:
                     self._sort(item.path, result.get("label"))
-            self.sinks.send(message(self.cfg.profile, result))
+            self.sinks.send(message(self.cfg.profile, result, result.get("threshold")))
             if self.on_result is not None:
                 self.on_result(result)
 
