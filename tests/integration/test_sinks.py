@@ -8,6 +8,8 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
+
 from kanoclip.inference.thresholds import Thresholds
 from kanoclip.labels import Label
 from kanoclip.station.sinks.config import SinkConfig
@@ -59,3 +61,32 @@ def test_a_webhook_that_is_down_is_an_event_and_the_result_stays(tmp_path: Path,
         events = ok(c.get("/v1/events"))["events"]
         assert events[0]["kind"] == "webhook_failed" and closed in events[0]["detail"]
         assert c.get(f"/v1/results/{rid}").status_code == 200
+
+
+def test_a_sink_that_cannot_start_closes_those_started_before_it() -> None:
+    """An OPC UA port in use fails the command, and the webhook opened before it is not left running behind it."""
+    from kanoclip.errors import ConfigError
+    from kanoclip.station.sinks import webhook
+    from kanoclip.station.sinks.fanout import Sinks
+
+    started: list[webhook.Webhook] = []
+    real = webhook.Webhook.__init__
+
+    def recorded(self: webhook.Webhook, *args: object, **kwargs: object) -> None:
+        real(self, *args, **kwargs)  # type: ignore[arg-type]
+        started.append(self)
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        cfg = SinkConfig(webhook="http://127.0.0.1:9/hook", opcua=f"opc.tcp://127.0.0.1:{port}")
+        webhook.Webhook.__init__ = recorded  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ConfigError, match=f"port {port} is already in use"):
+                Sinks.open(cfg, lambda *_: None)
+        finally:
+            webhook.Webhook.__init__ = real  # type: ignore[method-assign]
+    assert len(started) == 1
+    started[0].thread.join(timeout=10)
+    assert not started[0].thread.is_alive()

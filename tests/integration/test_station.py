@@ -201,7 +201,7 @@ def test_a_full_disk_is_507_for_that_request_and_the_history_stays_consistent(
     with station_client(tmp_path / "state") as c:
         ok(c.post("/v1/detect", files=files(probes(shared_data)[:1])))
 
-        def full(path: Path, data: bytes) -> None:
+        def full(path: Path, data: bytes, mode: int | None = None) -> None:
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
         monkeypatch.setattr(kanoclip.station.store, "atomic_write_bytes", full)
@@ -249,7 +249,7 @@ def test_migrations_run_from_an_empty_database_and_from_the_previous_schema(tmp_
         )
     engine.dispose()
     upgraded = db.connect(url)
-    assert db.current_revision(upgraded) == db.head_revision() == "0005"  # 0004 claim holders, 0005 verdict uids
+    assert db.current_revision(upgraded) == db.head_revision() == "0006"  # 0005 verdict uids, 0006 sinks' outbox
     with upgraded.connect() as c:
         row = c.execute(select(db.results)).one()
         assert row.score == 0.5 and row.instance is None

@@ -138,10 +138,23 @@ events = Table(
     Column("created_at", Float, nullable=False),
     Column("profile", String(64)),
     Column("source", Text, nullable=False),
-    Column("kind", String(32), nullable=False),  # stream_gap | webhook_failed | source_error | never_completed
+    # stream_gap | webhook_failed | mqtt_failed | opcua_failed | source_error | never_completed
+    Column("kind", String(32), nullable=False),
     Column("detail", Text),
     Column("instance", String(64)),
     Index("events_created_at", "created_at"),
+)
+
+sink_outbox = Table(
+    "sink_outbox",
+    metadata,
+    Column("id", BIG_ID, primary_key=True, autoincrement=True),  # the order messages are published in
+    Column("sink", String(200), nullable=False),  # which sink, where (no password): "mqtt://host:1883/line"
+    Column("topic", Text, nullable=False),
+    Column("payload", Text, nullable=False),  # the message as sent (JSON)
+    Column("instance", String(64), nullable=False),  # the sink that queued it: host:pid:token (`sinks.outbox`)
+    Column("created_at", Float, nullable=False),
+    Index("sink_outbox_sink_id", "sink", "id"),
 )
 
 

@@ -21,7 +21,7 @@ class EventBody(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or infinity: 422
     profile: str | None = None
     source: str = Field(max_length=2000)
-    kind: Literal["stream_gap", "webhook_failed", "source_error", "never_completed"]
+    kind: Literal["stream_gap", "webhook_failed", "source_error", "never_completed", "opcua_failed", "mqtt_failed"]
     detail: str = Field(default="", max_length=4000)
 
 

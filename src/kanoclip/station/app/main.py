@@ -59,7 +59,9 @@ def create_app(
     shared.bank_lock = asyncio.Lock()
     shared.pixels = PixelBudget(cfg.max_inflight_pixels, cfg.pixel_wait_s)
     shared.sinks = Sinks.open(
-        cfg.sinks, lambda m, kind, why: station.event(m.get("profile"), str(m.get("source")), kind, why)
+        cfg.sinks,
+        lambda m, kind, why: station.event(m.get("profile"), str(m.get("source")), kind, why),
+        station.engine,
     )
 
     app.add_middleware(CountRequests, metrics=shared.metrics)
