@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import re
 import sys
 import types
 import warnings
@@ -381,9 +382,12 @@ def _legacy_model_file(command: Command, document: dict[str, Any], path: str | N
     return {run.key: {"model_file": path}}
 
 
+URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")  # scheme://user:PASSWORD@host
+
+
 def print_config(parsed: Parsed) -> int:
     """The options in effect as YAML. Each section is built first, so a value its config refuses is said here, not
-    at the run; secrets (API keys) print as null, so the file can be kept."""
+    at the run; secrets (API keys) print as null and passwords in URLs as ***, so the file can be kept."""
     import yaml
 
     document = parsed.document()
@@ -394,6 +398,8 @@ def print_config(parsed: Parsed) -> int:
             flag = flag_of(f)
             if flag is not None and flag.secret and f.name in document[section.key]:
                 document[section.key][f.name] = None
+            elif isinstance(document[section.key].get(f.name), str):  # a URL's password (--database, --mqtt)
+                document[section.key][f.name] = URL_PASSWORD.sub(r"\1***@", document[section.key][f.name])
     sys.stdout.write(yaml.safe_dump(document, sort_keys=False, allow_unicode=True))
     return 0
 

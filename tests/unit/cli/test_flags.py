@@ -234,6 +234,11 @@ def test_print_config_keeps_secrets_out_and_prints_a_template_when_a_required_va
     assert yaml.safe_load(capsys.readouterr().out)["reference"]["out"] is None
     with pytest.raises(ConfigError, match="`kanoclip reference build` needs --out"):
         parse(["reference", "build", "x"])
+    # a password inside a URL (the broker's, the database's) prints as ***, the rest of the URL as given
+    print_config(parse(["serve", "--mqtt", "mqtt://line:pw1@broker/plant", "--database", "postgresql://kc:pw2@db/kc"]))
+    document = yaml.safe_load(capsys.readouterr().out)
+    assert document["sinks"]["mqtt"] == "mqtt://line:***@broker/plant"
+    assert document["station"]["database"] == "postgresql://kc:***@db/kc"
 
 
 def test_every_flag_of_the_version_before_the_rewrite_is_still_accepted() -> None:
