@@ -196,26 +196,46 @@ def test_a_watcher_publishes_one_message_per_file_and_its_stop_leaves_every_resu
 def test_sigterm_stops_a_watcher_with_status_0_and_every_result_at_the_broker(
     tmp_path: Path, shared_data: Path
 ) -> None:
-    inbox, state = tmp_path / "inbox", tmp_path / "state"
+    """#31: a minute of `kanoclip watch` with its output to a file, a part every 10 s, then SIGTERM: exit 0 (it was
+    143), every result at the broker, no claim left held, and a log of whole lines only, a progress line at most
+    every 30 s (it was one carriage-return line rewritten every second, never ended)."""
+    inbox, state, log = tmp_path / "inbox", tmp_path / "state", tmp_path / "watch.log"
     inbox.mkdir()
-    with mosquitto() as broker, subscribed(broker, "line") as sub:
+    parts = bottles(shared_data, 6)
+    with mosquitto() as broker, subscribed(broker, "line") as sub, log.open("wb") as out:
         command = [sys.executable, "-m", "kanoclip", "watch", str(inbox), "--state", str(state), *TINY_FLAGS]
-        command += ["--quiet", "--settle-s", "0.2", "--mqtt", broker.url("line")]
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        command += ["--settle-s", "0.2", "--mqtt", broker.url("line")]
+        proc = subprocess.Popen(command, stdout=out, stderr=out)
+        started = time.monotonic()
         try:
-            for i, p in enumerate(bottles(shared_data, 3)):
+            for i, p in enumerate(parts):
                 shutil.copy(p, inbox / f"{i}.png")
-            wait_for(lambda: len(_recorded(state)) == 3, timeout=90, what="3 results")
+                wait_for(lambda i=i: len(_recorded(state)) == i + 1, timeout=90, what=f"result {i + 1}")
+                time.sleep(max(0.0, started + 10 * (i + 1) - time.monotonic()))
+            time.sleep(max(0.0, started + 62 - time.monotonic()))
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-        assert proc.returncode == 0, err.decode(errors="replace")[-2000:]
+        elapsed = time.monotonic() - started
+        text = log.read_text(errors="replace")
+        assert proc.returncode == 0, text[-2000:]
         assert _outbox(state) == []
-        wait_for(lambda: len(_ids(sub)) == 3, timeout=10, what="3 messages")
-    assert sorted(_ids(sub)) == sorted(_recorded(state))
+        wait_for(lambda: len(_ids(sub)) == len(parts), timeout=10, what="every message")
+    assert sorted(_ids(sub)) == sorted(_recorded(state)) and len(_recorded(state)) == len(parts)
+    assert "\r" not in text and text.endswith("\n")
+    progress = [line for line in text.splitlines() if line.startswith("watch default:")]
+    assert 2 <= len(progress) <= elapsed // 30 + 1, progress  # every 30 s, and one as it stops
+    assert progress[-1].startswith(f"watch default: {len(parts)} scored")
+    engine = db.connect(db.database_url(state), upgrade=False)
+    try:
+        with engine.connect() as c:
+            held = c.execute(select(db.claims).where(db.claims.c.result_id.is_(None))).all()
+    finally:
+        engine.dispose()
+    assert held == []  # claimed and not recorded: none left held
 
 
 def test_on_postgresql_a_sink_starting_takes_over_only_the_outbox_rows_of_sinks_that_are_gone() -> None:
