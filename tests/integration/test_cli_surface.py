@@ -61,6 +61,7 @@ def test_the_offline_help_examples_cover_every_command() -> None:
         "detect",
         "evaluate",
         "train",
+        "adapt",
         "serve",
         "watch",
         "calibrate",

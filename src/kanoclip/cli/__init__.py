@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from kanoclip._version import __version__
+from kanoclip.cli.adapt import ADAPT
 from kanoclip.cli.calibrate import CALIBRATE, REFERENCE
 from kanoclip.cli.common import EXIT_DISK_FULL
 from kanoclip.cli.detect import DETECT
@@ -31,6 +32,7 @@ COMMANDS: tuple[Command, ...] = (
     DETECT,
     EVALUATE,
     TRAIN,
+    ADAPT,
     SERVE,
     WATCH,
     HISTORY,

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -128,8 +130,12 @@ def train(
     knowledge: KnowledgeBase | None = None,
     image_knowledge: dict[str, ImageKnowledge] | None = None,
     device: str = "auto",
+    validate: Validate | None = None,
 ) -> Path:
-    """Train the learnable parts on `data.test`; returns the final checkpoint folder `out_dir/final`."""
+    """Train the learnable parts on `data.test`; returns the final checkpoint folder `out_dir/final`.
+
+    With `validate` (a score of the model in eval mode, higher is better), each saved state is validated first: the
+    best step's checkpoint is kept in `out_dir/best` (its step and score in `best.json`) and becomes `final`."""
     train_config.validate()
     if config.kd_use_vqa and not image_knowledge:
         raise KnowledgeError(
@@ -200,11 +206,16 @@ def train(
                 with (out / LOG).open("a") as f:
                     f.write(json.dumps({"step": step, "epoch": epoch + 1, **terms}) + "\n")
                 if step % train_config.checkpoint_every == 0 or step % steps_per_epoch == 0 or step == total_steps:
+                    if validate is not None:
+                        _keep_best(out, model, validate, step, {**run_info, "steps": step})
                     _save_state(out, run_info, model, optimizer, scaler, step)
     bar.close()
     final = out / "final"
     if ddp.main:
-        checkpoint.save(model, final, {"training": {**run_info, "steps": step}})
+        best = _best(out) if validate is not None else None
+        if best is not None:
+            model.load_learnable_state_dict(load_file(str(out / "best" / checkpoint.WEIGHTS)))
+        checkpoint.save(model, final, {"training": {**run_info, "steps": step, **({"best": best} if best else {})}})
     if ddp.world > 1:
         dist.barrier()
     return final
@@ -251,6 +262,34 @@ def _step(
     scaler.step(optimizer)
     scaler.update()
     return {k: float(v.detach()) for k, v in terms.items()}
+
+
+# A validation: the model (in eval mode while it runs) -> a score, higher is better
+Validate = Callable[[KAnoCLIP], float]
+BEST = "best.json"
+
+
+def _best(out: Path) -> dict[str, Any] | None:
+    path = out / BEST
+    return dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def _keep_best(out: Path, model: KAnoCLIP, validate: Validate, step: int, info: dict[str, Any]) -> None:
+    """Validate this step; when it beats the best so far, its checkpoint goes to `out/best`, then `best.json` names
+    it (written last: a kill in between leaves the earlier best named). Validation draws no random number, so a
+    resumed run validates exactly as an uninterrupted one."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            score = float(validate(model))
+    finally:
+        model.train()
+    with (out / LOG).open("a") as f:
+        f.write(json.dumps({"step": step, "validation": score}) + "\n")
+    best = _best(out)
+    if best is None or score > best["score"]:
+        checkpoint.save(model, out / "best", {"training": info})
+        atomic_write_bytes(out / BEST, json.dumps({"step": step, "score": score}).encode())
 
 
 def _save_state(
