@@ -38,9 +38,8 @@ def test_one_good_part_localises_real_defects_even_on_random_vit_b_16(
     kolektor = load_dataset(shared_data / "KolektorSDD", "kolektor-thirds")  # SPEC I19: the protocol's cut
     for name, index, floor in (("hazelnut", hazel, 0.95), ("KolektorSDD", kolektor, 0.80)):
         det.set_class(index.classes[0])
-        zero = pixel_auroc_with(det, index.test, [])
-        one = pixel_auroc_with(det, index.test, [sample_image(index.train[0])])
-        found[name] = (zero, one)
-        assert one >= floor, (name, zero, one)
+        # the zero-shot maps beside it are benchmarks/fewshot.py's (pipeline_check): half this test's time
+        found[name] = one = pixel_auroc_with(det, index.test, [sample_image(index.train[0])])
+        assert one >= floor, (name, one)
     with capsys.disabled():
-        print("\npixel AUROC, random ViT-B-16 @224 (zero-shot -> 1 reference):", found)
+        print("\npixel AUROC, random ViT-B-16 @224, 1 reference:", found)
