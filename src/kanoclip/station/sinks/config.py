@@ -7,6 +7,16 @@ from dataclasses import dataclass
 from kanoclip.options import option
 
 SINKS = "sinks"
+# --opcua-security: none, or a policy of asyncua that signs (and encrypts) with the server's certificate
+OPCUA_POLICIES = (
+    "Basic256Sha256_Sign",
+    "Basic256Sha256_SignAndEncrypt",
+    "Aes128Sha256RsaOaep_Sign",
+    "Aes128Sha256RsaOaep_SignAndEncrypt",
+    "Aes256Sha256RsaPss_Sign",
+    "Aes256Sha256RsaPss_SignAndEncrypt",
+)
+OPCUA_SECURITY = ("none", *OPCUA_POLICIES)
 
 
 @dataclass(frozen=True)
@@ -38,15 +48,7 @@ class SinkConfig:
     )
     opcua_security: str = option(
         "none",
-        choices=(
-            "none",
-            "Basic256Sha256_Sign",
-            "Basic256Sha256_SignAndEncrypt",
-            "Aes128Sha256RsaOaep_Sign",
-            "Aes128Sha256RsaOaep_SignAndEncrypt",
-            "Aes256Sha256RsaPss_Sign",
-            "Aes256Sha256RsaPss_SignAndEncrypt",
-        ),
+        choices=OPCUA_SECURITY,
         group=SINKS,
         help="OPC UA security policy (none: neither signed nor encrypted); the others need --opcua-cert, --opcua-key",
     )

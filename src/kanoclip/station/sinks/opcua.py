@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from kanoclip.errors import ConfigError
 from kanoclip.labels import Label
+from kanoclip.station.sinks.config import OPCUA_POLICIES, OPCUA_SECURITY
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -52,16 +53,6 @@ ROOT = "Kanoclip"
 DEFAULT_PORT = 4840
 PASSWORD_ENV = "KANOCLIP_OPCUA_PASSWORD"
 INSTALL = "OPC UA needs asyncua: pip install 'kanoclip[opcua]'"
-# --opcua-security: none, or a policy of asyncua that signs (and encrypts) with the server's certificate
-POLICIES = (
-    "Basic256Sha256_Sign",
-    "Basic256Sha256_SignAndEncrypt",
-    "Aes128Sha256RsaOaep_Sign",
-    "Aes128Sha256RsaOaep_SignAndEncrypt",
-    "Aes256Sha256RsaPss_Sign",
-    "Aes256Sha256RsaPss_SignAndEncrypt",
-)
-SECURITY = ("none", *POLICIES)
 # the variables in the order they are written (Count last); their OPC UA types are in `_values`
 VARIABLES = ("LastScore", "LastLabel", "LastPath", "LastTime", "Threshold", "DefectCount", "Count")
 
@@ -135,12 +126,12 @@ class OpcUa:
             raise ConfigError(f"--opcua-user {user} needs a password: env {PASSWORD_ENV} (or --opcua-password)")
         if password and not user:
             raise ConfigError("an OPC UA password without --opcua-user: give the user too (or drop the password)")
-        if security not in SECURITY:
-            raise ConfigError(f"--opcua-security is one of {', '.join(SECURITY)}; got {security!r}")
+        if security not in OPCUA_SECURITY:
+            raise ConfigError(f"--opcua-security is one of {', '.join(OPCUA_SECURITY)}; got {security!r}")
         if security == "none" and (cert or key):
             raise ConfigError(
                 "--opcua-cert and --opcua-key are the server's certificate for a --opcua-security policy "
-                f"({', '.join(POLICIES)}): give one, or drop them"
+                f"({', '.join(OPCUA_POLICIES)}): give one, or drop them"
             )
         if security != "none":
             for flag, path in (("--opcua-cert", cert), ("--opcua-key", key)):
