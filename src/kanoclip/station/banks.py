@@ -55,6 +55,15 @@ class Banks:
             count = c.execute(select(func.count()).where(db.references.c.profile == name)).scalar()
         return int(count or 0)
 
+    def held(self, name: str) -> set[str]:
+        """The sha256 of the good parts the profile holds, as the database has them now (another instance's change
+        included, before this one has polled)."""
+        if self.engine is None:
+            det = self.profiles.detectors.get(name)
+            return {s["sha256"] for s in det.references.sources} if det is not None and det.references else set()
+        with self.engine.connect() as c:
+            return set(c.execute(select(db.references.c.sha256).where(db.references.c.profile == name)).scalars())
+
     def stage(
         self, bank: ReferenceBank | None, added: Sequence[tuple[str, bytes]] = (), removed: Sequence[str] = ()
     ) -> BankChange:

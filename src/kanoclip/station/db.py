@@ -106,6 +106,10 @@ results = Table(
     Column("frame_time", Float),  # its time in the video (seconds), or when it was read from a stream
     Index("results_profile_id", "profile", "id"),
     Index("results_created_at", "created_at"),
+    Index("results_image_sha256", "image_sha256"),  # retention: does a row still name this file?
+    Index("results_overlay_sha256", "overlay_sha256"),
+    Index("results_map_sha256", "map_sha256"),
+    sqlite_autoincrement=True,  # a pruned result's id is never given to another one
 )
 
 feedback = Table(

@@ -173,6 +173,9 @@ class Station:
     def reference_count(self, name: str) -> int:
         return self._banks.count(name)
 
+    def good_parts(self, name: str) -> set[str]:
+        return self._banks.held(name)
+
     def save_bank(self, name: str, bank: ReferenceBank | None, added: Sequence[tuple[str, bytes]] = ()) -> None:
         with self._retiring_banks():
             self._banks.save(name, bank, added)

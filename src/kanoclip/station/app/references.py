@@ -106,7 +106,9 @@ async def teach(
     sha = sha256_of(data)
 
     async def save(detector: Detector) -> dict[str, Any] | None:
-        held = {s["sha256"] for s in detector.references.sources} if detector.references else set()
+        # what the profile holds as stored, not as this instance's bank has it: another instance may have changed
+        # it since this one polled (a change staged from a stale bank then meets its newer version, and is redone)
+        held = await run_in_threadpool(station.good_parts, p.name)
         change = None
         if verdict == "good" and sha not in held:
             part = [(row["source"], data)]
