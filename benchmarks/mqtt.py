@@ -12,9 +12,7 @@ import dataclasses
 import shutil
 import statistics
 import tempfile
-import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,8 @@ import torch
 
 from benchmarks.common import standalone
 from benchmarks.throughput import image_files
-from kanoclip import Detector, KAnoCLIPConfig, RunConfig
+from benchmarks.watch import feeding, watch_detector
+from kanoclip import Detector
 from kanoclip.inference.outputs import detect_files
 from kanoclip.station.sinks.config import SinkConfig
 from kanoclip.station.station import Station, backend_key
@@ -53,11 +52,7 @@ def _p95(values: list[float]) -> float:
 
 
 def run(quick: bool, device: torch.device) -> str:
-    backbone, size, n = ("kanoclip-tiny", 112, 64) if quick else ("ViT-B-16", 224, 64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
-        detector = Detector.from_config(RunConfig.with_model(config, device=device.type, workers=2, batch_size=8))
+    detector, n = watch_detector(quick, device), 64
     files = image_files(n)
     plain = WatchConfig(progress=False, batch=8)
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as broker, subscribed(broker, "bench") as sub:
@@ -90,19 +85,9 @@ def run(quick: bool, device: torch.device) -> str:
 
         watcher.on_result = on_result
         k = 16 if quick else 24
-        gap = 0.5 if quick else 1.0  # slower than the model: latency, not queueing
         before = len(sub.messages())
-
-        def feed() -> None:
-            time.sleep(1.0)
-            for i in range(k):
-                name = f"live_{i:03d}{files[i].suffix}"
-                shutil.copy(files[i], inbox / name)  # returns once the file is written and closed
-                closed[name] = time.monotonic()
-                time.sleep(gap)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
+        gap = 0.5 if quick else 1.0
+        feeder = feeding(files[:k], inbox, closed, gap)
         watcher.run(until=lambda: len(sub.messages()) - before >= k)
         feeder.join()
         arrived = {Path(m["source"]).name: at for (_, m, _), at in zip(sub.messages(), sub.arrived, strict=True)}
@@ -110,7 +95,8 @@ def run(quick: bool, device: torch.device) -> str:
     to_record = [recorded[name] - at for name, at in closed.items()]
     return "\n".join(
         [
-            f"{backbone} at {size}, {n} real images in one folder, batch 8, maps and overlays written by both; watch "
+            f"{detector.config.backbone} at {detector.image_size}, {n} real images in one folder, batch 8, maps and "
+            "overlays written by both; watch "
             f"records each result in the station (SQLite + store), --settle-s {plain.settle_s:g}; with --mqtt each "
             "result is also published (QoS 1, retained) to mosquitto on 127.0.0.1 through the state's outbox, and "
             "the timing ends once every message is acknowledged; the better of two alternated runs each",

@@ -25,12 +25,34 @@ from kanoclip.station.station import Station, backend_key
 from kanoclip.station.watch.watcher import LocalScorer, WatchConfig, Watcher
 
 
-def run(quick: bool, device: torch.device) -> str:
-    backbone, size, n = ("kanoclip-tiny", 112, 64) if quick else ("ViT-B-16", 224, 64)
+def watch_detector(quick: bool, device: torch.device) -> Detector:
+    """The model these watch benchmarks score with: the tiny one (--quick) or ViT-B-16 at 224, random weights."""
+    backbone, size = ("kanoclip-tiny", 112) if quick else ("ViT-B-16", 224)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         config = KAnoCLIPConfig(backbone=backbone, pretrained="none", image_size=size)
-        detector = Detector.from_config(RunConfig.with_model(config, device=device.type, workers=2, batch_size=8))
+        return Detector.from_config(RunConfig.with_model(config, device=device.type, workers=2, batch_size=8))
+
+
+def feeding(files: list[Path], inbox: Path, closed: dict[str, float], gap: float) -> threading.Thread:
+    """A thread that copies `files` into `inbox` one by one, `gap` seconds apart (slower than the model: latency, not
+    queueing), noting in `closed` when each was written and closed."""
+
+    def feed() -> None:
+        time.sleep(1.0)
+        for i, path in enumerate(files):
+            name = f"live_{i:03d}{path.suffix}"
+            shutil.copy(path, inbox / name)  # returns once the file is written and closed
+            closed[name] = time.monotonic()
+            time.sleep(gap)
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    return thread
+
+
+def run(quick: bool, device: torch.device) -> str:
+    detector, n = watch_detector(quick, device), 64
     files = image_files(n)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -65,25 +87,16 @@ def run(quick: bool, device: torch.device) -> str:
 
         watcher.on_result = recorded
         k = 16 if quick else 24
-        gap = 0.5 if quick else 1.0  # slower than the model: latency, not queueing
-
-        def feed() -> None:
-            time.sleep(1.0)
-            for i in range(k):
-                name = f"live_{i:03d}{files[i].suffix}"
-                shutil.copy(files[i], inbox / name)  # returns once the file is written and closed
-                closed[name] = time.monotonic()
-                time.sleep(gap)
-
-        feeder = threading.Thread(target=feed)
-        feeder.start()
+        gap = 0.5 if quick else 1.0
+        feeder = feeding(files[:k], inbox, closed, gap)
         watcher.run(until=lambda: len(latencies) >= k)
         feeder.join()
     latencies.sort()
     p95 = latencies[min(len(latencies) - 1, round(0.95 * len(latencies)) - 1)]
     return "\n".join(
         [
-            f"{backbone} at {size}, {n} real images in one folder, batch 8, maps and overlays written by both; watch "
+            f"{detector.config.backbone} at {detector.image_size}, {n} real images in one folder, batch 8, maps and "
+            "overlays written by both; watch "
             "records each result in the station (SQLite + store) and waits --settle-s 1.0 before a file counts as "
             "complete",
             "",
