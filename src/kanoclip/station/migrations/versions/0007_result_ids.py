@@ -20,8 +20,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
+    bind = op.get_bind()
+    if bind.dialect.name == "sqlite":
+        # Rebuilding drops the old table, and with foreign keys on (always, in a transaction that cannot turn them
+        # off) that drop cascades to the verdicts: they are set aside and put back around it.
+        bind.exec_driver_sql("CREATE TEMP TABLE kept_feedback AS SELECT * FROM feedback")
         with op.batch_alter_table("results", recreate="always", table_kwargs={"sqlite_autoincrement": True}):
             pass
+        bind.exec_driver_sql("INSERT INTO feedback SELECT * FROM kept_feedback")
+        bind.exec_driver_sql("DROP TABLE kept_feedback")
     for column in ("image_sha256", "overlay_sha256", "map_sha256"):
         op.create_index(f"results_{column}", "results", [column])
