@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-from sqlalchemy import create_engine, select
+from sqlalchemy import Connection, create_engine, select, text
 from sqlalchemy.engine import make_url
 
 from kanoclip._files import atomic_write_bytes, make_folders
@@ -37,19 +37,40 @@ class BackupReport:
     restore: str | None = None  # for PostgreSQL: how to restore the dump
 
 
-def pg_dump(url: str, out: Path) -> None:
-    """The database's rows into `out` (pg_dump's custom format: one consistent snapshot), its password passed in the
-    environment, never on a command line other users can read."""
+def _named(c: Connection) -> set[str]:
+    """Every file the rows name: results' images, overlays and maps, good parts, banks."""
+    r = db.results.c
+    named = {h for row in c.execute(select(r.image_sha256, r.overlay_sha256, r.map_sha256)) for h in row if h}
+    named |= {h for (h,) in c.execute(select(db.references.c.sha256))}
+    return named | {h for (h,) in c.execute(select(db.profiles.c.bank_sha256)) if h}
+
+
+def pg_dump_binary() -> str:
     binary = shutil.which("pg_dump")
     if binary is None:
         raise ConfigError(f"pg_dump is not installed: {PG_CLIENT}")
+    return binary
+
+
+def pg_dump(url: str, out: Path, snapshot: str | None = None) -> None:
+    """The database's rows into `out` (pg_dump's custom format: one consistent snapshot), its password passed in the
+    environment, never on a command line other users can read."""
+    binary = pg_dump_binary()
     u = make_url(url)
     env = {**os.environ, **({"PGPASSWORD": u.password} if u.password else {})}
     target = f"postgresql://{quote(u.username or '')}@{u.host or ''}{f':{u.port}' if u.port else ''}/{u.database or ''}"
     if u.query:  # sslmode and the like, as the station connects
         target += "?" + urlencode(u.query, doseq=True)
     done = subprocess.run(
-        [binary, "--format=custom", "--no-password", "--file", str(out), target],
+        [
+            binary,
+            "--format=custom",
+            "--no-password",
+            *(["--snapshot", snapshot] if snapshot else []),
+            "--file",
+            str(out),
+            target,
+        ],
         env=env,
         capture_output=True,
         text=True,
@@ -76,15 +97,20 @@ def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
         url = db.database_url(out)
     else:
         url = database
-        pg_dump(database, out / PG_DUMP_FILE)
+        pg_dump_binary()  # missing: said before anything connects
         restore = RESTORE.format(dump=out / PG_DUMP_FILE, out=out)
     engine = create_engine(url)
     try:
-        with engine.connect() as c:
-            r = db.results.c
-            named = {h for row in c.execute(select(r.image_sha256, r.overlay_sha256, r.map_sha256)) for h in row if h}
-            named |= {h for (h,) in c.execute(select(db.references.c.sha256))}
-            named |= {h for (h,) in c.execute(select(db.profiles.c.bank_sha256)) if h}
+        if database is None:
+            with engine.connect() as c:
+                named = _named(c)
+        else:
+            # one snapshot for the dump and for the names: the transaction that exports it stays open while
+            # pg_dump reads through it, so the files copied are exactly those the dumped rows name
+            with engine.connect().execution_options(isolation_level="REPEATABLE READ") as c, c.begin():
+                snapshot = c.execute(text("SELECT pg_export_snapshot()")).scalar_one()
+                named = _named(c)
+                pg_dump(database, out / PG_DUMP_FILE, snapshot)
     finally:
         engine.dispose()
     source_store, target_store = BlobStore(state), BlobStore(out)
