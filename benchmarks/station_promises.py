@@ -68,7 +68,7 @@ def _state_bytes(state: Path) -> int:
 
 def verdicts(quick: bool, device: torch.device, folder: Path) -> list[str]:
     """50 results marked good one after another; the state's bytes after every 10, as the server leaves them (the
-    replaced banks inside their one-minute grace) and once the grace has passed (the store's grace set to 0: what
+    replaced banks inside their 5 s grace) and once the grace has passed (the store's grace set to 0: what
     the next retire or retention pass leaves)."""
     (run, model), images = _run(quick, device), _images()
     assert len(images) >= 52, f"need 52 distinct images under {SHARED}"
