@@ -69,7 +69,3 @@ class SinkConfig:
     mqtt_queue: int = option(
         10_000, metavar="N", group=SINKS, help="results kept for the MQTT broker at most; past it the oldest is dropped"
     )
-
-    @property
-    def any(self) -> bool:
-        return self.webhook is not None or self.opcua is not None or self.mqtt is not None
