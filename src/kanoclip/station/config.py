@@ -91,6 +91,10 @@ class ServeConfig:
         help="prune the oldest results while their stored files hold more than this many GB",
     )
     prune_every_s: float = 600.0
+    keep_versions: int = option(
+        5, group=STATION, help="model versions kept per profile (besides the current one and those rollback needs)"
+    )
+    max_jobs: int = option(1, help="adapt jobs this server runs at a time, each in its own process")
 
     sinks: SinkConfig = field(default_factory=SinkConfig)  # set from the command's sinks section
 
@@ -105,6 +109,8 @@ class ServeConfig:
             ("--max-profiles", self.max_profiles),
             ("--keep-days", self.keep_days),
             ("--max-store-gb", self.max_store_bytes),
+            ("--keep-versions", self.keep_versions),
+            ("--max-jobs", self.max_jobs),
         ):
             if value is not None and not value > 0:
                 raise ConfigError(f"{flag} must be > 0, got {value}")

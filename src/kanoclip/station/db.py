@@ -64,6 +64,8 @@ profiles = Table(
     Column("bank_sha256", String(64)),  # the bank file (safetensors) in the store; None: zero-shot
     Column("thresholds", JSON, nullable=False),  # Thresholds.to_dict(): values and the basis they were set on
     Column("version", Integer, nullable=False),  # +1 on every change: how other instances notice one
+    Column("model_version", Integer),  # the model version in use (`model_versions`); None: the model it was given
+    Column("rollback", JSON),  # [{version, model, thresholds}, ...]: what each promote replaced, newest last
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
@@ -147,6 +149,47 @@ events = Table(
     Column("detail", Text),
     Column("instance", String(64)),
     Index("events_created_at", "created_at"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("kind", String(16), nullable=False),  # adapt
+    Column("profile", String(64), nullable=False),
+    Column("profile_uid", String(32), nullable=False),  # the profile it was started for, not another of its name
+    Column("state", String(12), nullable=False),  # running | done | failed | cancelled
+    Column("settings", JSON, nullable=False),
+    Column("phase", String(16), nullable=False),  # what it is doing now: starting, data, training, evaluating, ...
+    Column("step", Integer, nullable=False),
+    Column("steps", Integer),  # the training steps it will take, once known
+    Column("owner", String(64), nullable=False),  # the server that runs it: host:pid
+    Column("heartbeat_at", Float, nullable=False),  # its worker's last sign of life
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+    Column("error", Text),
+    Column("version", Integer),  # the model version it made
+    Index("jobs_profile_created_at", "profile", "created_at"),
+)
+
+model_versions = Table(
+    "model_versions",
+    metadata,
+    Column("id", BIG_ID, primary_key=True, autoincrement=True),
+    Column("profile", String(64), nullable=False),
+    Column("profile_uid", String(32), nullable=False),
+    Column("version", Integer, nullable=False),  # 1, 2, ... per profile
+    Column("job_id", String(32), nullable=False),
+    Column("checkpoint", Text, nullable=False),  # state:models/<profile uid>/<job id>: its folder in the state
+    Column("model_changes", JSON, nullable=False),  # where its frozen CLIP is found (backbone options), as a profile's
+    Column("parent", JSON, nullable=False),  # {version, model}: what was current when its job started
+    Column("parts", JSON, nullable=False),  # sha256 of the good parts it was adapted from
+    Column("config", JSON, nullable=False),  # {model, train, adapt}: the settings it was made with
+    Column("numbers", JSON, nullable=False),  # the shadow evaluation: {rows, new, current}
+    Column("shadow", JSON, nullable=False),  # per history row: [result_id, label, new score, current score]
+    Column("thresholds", JSON, nullable=False),  # calibrated as `calibrate` does, set when it is promoted
+    Column("created_at", Float, nullable=False),
+    Index("model_versions_profile_version", "profile_uid", "version", unique=True),
 )
 
 sink_outbox = Table(

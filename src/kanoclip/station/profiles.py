@@ -35,6 +35,8 @@ from kanoclip.station.store import BlobStore
 DEFAULT_PROFILE = "default"
 PROFILE_FIELDS = ("class_name", "checkpoint", "engine", "exported", "model_changes")
 MODEL_FIELDS = ("checkpoint", "engine", "exported", "model_changes")  # what a profile's model is
+VERSION_FIELDS = ("model_version", "rollback", "thresholds")  # set with a model by promote and rollback only
+IN_STATE = "state:"  # a checkpoint inside the state folder (a model version): found wherever the state is opened
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Profile:
     model_changes: tuple[tuple[str, Any], ...] = ()
     bank_sha256: str | None = None
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
+    model_version: int | None = None  # the model version in use; None: the model the profile was given
+    rollback: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # what each promote replaced
     version: int = 1
     created_at: float = 0.0
     updated_at: float = 0.0
@@ -55,10 +59,12 @@ class Profile:
     @classmethod
     def from_row(cls, row: Any) -> Profile:
         m = dict(row._mapping)
-        m["model_changes"] = tuple((k, _tuples(v)) for k, v in m["model_changes"])
+        m["model_changes"] = as_model_changes(m["model_changes"])
+        fields = ("name", *PROFILE_FIELDS, "bank_sha256", "model_version", "version", "created_at", "updated_at", "uid")
         return cls(
-            **{k: m[k] for k in ("name", *PROFILE_FIELDS, "bank_sha256", "version", "created_at", "updated_at", "uid")},
+            **{k: m[k] for k in fields},
             thresholds=Thresholds.from_calibration(m["thresholds"]),
+            rollback=m["rollback"] or [],
         )
 
     def row(self) -> dict[str, Any]:
@@ -109,9 +115,13 @@ class Profiles:
         return self.by_name[name]
 
     def run_of(self, p: Profile) -> RunConfig:
+        checkpoint = p.checkpoint
+        if checkpoint is not None and checkpoint.startswith(IN_STATE) and self.store is not None:
+            checkpoint = str(self.store.root.parent / checkpoint.removeprefix(IN_STATE))
         return self.base.replace(
             class_name=p.class_name,
-            checkpoint=p.checkpoint,
+            checkpoint=checkpoint,
+            model_file=None if checkpoint else self.base.model_file,  # a checkpoint keeps its own config
             engine=p.engine,
             exported=p.exported,
             model_changes=p.model_changes,
@@ -151,7 +161,7 @@ class Profiles:
         encode the stored good parts with it (the bank file's sha256, None without parts), so the row commits with
         its new bank or, on any failure, nothing changes. Database first."""
         check_profile_name(name)
-        unknown = sorted(set(fields) - set(PROFILE_FIELDS))
+        unknown = sorted(set(fields) - set(PROFILE_FIELDS) - set(VERSION_FIELDS))
         if unknown:
             raise ConfigError(f"unknown profile field(s) {unknown}; a profile has {', '.join(PROFILE_FIELDS)}")
         exists = name in self.by_name
@@ -226,7 +236,7 @@ class Profiles:
         det = self.detectors.get(name)
         stale = det.stale_thresholds() if det is not None else None
         return {
-            **{k: getattr(p, k) for k in ("name", *PROFILE_FIELDS, "version")},
+            **{k: getattr(p, k) for k in ("name", *PROFILE_FIELDS, "model_version", "version")},
             "mode": "checkpoint" if p.checkpoint else ("exported" if p.exported else "training-free"),
             "thresholds": p.thresholds.to_dict(),
             "threshold_stale": stale,
@@ -258,6 +268,11 @@ class Profiles:
         return changed
 
 
-def _tuples(value: Any) -> Any:
+def as_model_changes(pairs: Any) -> tuple[tuple[str, Any], ...]:
+    """Model changes read back from JSON ([[field, value], ...]) as a profile holds them."""
+    return tuple((k, as_tuples(v)) for k, v in pairs)
+
+
+def as_tuples(value: Any) -> Any:
     """JSON lists back into the tuples a config holds (tap layers...), so equal profiles compare equal."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+    return tuple(as_tuples(v) for v in value) if isinstance(value, list) else value

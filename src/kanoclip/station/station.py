@@ -29,11 +29,13 @@ from kanoclip.station import db
 from kanoclip.station.banks import BankChange, Banks
 from kanoclip.station.claims import Claimed, Claims
 from kanoclip.station.errors import Conflict, NotFound
+from kanoclip.station.jobs import JobFolders, Jobs
 from kanoclip.station.profiles import DEFAULT_PROFILE, MODEL_FIELDS, Profile, Profiles, backend_key
 from kanoclip.station.results import HISTORY_COLUMNS, Detection, Results, iso, parse_time, public
 from kanoclip.station.retention import Retention
 from kanoclip.station.store import BlobStore, private_folder
 from kanoclip.station.teaching import Forward, Teaching, on_this_thread
+from kanoclip.station.versions import Versions
 
 __all__ = [
     "DEFAULT_PROFILE",
@@ -70,6 +72,9 @@ class Station:
         self._claims = Claims(engine, self.instance)
         self._retention = Retention(engine, self.store)
         self._teaching = Teaching(self._profiles, self._banks, self._results)
+        folders = JobFolders(folder) if folder is not None else None
+        self._jobs = Jobs(engine, folders, self.instance) if engine is not None and folders else None
+        self._versions = Versions(engine, folders) if engine is not None and folders else None
 
     @classmethod
     def around(cls, detector: Detector, name: str = DEFAULT_PROFILE) -> Station:
@@ -136,8 +141,12 @@ class Station:
             return self._profiles.put(name, fields, create, self._banks.rebuild)
 
     def delete_profile(self, name: str) -> None:
+        uid = self.profile(name).uid
         with self._retiring_banks():
             self._profiles.delete(name)
+        if self._jobs is not None and self._versions is not None:
+            self._jobs.cancel_profile(uid)
+            self._versions.forget([uid])
 
     def describe(self, name: str) -> dict[str, Any]:
         return self._profiles.describe(name, self._banks.count(name))
@@ -147,6 +156,10 @@ class Station:
 
     def set_thresholds(self, name: str, thresholds: Thresholds) -> None:
         self._profiles.set_thresholds(name, thresholds)
+
+    def run_of(self, p: Profile) -> RunConfig:
+        """How a detector of this profile runs (a version's checkpoint found in the state folder)."""
+        return self._profiles.run_of(p)
 
     def configure(self, name: str, run: RunConfig) -> Profile:
         """`serve --profile NAME` (and `watch`): create the profile, or change it with the flags given (class name;
@@ -172,6 +185,9 @@ class Station:
     # -- banks (`banks.Banks`) -------------------------------------------------------------------------------------
     def reference_count(self, name: str) -> int:
         return self._banks.count(name)
+
+    def good_part_images(self, name: str) -> list[tuple[str, bytes]]:
+        return self._banks.images(name)
 
     def good_parts(self, name: str) -> set[str]:
         return self._banks.held(name)
@@ -259,3 +275,25 @@ class Station:
 
     def calibrate(self, name: str, false_alarm_rate: float = 0.01, forward: Forward = on_this_thread) -> dict[str, Any]:
         return self._teaching.calibrate(name, false_alarm_rate, forward)
+
+    # -- adapt jobs and model versions (`jobs.Jobs`, `versions.Versions`) ------------------------------------------
+    @property
+    def jobs(self) -> Jobs:
+        if self._jobs is None:
+            raise Conflict("this server keeps no state (--no-state): adapt jobs and model versions need one")
+        return self._jobs
+
+    @property
+    def versions(self) -> Versions:
+        if self._versions is None:
+            raise Conflict("this server keeps no state (--no-state): adapt jobs and model versions need one")
+        return self._versions
+
+    def promote(self, name: str, number: int, keep: int) -> Profile:
+        """Make model version `number` the profile's model (forward thread: its bank is rebuilt from the stored good
+        parts), with the thresholds it was calibrated to; what it replaces is kept for `rollback`."""
+        return self.put_profile(name, self.versions.promoted(self.profile(name), number, keep), create=False)
+
+    def rollback(self, name: str) -> Profile:
+        """Undo the last promote: the model, version and thresholds it replaced (forward thread)."""
+        return self.put_profile(name, self.versions.rolled_back(self.profile(name)), create=False)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import func, insert, select
+from sqlalchemy import Engine, func, insert, select
 
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.evaluation.calibration import f1_max_threshold, false_alarm_threshold
@@ -82,74 +82,92 @@ class Teaching:
     def labelled(self, name: str) -> dict[str, list[bytes]]:
         """The profile's images by their latest verdict: {"good": [...], "defect": [...]}, each image once and in
         one list only (the verdict given last on it)."""
-        uid = self.profiles.get(name).uid
-        f, r = db.feedback.c, db.results.c
-        latest = select(func.max(f.id).label("last")).where(f.profile_uid == uid).group_by(f.result_id).subquery()
-        query = (
-            select(f.verdict, r.image_sha256)
-            .join(latest, f.id == latest.c.last)
-            .join(db.results, r.id == f.result_id)
-            .order_by(f.id)
-        )
-        last: dict[str, str] = {}
-        with history_engine(self.engine).connect() as c:
-            for verdict, sha in c.execute(query):
-                if sha is not None:
-                    last.pop(sha, None)
-                    last[sha] = verdict
+        rows = latest_verdicts(history_engine(self.engine), self.profiles.get(name).uid)
         assert self.store is not None
-        return {k: [self.store.get(sha) for sha, v in last.items() if v == k] for k in ("good", "defect")}
+        return {k: [self.store.get(sha) for _, sha, v in rows if v == k] for k in ("good", "defect")}
 
     def calibrate(self, name: str, false_alarm_rate: float = 0.01, forward: Forward = on_this_thread) -> dict[str, Any]:
-        """Thresholds from what the station knows of this profile. Normal scores are leave-one-out scores of its good
-        parts. With parts marked defect too, the F1-max threshold between the two (defects scored against the
-        profile's bank); else the false-alarm quantile, with the count it rests on.
-
-        Every use of the model goes through `forward` one batch at a time (serve runs each on its forward thread
-        between detections), and each leaves the detector on the profile's own bank: a detection waits for one
-        step of a calibration, never for all of it."""
+        """Thresholds from what the station knows of this profile (`calibrated`), set on it."""
         det = forward(self.profiles.detector, name)
-        if not det.supports(REFERENCES):
-            raise Conflict("an exported engine's thresholds are baked in: calibrate before `kanoclip export`")
         references = self.banks.images(name)
-        goods = [data for _, data in references]
-        if len(goods) < 2:
-            raise Conflict(
-                f"profile {name!r} has {len(goods)} good part(s): calibration needs at least 2 (add references or "
-                "mark results good)"
-            )
-        held = {sha256_of(data) for data in goods}
+        held = {sha256_of(data) for _, data in references}
         defects = [data for data in self.labelled(name)["defect"] if sha256_of(data) not in held]
-        size = det.batch_size
-        parts = [part for i in range(0, len(goods), size) for part in forward(encode_each, det, goods[i : i + size])]
-        scored = [forward(score_without, det, parts, i, good) for i, good in enumerate(goods)]
-        normal_scores = np.asarray([score for score, _ in scored], dtype=np.float64)
-        normal_maps = [anomaly_map for _, anomaly_map in scored]
-        defect_scores = [
-            p.pred_score for i in range(0, len(defects), size) for p in forward(det.predict_many, defects[i : i + size])
-        ]
-        if defect_scores:
-            labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
-            image = f1_max_threshold(labels, np.r_[normal_scores, defect_scores])
-        else:
-            image = false_alarm_threshold(normal_scores, false_alarm_rate)
-        pixel = false_alarm_threshold(np.concatenate([m.ravel() for m in normal_maps]), false_alarm_rate, "pixels")
-        pixel.images = len(normal_maps)
-        thresholds = Thresholds(image.value, pixel.value, forward(det.threshold_basis))
-        forward(self.profiles.set_thresholds, name, thresholds)
-        return {
-            "image_threshold": image.value,
-            "pixel_threshold": pixel.value,
-            "image": dataclasses.asdict(image),
-            "pixel": dataclasses.asdict(pixel),
-            "basis": thresholds.basis,
-            "good_parts": len(goods),
-            "defects": len(defect_scores),
-            "leave_one_out": [
-                {"source": source, "sha256": sha256_of(data), "score": float(score)}
-                for (source, data), score in zip(references, normal_scores, strict=True)
-            ],
-        }
+        try:
+            calibration = calibrated(det, references, defects, false_alarm_rate, forward)
+        except Conflict as e:
+            raise Conflict(f"profile {name!r}: {e}") from None
+        forward(self.profiles.set_thresholds, name, Thresholds.from_calibration(calibration))
+        return calibration
+
+
+def calibrated(
+    det: Detector,
+    references: Sequence[tuple[str, bytes]],
+    defects: Sequence[bytes],
+    false_alarm_rate: float = 0.01,
+    forward: Forward = on_this_thread,
+) -> dict[str, Any]:
+    """Thresholds for `det` from its good parts (`references`, source and bytes; the bank it holds is built from
+    them) and parts marked defect. Normal scores are leave-one-out scores of the good parts. With defects, the F1-max
+    threshold between the two (defects scored against the bank); else the false-alarm quantile, with the count it
+    rests on.
+
+    Every use of the model goes through `forward` one batch at a time (serve runs each on its forward thread between
+    detections), and each leaves the detector on its own bank: a detection waits for one step of a calibration,
+    never for all of it."""
+    if not det.supports(REFERENCES):
+        raise Conflict("an exported engine's thresholds are baked in: calibrate before `kanoclip export`")
+    goods = [data for _, data in references]
+    if len(goods) < 2:
+        raise Conflict(f"{len(goods)} good part(s): calibration needs at least 2 (add references or mark results good)")
+    size = det.batch_size
+    parts = [part for i in range(0, len(goods), size) for part in forward(encode_each, det, goods[i : i + size])]
+    scored = [forward(score_without, det, parts, i, good) for i, good in enumerate(goods)]
+    normal_scores = np.asarray([score for score, _ in scored], dtype=np.float64)
+    normal_maps = [anomaly_map for _, anomaly_map in scored]
+    defect_scores = [
+        p.pred_score for i in range(0, len(defects), size) for p in forward(det.predict_many, defects[i : i + size])
+    ]
+    if defect_scores:
+        labels = np.r_[np.zeros(len(normal_scores)), np.ones(len(defect_scores))]
+        image = f1_max_threshold(labels, np.r_[normal_scores, defect_scores])
+    else:
+        image = false_alarm_threshold(normal_scores, false_alarm_rate)
+    pixel = false_alarm_threshold(np.concatenate([m.ravel() for m in normal_maps]), false_alarm_rate, "pixels")
+    pixel.images = len(normal_maps)
+    return {
+        "image_threshold": image.value,
+        "pixel_threshold": pixel.value,
+        "image": dataclasses.asdict(image),
+        "pixel": dataclasses.asdict(pixel),
+        "basis": forward(det.threshold_basis),
+        "good_parts": len(goods),
+        "defects": len(defect_scores),
+        "leave_one_out": [
+            {"source": source, "sha256": sha256_of(data), "score": float(score)}
+            for (source, data), score in zip(references, normal_scores, strict=True)
+        ],
+    }
+
+
+def latest_verdicts(engine: Engine, uid: str) -> list[tuple[int, str, str]]:
+    """(result id, image sha256, verdict) of each image a profile (`uid`) was given a verdict on, as the verdict
+    given last on that image says, in the order those verdicts were given."""
+    f, r = db.feedback.c, db.results.c
+    latest = select(func.max(f.id).label("last")).where(f.profile_uid == uid).group_by(f.result_id).subquery()
+    query = (
+        select(r.id, r.image_sha256, f.verdict)
+        .join(latest, f.id == latest.c.last)
+        .join(db.results, r.id == f.result_id)
+        .order_by(f.id)
+    )
+    last: dict[str, tuple[int, str, str]] = {}
+    with engine.connect() as c:
+        for result_id, sha, verdict in c.execute(query):
+            if sha is not None:
+                last.pop(sha, None)
+                last[sha] = (result_id, sha, verdict)
+    return list(last.values())
 
 
 def encode_each(det: Detector, goods: Sequence[bytes]) -> list[GoodParts]:

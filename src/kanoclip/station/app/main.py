@@ -22,9 +22,22 @@ from kanoclip._version import __version__
 from kanoclip.data.images import ImageLimits
 from kanoclip.errors import ConfigError
 from kanoclip.inference.detector import Detector
-from kanoclip.station.app import calibrate, detect, events, info, metrics, page, profiles, references, results
+from kanoclip.station.app import (
+    calibrate,
+    detect,
+    events,
+    info,
+    jobs,
+    metrics,
+    models,
+    page,
+    profiles,
+    references,
+    results,
+)
 from kanoclip.station.app.batching import MicroBatcher, PixelBudget
 from kanoclip.station.app.state import AppState, state_of
+from kanoclip.station.app.workers import Workers
 from kanoclip.station.config import ServeConfig
 from kanoclip.station.guard import RequestGuard
 from kanoclip.station.sinks.fanout import Sinks
@@ -33,7 +46,8 @@ from kanoclip.station.store import DiskFull
 from kanoclip.station.telemetry import CountRequests, ServeMetrics
 
 log = logging.getLogger("kanoclip.serve")
-ROUTERS = (page, info, metrics, detect, references, profiles, calibrate, events, results)
+ORPHAN_POLL_S = 30.0
+ROUTERS = (page, info, metrics, detect, references, profiles, calibrate, events, results, jobs, models)
 
 
 def create_app(
@@ -58,6 +72,7 @@ def create_app(
     shared.limits = dataclasses.replace(ImageLimits(max_pixels=station.base.max_pixels), max_bytes=cfg.max_upload_bytes)
     shared.bank_lock = asyncio.Lock()
     shared.pixels = PixelBudget(cfg.max_inflight_pixels, cfg.pixel_wait_s)
+    shared.workers = Workers(station, cfg.max_jobs)
     shared.sinks = Sinks.open(
         cfg.sinks,
         lambda m, kind, why: station.event(m.get("profile"), str(m.get("source")), kind, why),
@@ -88,11 +103,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(_follow_other_instances(shared))] if station.keeps else []
     if station.keeps:
         tasks.append(asyncio.create_task(_sweep_store(station)))
+        tasks.append(asyncio.create_task(_fail_orphan_jobs(station)))
     if station.keeps and (cfg.keep_days is not None or cfg.max_store_bytes is not None):
         tasks.append(asyncio.create_task(_prune_history(station, cfg)))
     yield
     for task in tasks:
         task.cancel()
+    await shared.workers.close()
     await shared.batcher.stop()
     await run_in_threadpool(shared.sinks.close)  # what is queued is delivered (each sink for at most 10 s)
 
@@ -113,6 +130,18 @@ async def _sweep_store(station: Station) -> None:
         await run_in_threadpool(station.sweep_store)
     except Exception as e:
         log.warning("could not sweep the store for files nothing names: %s", e)
+
+
+async def _fail_orphan_jobs(station: Station) -> None:
+    """Jobs whose server is gone (killed, or silent on another machine), failed and cleaned: at start, then every
+    `ORPHAN_POLL_S`."""
+    while True:
+        try:
+            for job_id in await run_in_threadpool(station.jobs.fail_orphans):
+                log.warning("job %s failed: its server stopped during it", job_id)
+        except Exception as e:
+            log.warning("could not look for jobs whose server is gone: %s", e)
+        await asyncio.sleep(ORPHAN_POLL_S)
 
 
 async def _prune_history(station: Station, cfg: ServeConfig) -> None:

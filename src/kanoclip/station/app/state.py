@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader
 from kanoclip.data.images import ImageLimits
 from kanoclip.inference.detector import Detector
 from kanoclip.station.app.batching import MicroBatcher, PixelBudget
+from kanoclip.station.app.workers import Workers
 from kanoclip.station.config import ServeConfig
 from kanoclip.station.sinks.fanout import Sinks
 from kanoclip.station.station import Station
@@ -33,6 +34,7 @@ class AppState(Protocol):
     bank_lock: asyncio.Lock  # one bank update at a time: a clear never lands between a reduction and its swap
     pixels: PixelBudget
     sinks: Sinks  # where each recorded result goes besides the history (--webhook, ...)
+    workers: Workers  # the worker processes of this server's jobs (adapt)
 
 
 def state_of(app: Any) -> AppState:

@@ -1,0 +1,184 @@
+"""#32 in the station: adapt as a job in a worker process, model versions with a shadow evaluation on the labelled
+history (checked against sklearn), promote and rollback, cancel, and the limits of the API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
+from sqlalchemy import select
+
+from kanoclip.station import db
+from tests.support.station import HAZELNUT, files, ok, station_client
+
+
+def hazelnut(shared_data: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    root = shared_data / HAZELNUT
+    return (
+        sorted((root / "train" / "good").glob("*"))[:4],
+        sorted((root / "test" / "good").glob("*"))[:3],
+        sorted((root / "test" / "colour").glob("*"))[:3],
+    )
+
+
+def labelled(client: Any, goods: list[Path], defects: list[Path]) -> list[int]:
+    """Each image detected once and given its verdict; the result ids in order."""
+    ids = []
+    for path, verdict in [(p, "good") for p in goods] + [(p, "defect") for p in defects]:
+        rid = ok(client.post("/v1/detect", files=files([path])))["results"][0]["result_id"]
+        ok(client.post(f"/v1/results/{rid}/feedback", json={"verdict": verdict}))
+        ids.append(rid)
+    return ids
+
+
+def wait_for(client: Any, job: dict[str, Any], timeout: float = 240) -> dict[str, Any]:
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        job = ok(client.get(job["url"]))
+        seen.append((job["phase"], job["step"]))
+        if job["state"] != "running":
+            return {**job, "seen": seen}
+        time.sleep(0.2)
+    raise AssertionError(f"the job did not end: {job}")
+
+
+def started(client: Any, body: dict[str, Any], profile: str = "default") -> dict[str, Any]:
+    response = client.post(f"/v1/profiles/{profile}/adapt", json=body)
+    assert response.status_code == 202, response.text
+    job: dict[str, Any] = response.json()
+    return job
+
+
+def scores(client: Any, paths: list[Path]) -> list[float]:
+    return [r["score"] for r in ok(client.post("/v1/detect", files=files(paths)))["results"]]
+
+
+def test_adapt_job_version_measured_like_sklearn_promote_rollback(shared_data: Path, tmp_path: Path) -> None:
+    refs, test_goods, defects = hazelnut(shared_data)
+    with station_client(tmp_path / "st") as c:
+        ok(c.post("/v1/profiles/default/references", files=files(refs)))
+        ids = labelled(c, test_goods, defects)
+        probe = [defects[0], test_goods[0]]
+        before = scores(c, probe)
+
+        job = c.post("/v1/profiles/default/adapt", json={"max_steps": 2, "synth": ["cutpaste"]})
+        assert job.status_code == 202, job.text
+        assert job.json()["url"] == f"/v1/jobs/{job.json()['id']}"
+        assert scores(c, probe) == before  # nothing changes the current model while the job runs
+        done = wait_for(c, job.json())
+        assert done["state"] == "done", done["log"]
+        assert done["progress"] == 1.0 and done["steps"] == 2 and done["version"] == 1
+        assert any(phase == "training" for phase, _ in done["seen"]) or done["seen"][0][0] != "starting"
+        assert done["log"], "the job's log tail is shown"
+
+        listing = ok(c.get("/v1/profiles/default/models"))
+        assert listing["current"] is None and [v["version"] for v in listing["versions"]] == [1]
+        version = ok(c.get("/v1/profiles/default/models/1"))
+        assert version["parent"] == {"version": None, "model": version["parent"]["model"]}
+        assert len(version["parts"]) == 4 + 3  # the references and the parts marked good, each once
+        assert scores(c, probe) == before  # still not promoted
+
+        # the shadow numbers against sklearn on the same history rows
+        rows = version["shadow"]
+        assert [r[0] for r in rows] == ids
+        y = np.array([r[1] for r in rows])
+        assert list(y) == [0] * len(test_goods) + [1] * len(defects)
+        for column, which in ((2, "new"), (3, "current")):
+            s = np.array([r[column] for r in rows])
+            n = version["numbers"][which]
+            assert n["image_auroc"] == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+            predicted = s >= n["threshold"]
+            assert n["f1"] == pytest.approx(f1_score(y, predicted, zero_division=0.0), abs=1e-12)
+            tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
+            assert (n["tn"], n["fp"], n["fn"], n["tp"]) == (tn, fp, fn, tp)
+            assert (n["rows"], n["good"], n["defect"]) == (6, 3, 3)
+
+        # the new model's shadow scores are what it gives once current, for rows that are not good parts
+        promoted = ok(c.post("/v1/profiles/default/models/1/promote"))
+        assert promoted["model_version"] == 1 and promoted["checkpoint"].startswith("state:models/")
+        assert promoted["thresholds"]["image_threshold"] == version["thresholds"]["image_threshold"]
+        after = scores(c, probe)
+        assert after != before
+        defect_row = rows[len(test_goods)]
+        assert after[0] == pytest.approx(defect_row[2], rel=1e-5)
+        assert ok(c.get("/v1/profiles/default/models"))["current"] == 1
+
+        back = ok(c.post("/v1/profiles/default/rollback"))
+        assert back["model_version"] is None
+        assert scores(c, probe) == before  # exactly
+        again = c.post("/v1/profiles/default/rollback")
+        assert again.status_code == 409 and "no promote to roll back" in again.json()["detail"]
+
+
+def test_cancel_stops_the_worker_and_leaves_nothing(shared_data: Path, tmp_path: Path) -> None:
+    refs, _, _ = hazelnut(shared_data)
+    state = tmp_path / "st"
+    with station_client(state, max_jobs=2) as c:
+        ok(c.post("/v1/profiles/default/references", files=files(refs)))
+        job = started(c, {"max_steps": 100000})
+        busy = c.post("/v1/profiles/default/adapt", json={"max_steps": 1})
+        assert busy.status_code == 409 and "running job already" in busy.json()["detail"]
+        deadline = time.monotonic() + 120
+        while ok(c.get(job["url"]))["phase"] != "training" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        cancelled = c.delete(job["url"])
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        again = c.delete(job["url"])
+        assert again.status_code == 409 and "ended already" in again.json()["detail"]
+        deadline = time.monotonic() + 30
+        app = c.app
+        while app.state.workers.running and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.1)
+        assert not app.state.workers.running  # type: ignore[attr-defined]
+        assert ok(c.get(job["url"]))["state"] == "cancelled"
+        assert ok(c.get("/v1/profiles/default/models"))["versions"] == []
+    job_folder = state / "jobs" / job["id"]
+    assert sorted(p.name for p in job_folder.iterdir()) == ["job.json", "log.txt"]
+    assert not (state / "models").exists() or not any((state / "models").rglob("*.safetensors"))
+
+
+def test_refusals(shared_data: Path, tmp_path: Path) -> None:
+    refs, _, _ = hazelnut(shared_data)
+    with station_client(tmp_path / "st") as c:
+        few = c.post("/v1/profiles/default/adapt", json={"max_steps": 1})
+        assert few.status_code == 409 and "0 good part(s): adapt needs at least 2" in few.json()["detail"]
+        ok(c.post("/v1/profiles/default/references", files=files(refs[:2])))
+        for body, where in (
+            ({"synth": ["laser"]}, "synth"),
+            ({"max_steps": 0}, "max_steps"),
+            ({"val_fraction": 1.5}, "val_fraction"),
+            ({"path": "/etc"}, "path"),
+        ):
+            bad = c.post("/v1/profiles/default/adapt", json=body)
+            assert bad.status_code == 422 and where in str(bad.json()["detail"][0]["loc"])
+        assert c.get("/v1/profiles/default/models/7").status_code == 404
+        assert c.post("/v1/profiles/default/models/7/promote").status_code == 404
+        assert c.get("/v1/jobs/nope").status_code == 404
+        missing = c.post("/v1/profiles/ghost/adapt", json={})
+        assert missing.status_code == 404
+
+
+def test_versions_beyond_keep_go_but_current_and_rollback_stay(shared_data: Path, tmp_path: Path) -> None:
+    """--keep-versions 1: each new version prunes the older ones, except the current one."""
+    refs, _, _ = hazelnut(shared_data)
+    state = tmp_path / "st"
+    with station_client(state, keep_versions=1) as c:
+        ok(c.post("/v1/profiles/default/references", files=files(refs)))
+        for n in (1, 2, 3):
+            done = wait_for(c, started(c, {"max_steps": 1, "seed": n}))
+            assert done["state"] == "done", done["log"]
+            if n == 1:
+                ok(c.post("/v1/profiles/default/models/1/promote"))
+        kept = [v["version"] for v in ok(c.get("/v1/profiles/default/models"))["versions"]]
+        assert kept == [3, 1]  # the newest, and the current one
+    engine = db.connect(db.database_url(state), upgrade=False)
+    with engine.connect() as conn:
+        jobs = {r.version: r.id for r in conn.execute(select(db.jobs.c.id, db.jobs.c.version))}
+        uid = conn.execute(select(db.profiles.c.uid)).scalar()
+    engine.dispose()
+    folders = sorted(p.name for p in (state / "models" / str(uid)).iterdir())
+    assert folders == sorted([jobs[1], jobs[3]])
