@@ -3,6 +3,8 @@ history (checked against sklearn), promote and rollback, cancel, and the limits 
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,11 @@ from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score
 from sqlalchemy import select
 
 from kanoclip.station import db
-from tests.support.station import HAZELNUT, files, ok, station_client
+from kanoclip.station.backup import backup
+from kanoclip.station.check import check
+from kanoclip.station.station import Station
+from kanoclip.station.store import BlobStore
+from tests.support.station import HAZELNUT, base_run, files, ok, station_client
 
 
 def hazelnut(shared_data: Path) -> tuple[list[Path], list[Path], list[Path]]:
@@ -107,6 +113,14 @@ def test_adapt_job_version_measured_like_sklearn_promote_rollback(shared_data: P
         assert after[0] == pytest.approx(defect_row[2], rel=1e-5)
         assert ok(c.get("/v1/profiles/default/models"))["current"] == 1
 
+        # a backup of the running station holds the version folders its rows name, and opens with version 1 in use
+        backup(tmp_path / "st", tmp_path / "bk")
+        copy = Station.open(base_run(), tmp_path / "bk")
+        assert copy.profile("default").model_version == 1
+        assert str(copy.detector("default").checkpoint).startswith(str(tmp_path / "bk" / "models"))
+        assert copy.engine is not None and check(copy.engine, BlobStore(tmp_path / "bk")).clean
+        copy.engine.dispose()
+
         back = ok(c.post("/v1/profiles/default/rollback"))
         assert back["model_version"] is None
         assert scores(c, probe) == before  # exactly
@@ -162,23 +176,40 @@ def test_refusals(shared_data: Path, tmp_path: Path) -> None:
         assert missing.status_code == 404
 
 
-def test_versions_beyond_keep_go_but_current_and_rollback_stay(shared_data: Path, tmp_path: Path) -> None:
-    """--keep-versions 1: each new version prunes the older ones, except the current one."""
-    refs, _, _ = hazelnut(shared_data)
+def test_versions_beyond_keep_go_but_the_current_one_and_rollbacks_stay(tmp_path: Path) -> None:
+    """Pruning to `keep`: the newest versions, plus the current one and those a rollback returns to; rows first, then
+    folders. Versions recorded as a finished job records them, on folders written by the test."""
     state = tmp_path / "st"
-    with station_client(state, keep_versions=1) as c:
-        ok(c.post("/v1/profiles/default/references", files=files(refs)))
-        for n in (1, 2, 3):
-            done = wait_for(c, started(c, {"max_steps": 1, "seed": n}))
-            assert done["state"] == "done", done["log"]
-            if n == 1:
-                ok(c.post("/v1/profiles/default/models/1/promote"))
-        kept = [v["version"] for v in ok(c.get("/v1/profiles/default/models"))["versions"]]
-        assert kept == [3, 1]  # the newest, and the current one
-    engine = db.connect(db.database_url(state), upgrade=False)
-    with engine.connect() as conn:
-        jobs = {r.version: r.id for r in conn.execute(select(db.jobs.c.id, db.jobs.c.version))}
-        uid = conn.execute(select(db.profiles.c.uid)).scalar()
-    engine.dispose()
-    folders = sorted(p.name for p in (state / "models" / str(uid)).iterdir())
-    assert folders == sorted([jobs[1], jobs[3]])
+    station = Station.open(base_run(), state)
+    station.configure("default", base_run())
+    assert station.engine is not None
+    jobs = {}
+    for _ in range(6):
+        p = station.profile("default")
+        job_id = station.jobs.start("adapt", "default", p.uid, {})
+        station.jobs.folders.model(p.uid, job_id).mkdir(parents=True)
+        (station.jobs.folders.model(p.uid, job_id) / "model.safetensors").write_bytes(b"w")
+        empty: dict[str, Any] = {k: {} for k in ("parent", "config", "numbers")}
+        with station.engine.begin() as c:
+            assert station.jobs.end(job_id, "done", c=c)
+            jobs[
+                station.versions.record(
+                    c, p, job_id, {**empty, "model_changes": [], "parts": [], "shadow": [], "thresholds": {}}
+                )
+            ] = job_id
+    # as if 2 was promoted, then 4 (rollback returns to 2, then to the given model)
+    rollback: list[dict[str, Any]] = [{"version": None}, {"version": 2}]
+    p = dataclasses.replace(station.profile("default"), model_version=4, rollback=rollback)
+    assert station.versions.prune(p, keep=2) == [jobs[3], jobs[1]]
+    assert [v["version"] for v in station.versions.all(p)] == [6, 5, 4, 2]
+    uid = p.uid
+    assert sorted(f.name for f in (state / "models" / uid).iterdir()) == sorted(jobs[n] for n in (2, 4, 5, 6))
+    assert check(station.engine, BlobStore(state)).clean
+    shutil.rmtree(state / "models" / uid / jobs[5])
+    report = check(station.engine, BlobStore(state))
+    assert [owner for owner, _ in report.dangling] == ["profile 'default''s model version 5"]
+    station.delete_profile("default")  # its versions go with it
+    assert not (state / "models" / uid).exists()
+    with station.engine.connect() as c:
+        assert c.execute(select(db.model_versions)).first() is None
+    station.engine.dispose()

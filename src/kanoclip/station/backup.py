@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from kanoclip._files import atomic_write_bytes, make_folders
 from kanoclip.errors import ConfigError
 from kanoclip.station import db
+from kanoclip.station.check import version_folder
 from kanoclip.station.store import FILE_MODE, FOLDER_MODE, BlobStore
 
 PG_DUMP_FILE = "station.pgdump"
@@ -35,6 +36,11 @@ class BackupReport:
     files: int
     missing: int
     restore: str | None = None  # for PostgreSQL: how to restore the dump
+
+
+def _versions(c: Connection) -> list[str]:
+    """The folders of the model versions the rows name (`state:models/...`)."""
+    return list(c.execute(select(db.model_versions.c.checkpoint)).scalars())
 
 
 def _named(c: Connection) -> set[str]:
@@ -103,13 +109,13 @@ def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
     try:
         if database is None:
             with engine.connect() as c:
-                named = _named(c)
+                named, versions = _named(c), _versions(c)
         else:
             # one snapshot for the dump and for the names: the transaction that exports it stays open while
             # pg_dump reads through it, so the files copied are exactly those the dumped rows name
             with engine.connect().execution_options(isolation_level="REPEATABLE READ") as c, c.begin():
                 snapshot = c.execute(text("SELECT pg_export_snapshot()")).scalar_one()
-                named = _named(c)
+                named, versions = _named(c), _versions(c)
                 pg_dump(database, out / PG_DUMP_FILE, snapshot)
     finally:
         engine.dispose()
@@ -123,4 +129,13 @@ def backup(state: Path, out: Path, database: str | None = None) -> BackupReport:
         make_folders(target_store.path(sha).parent, FOLDER_MODE)
         atomic_write_bytes(target_store.path(sha), path.read_bytes(), FILE_MODE)  # synced, never half a file
         copied += 1
+    for checkpoint in versions:  # a version is never changed once its row exists: its files copy as they are
+        folder, into = version_folder(source_store, checkpoint), version_folder(target_store, checkpoint)
+        if not folder.is_dir():
+            missing += 1
+            continue
+        for file in sorted(folder.iterdir()):
+            make_folders(into, FOLDER_MODE)
+            atomic_write_bytes(into / file.name, file.read_bytes(), FILE_MODE)
+            copied += 1
     return BackupReport(copied, missing, restore)

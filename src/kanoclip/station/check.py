@@ -3,17 +3,26 @@
 The rule: a row names only files the store holds (a missing one is reported, never invented), and a file that no
 result, good part or bank names is an orphan (a lost claim race, a crash between a put and its row), removed with
 `--fix` once it is past the put grace: a request in flight may be about to name it. So is the temporary file of a
-put that a crash stopped before its rename: nothing else ever removes it.
+put that a crash stopped before its rename: nothing else ever removes it. A model version's row names its folder,
+which must hold its weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sqlalchemy import Engine, select
 
+from kanoclip.model.checkpoint import WEIGHTS
 from kanoclip.station import db
+from kanoclip.station.profiles import IN_STATE
 from kanoclip.station.store import BlobStore
+
+
+def version_folder(store: BlobStore, checkpoint: str) -> Path:
+    """A model version's folder (`state:models/...`) in the state whose store this is."""
+    return store.root.parent / checkpoint.removeprefix(IN_STATE)
 
 
 @dataclass
@@ -49,6 +58,10 @@ def check(engine: Engine, store: BlobStore, fix: bool = False) -> CheckReport:
                 named.add(sha)
                 if not store.exists(sha):
                     report.dangling.append((f"profile {name!r}'s bank", sha))
+        v = db.model_versions.c
+        for name, number, checkpoint in c.execute(select(v.profile, v.version, v.checkpoint)):
+            if not (version_folder(store, checkpoint) / WEIGHTS).is_file():
+                report.dangling.append((f"profile {name!r}'s model version {number}", checkpoint))
     stored = set(store.names())
     report.files = len(stored)
     unnamed, unfinished = sorted(stored - named), store.unfinished()
