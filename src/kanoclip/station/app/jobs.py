@@ -64,8 +64,12 @@ async def start_adapt(name: str, state: Served, body: AdaptBody | None = None) -
     }
     job_id = await run_in_threadpool(station.jobs.start, "adapt", name, p.uid, settings)
     folder = station.jobs.folders
-    write_spec(folder.job(job_id), station.base, settings)
-    state.workers.start(job_id, folder.root)  # on this (the event loop's) thread: see `workers`
+    try:
+        write_spec(folder.job(job_id), station.base, settings)
+        state.workers.start(job_id, folder.root)  # on this (the event loop's) thread: see `workers`
+    except BaseException as e:  # another request took the last slot meanwhile, or the process could not start
+        await run_in_threadpool(station.jobs.end, job_id, "failed", f"could not start: {e}")
+        raise
     return shown(await run_in_threadpool(station.jobs.get, job_id))
 
 
