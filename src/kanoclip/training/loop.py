@@ -131,11 +131,10 @@ def train(
     image_knowledge: dict[str, ImageKnowledge] | None = None,
     device: str = "auto",
     validate: Validate | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] = lambda step, total: None,
 ) -> Path:
-    """Train the learnable parts on `data.test`; returns the final checkpoint folder `out_dir/final`.
-
-    `progress(step, total)` is told of each step taken (the station's adapt job shows it).
+    """Train the learnable parts on `data.test`; returns the final checkpoint folder `out_dir/final`. `progress(step,
+    total)` is told of each step taken (the station's adapt job shows it).
 
     With `validate` (a score of the model in eval mode, higher is better), each saved state is validated first: the
     best step's checkpoint is kept in `out_dir/best` (its step and score in `best.json`) and becomes `final`."""
@@ -204,8 +203,7 @@ def train(
             )
             step += 1
             bar.update()
-            if progress is not None:
-                progress(step, total_steps)
+            progress(step, total_steps)
             bar.set_postfix({k: f"{v:.4f}" for k, v in terms.items()}, epoch=epoch + 1)
             if ddp.main:
                 with (out / LOG).open("a") as f:
