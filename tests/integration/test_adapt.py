@@ -5,13 +5,18 @@ which `detect` and `evaluate` load; its data is written once and reused while it
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
-from kanoclip.cli import main
+from kanoclip.cli import main, parse
+from kanoclip.cli.adapt import adapt
+from kanoclip.data.datasets import load_dataset
 from kanoclip.errors import ConfigError
 from kanoclip.evaluation.adapt import prepare
 from tests.support.training import TINY_FLAGS
@@ -73,3 +78,79 @@ def test_bad_settings_are_refused_in_words(tmp_path: Path, shared_data: Path) ->
     ):
         with pytest.raises(ConfigError, match=message):
             prepare(goods[:1] if one else goods, tmp_path, "hazelnut", kinds, fraction, seed=1)
+
+
+def _goods_and_defects(root: Path) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """4 small good parts, and a --defects folder: two images with NAME_mask.png beside them, one (a JPEG) without;
+    returns the masks given, by image name."""
+    rng = np.random.default_rng(5)
+    goods, defects = root / "good", root / "defects"
+    goods.mkdir()
+    defects.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(goods / f"{i}.png")
+    masks = {}
+    for name, box in (("crack", (slice(4, 20), slice(8, 40))), ("dent", (slice(30, 46), slice(50, 60)))):
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(defects / f"{name}.png")
+        masks[name] = np.zeros((48, 64), np.uint8)
+        masks[name][box] = 255
+        Image.fromarray(masks[name]).save(defects / f"{name}_mask.png")
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(defects / "scratch.jpg")
+    return goods, defects, masks
+
+
+def test_real_defects_join_the_training_data_with_their_masks_and_one_without_a_mask_without_one(
+    tmp_path: Path,
+) -> None:
+    goods, defects, masks = _goods_and_defects(tmp_path)
+    run = tmp_path / "run"
+    flags = ["--max-steps", "1", "--batch-size", "4", "--workers", "0", "--device", "cpu", "--synth", "cutpaste"]
+    args = ["adapt", str(goods), "--class-name", "widget", "--defects", str(defects), *TINY_FLAGS, *flags]
+    assert main([*args, "--out", str(run)]) == 0
+    assert (run / "final" / "model.safetensors").is_file()
+    root = run / "data" / "widget"
+    # sorted by name: crack, dent (masked) then scratch; each copied byte for byte, its mask beside it under the
+    # layout's name
+    assert [p.name for p in sorted((root / "test" / "defect").iterdir())] == ["0000.png", "0001.png"]
+    assert [p.name for p in sorted((root / "ground_truth" / "defect").iterdir())] == ["0000_mask.png", "0001_mask.png"]
+    for j, name in enumerate(("crack", "dent")):
+        assert (root / "test" / "defect" / f"{j:04d}.png").read_bytes() == (defects / f"{name}.png").read_bytes()
+        written = root / "ground_truth" / "defect" / f"{j:04d}_mask.png"
+        assert written.read_bytes() == (defects / f"{name}_mask.png").read_bytes()
+        assert np.array_equal(np.asarray(Image.open(written)), masks[name])
+    unmasked = [p for p in (root / "test").rglob("*") if p.is_file() and p.suffix == ".jpg"]
+    assert [p.read_bytes() for p in unmasked] == [(defects / "scratch.jpg").read_bytes()]
+    assert not (root / "ground_truth" / unmasked[0].parent.name).exists()  # no mask made up for it
+    # what training read: the real defects as anomalous, the two masks as given, none for the third
+    samples = load_dataset(run / "data", "mvtec").test
+    real = {s.image.name: s for s in samples if s.label == 1 and s.defect != "synthesized"}
+    assert sorted(real) == ["0000.png", "0001.png", "0002.jpg"]
+    assert real["0002.jpg"].mask is None
+    for j, name in enumerate(("crack", "dent")):
+        mask = real[f"{j:04d}.png"].mask
+        assert mask is not None and np.array_equal(np.asarray(Image.open(mask)), masks[name])
+    assert not any((run / "validation" / "widget" / "test").glob("defect*"))  # real defects train, never validate
+
+
+def test_a_mask_added_beside_a_defect_image_writes_the_data_again(tmp_path: Path) -> None:
+    goods, defects, masks = _goods_and_defects(tmp_path)
+    (defects / "crack_mask.png").unlink()
+    images = [defects / "crack.png"]
+    prepare(sorted(goods.iterdir()), tmp_path / "run", "widget", ["cutpaste"], 0.5, seed=1, defects=images)
+    assert not (tmp_path / "run" / "data" / "widget" / "ground_truth" / "defect").exists()
+    Image.fromarray(masks["crack"]).save(defects / "crack_mask.png")  # the same image, now with its mask
+    data, _ = prepare(sorted(goods.iterdir()), tmp_path / "run", "widget", ["cutpaste"], 0.5, seed=1, defects=images)
+    [crack] = [s for s in data.test if s.defect == "defect"]
+    assert crack.mask is not None and crack.mask.read_bytes() == (defects / "crack_mask.png").read_bytes()
+
+
+def test_a_defects_folder_without_images_is_refused_naming_it(tmp_path: Path) -> None:
+    goods, _, _ = _goods_and_defects(tmp_path)
+    empty = tmp_path / "no defects here"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("the defect images are elsewhere")
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(empty / "lonely_mask.png")  # a mask is not a defect image
+    parsed = parse(["adapt", str(goods), "--defects", str(empty), *TINY_FLAGS, "--out", str(tmp_path / "run")])
+    with pytest.raises(ConfigError, match=re.escape(str(empty))):
+        adapt(parsed)
+    assert not (tmp_path / "run").exists()  # refused before anything is written

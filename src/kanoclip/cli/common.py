@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from kanoclip.cli.flags import Parsed, Section
+from kanoclip.errors import ConfigError
 from kanoclip.inference.config import RunConfig
 from kanoclip.model.config import KAnoCLIPConfig
 
@@ -59,3 +61,13 @@ def report_unreadable(reasons: list[str]) -> int:
     if reasons:
         print(f"kanoclip: {len(reasons)} image(s) could not be read (listed above)", file=sys.stderr)
     return 1 if reasons else 0
+
+
+def read_key(key_file: str | None) -> str | None:
+    """The API key: from the file named, else env KANOCLIP_API_KEY, else none."""
+    if not key_file:
+        return os.environ.get("KANOCLIP_API_KEY") or None
+    try:
+        return Path(key_file).expanduser().read_text().strip() or None
+    except OSError as e:
+        raise ConfigError(f"cannot read --api-key-file {key_file}: {e.strerror or e}") from e

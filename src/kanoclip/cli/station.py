@@ -1,16 +1,17 @@
-"""`kanoclip serve`, `kanoclip watch` and `kanoclip history`: the inspection station and what it recorded."""
+"""`kanoclip serve`, `kanoclip watch`, `kanoclip history` and `kanoclip station`: the inspection station, what it
+recorded, and its state (its adapt jobs and model versions: `station_api`)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kanoclip.cli.common import MODEL, run_config, run_section
+from kanoclip.cli.common import MODEL, read_key, run_config, run_section
 from kanoclip.cli.flags import Command, Parsed, Section
+from kanoclip.cli.station_api import API_COMMANDS
 from kanoclip.errors import ConfigError
 from kanoclip.inference.config import RunConfig
 from kanoclip.labels import Label, word
@@ -24,16 +25,6 @@ def default_state() -> Path:
     from platformdirs import user_data_path
 
     return user_data_path("kanoclip") / "station"
-
-
-def read_key(key_file: str | None) -> str | None:
-    """The API key: from the file named, else env KANOCLIP_API_KEY, else none."""
-    if not key_file:
-        return os.environ.get("KANOCLIP_API_KEY") or None
-    try:
-        return Path(key_file).expanduser().read_text().strip() or None
-    except OSError as e:
-        raise ConfigError(f"cannot read --api-key-file {key_file}: {e.strerror or e}") from e
 
 
 def open_station(parsed: Parsed, must_exist: bool = False) -> Any:
@@ -318,7 +309,7 @@ client programs), then every file it names.
 
 STATION_COMMANDS = Command(
     "station",
-    "look after a station's state",
+    "look after a station's state; adapt its models through a running server",
     subcommands=(
         Command(
             "check",
@@ -334,6 +325,7 @@ STATION_COMMANDS = Command(
             (Section("backup", BackupOptions),),
             BACKUP_EPILOG,
         ),
+        *API_COMMANDS,
     ),
     epilog=CHECK_EPILOG,
 )

@@ -16,7 +16,7 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +40,9 @@ from kanoclip.training.loop import Validate, train
 
 MANIFEST = "data.json"
 SYNTH = "synthesized"  # the defect type of the synthesized images in the written layout
+# real defect images without a mask: a folder of their own, since the layout's loader wants a mask for every image of
+# a defect folder that has any
+UNMASKED = "defect_unmasked"
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class AdaptData:
 
     class_name: str
     goods: list[str]  # sha256 of each good image, in the order given
-    defects: list[str]  # sha256 of each real defect image
+    defects: list[str]  # sha256 of each real defect image, then "+" and its mask's when it has one
     textures: list[str]
     kinds: list[str]
     per_image: int
@@ -79,7 +82,7 @@ def prepare(
     manifest = AdaptData(
         class_name,
         [_sha(p) for p in goods],
-        [_sha(p) for p in defects],
+        [_sha(p) + (f"+{_sha(_mask_of(p))}" if _mask_of(p).is_file() else "") for p in defects],
         [_sha(p) for p in textures],
         list(kinds),
         per_image,
@@ -113,8 +116,9 @@ def _write(
                 _png(root / "ground_truth" / SYNTH / f"{i:04d}_{k}_mask.png", mask.astype(np.uint8) * 255)
         if name == "data":
             for j, path in enumerate(defects):
-                shutil.copyfile(path, _folder(root / "test" / "defect") / f"{j:04d}{path.suffix.lower()}")
-                given = path.with_name(f"{path.stem}_mask.png")
+                given = _mask_of(path)
+                folder = "defect" if given.is_file() else UNMASKED
+                shutil.copyfile(path, _folder(root / "test" / folder) / f"{j:04d}{path.suffix.lower()}")
                 if given.is_file():
                     shutil.copyfile(given, _folder(root / "ground_truth" / "defect") / f"{j:04d}_mask.png")
         final = out / name
@@ -157,8 +161,10 @@ def adapt(
     textures: Sequence[str] = (),
     defects: str | None = None,
     device: str = "auto",
+    progress: Callable[[int, int], None] = lambda step, total: None,
 ) -> Path:
-    """`kanoclip adapt`: the data, then `train` with validation; returns `out/final` (the best step's weights)."""
+    """`kanoclip adapt`: the data, then `train` with validation; returns `out/final` (the best step's weights).
+    `progress(step, total)` is told of each training step."""
     run = Path(out)
     good_files = expand_inputs(list(goods))[0]
     texture_files = expand_inputs(list(textures))[0] if textures else []
@@ -182,6 +188,7 @@ def adapt(
         None,
         device,
         validate=validation_score(validation, config.image_size),
+        progress=progress,
     )
 
 
@@ -191,6 +198,11 @@ def _manifest(out: Path) -> AdaptData | None:
         return AdaptData(**document) if (out / "data").is_dir() and (out / "validation").is_dir() else None
     except (OSError, ValueError, TypeError):
         return None
+
+
+def _mask_of(defect: Path) -> Path:
+    """Where a real defect image's mask is: NAME_mask.png beside it."""
+    return defect.with_name(f"{defect.stem}_mask.png")
 
 
 def _sha(path: Path) -> str:

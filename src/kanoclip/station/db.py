@@ -160,7 +160,7 @@ jobs = Table(
     Column("profile_uid", String(32), nullable=False),  # the profile it was started for, not another of its name
     Column("state", String(12), nullable=False),  # running | done | failed | cancelled
     Column("settings", JSON, nullable=False),
-    Column("phase", String(16), nullable=False),  # what it is doing now: starting, data, training, evaluating, ...
+    Column("phase", String(16), nullable=False),  # starting, data, training, evaluating, saving; then its end state
     Column("step", Integer, nullable=False),
     Column("steps", Integer),  # the training steps it will take, once known
     Column("owner", String(64), nullable=False),  # the server that runs it: host:pid
@@ -185,7 +185,7 @@ model_versions = Table(
     Column("parent", JSON, nullable=False),  # {version, model}: what was current when its job started
     Column("parts", JSON, nullable=False),  # sha256 of the good parts it was adapted from
     Column("config", JSON, nullable=False),  # {model, train, adapt}: the settings it was made with
-    Column("numbers", JSON, nullable=False),  # the shadow evaluation: {rows, new, current}
+    Column("numbers", JSON, nullable=False),  # the shadow evaluation: {new, current}, each with its counts
     Column("shadow", JSON, nullable=False),  # per history row: [result_id, label, new score, current score]
     Column("thresholds", JSON, nullable=False),  # calibrated as `calibrate` does, set when it is promoted
     Column("created_at", Float, nullable=False),

@@ -123,7 +123,7 @@ class Jobs:
     def end(self, job_id: str, state: str, error: str | None = None, c: Any = None) -> bool:
         """Running -> `state` (failed or cancelled; done goes with its version, in the caller's transaction `c`);
         False when it had ended already."""
-        values = {"state": state, "finished_at": time.time(), "error": error}
+        values = {"state": state, "phase": state, "finished_at": time.time(), "error": error}
         statement = update(db.jobs).where(and_(db.jobs.c.id == job_id, db.jobs.c.state == "running")).values(**values)
         if c is not None:
             return bool(c.execute(statement).rowcount == 1)
@@ -145,7 +145,7 @@ class Jobs:
             c.execute(
                 update(db.jobs)
                 .where(db.jobs.c.profile_uid == uid, db.jobs.c.state == "running")
-                .values(state="cancelled", finished_at=time.time(), error="its profile was deleted")
+                .values(state="cancelled", phase="cancelled", finished_at=time.time(), error="its profile was deleted")
             )
 
     def clean(self, job_id: str) -> None:
