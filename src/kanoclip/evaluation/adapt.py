@@ -216,4 +216,4 @@ def _folder(path: Path) -> Path:
 
 def _png(path: Path, array: np.ndarray) -> None:
     make_folders(path.parent)
-    Image.fromarray(array).save(path)
+    Image.fromarray(array).save(path, compress_level=1)  # lossless either way; the default level is ~5x slower

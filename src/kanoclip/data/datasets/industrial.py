@@ -135,7 +135,8 @@ def load_kolektor_thirds(root: Path, seed: int = 42) -> DatasetIndex:
     normal: list[Sample] = []
     for image, label in _kolektor_parts(root):
         mask = read_mask(label)
-        w, h = Image.open(image).size
+        with Image.open(image) as opened:  # the header only; closed at once (one file per image otherwise)
+            w, h = opened.size
         for i in range(3):
             crop = (0, i * h // 3, w, (i + 1) * h // 3)
             anomalous = bool(mask[crop[1] : crop[3]].any())
