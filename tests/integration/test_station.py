@@ -249,7 +249,7 @@ def test_migrations_run_from_an_empty_database_and_from_the_previous_schema(tmp_
         )
     engine.dispose()
     upgraded = db.connect(url)
-    assert db.current_revision(upgraded) == db.head_revision() == "0008"  # 0008: model versions
+    assert db.current_revision(upgraded) == db.head_revision() == "0009"  # 0009: defect types
     with upgraded.connect() as c:
         row = c.execute(select(db.results)).one()
         assert row.score == 0.5 and row.instance is None

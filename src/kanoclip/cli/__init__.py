@@ -16,12 +16,14 @@ from kanoclip._version import __version__
 from kanoclip.cli.adapt import ADAPT
 from kanoclip.cli.calibrate import CALIBRATE, REFERENCE
 from kanoclip.cli.common import EXIT_DISK_FULL
+from kanoclip.cli.convert import CONVERT
 from kanoclip.cli.detect import DETECT
 from kanoclip.cli.evaluate import EVALUATE, REPRODUCE
 from kanoclip.cli.export import EXPORT
 from kanoclip.cli.flags import Command, Parsed, add_command, print_config, resolve
 from kanoclip.cli.knowledge import KNOWLEDGE
 from kanoclip.cli.model import INFO, MODELS
+from kanoclip.cli.share import PULL, PUSH
 from kanoclip.cli.station import HISTORY, SERVE, STATION_COMMANDS, WATCH
 from kanoclip.cli.train import TRAIN
 from kanoclip.errors import KanoclipError
@@ -40,6 +42,9 @@ COMMANDS: tuple[Command, ...] = (
     CALIBRATE,
     REFERENCE,
     EXPORT,
+    PUSH,
+    PULL,
+    CONVERT,
     REPRODUCE,
     KNOWLEDGE,
 )

@@ -20,8 +20,19 @@ MODEL = Section("model", KAnoCLIPConfig, title="model", only=("backbone", "pretr
 MODEL_ONLY = ("model_file", "trust_torchscript")  # the run fields of commands that build a model but run no detector
 
 
-def run_section(skip: tuple[str, ...] = ("image_threshold",), **kwargs: Any) -> Section:
-    """The run options (RunConfig); only detect and watch take --threshold."""
+# The defect-typing run fields (issue #34): only the commands that type (detect, watch, evaluate) show them.
+DEFECT_TYPING = (
+    "defect_typing",
+    "defect_types",
+    "defect_examples",
+    "type_temperature",
+    "type_example_weight",
+    "type_min_p",
+)
+
+
+def run_section(skip: tuple[str, ...] = ("image_threshold", *DEFECT_TYPING), **kwargs: Any) -> Section:
+    """The run options (RunConfig); only detect and watch take --threshold, and with evaluate the typing options."""
     return Section("run", RunConfig, title="run", skip=skip, **kwargs)
 
 

@@ -98,21 +98,25 @@ def run(parsed: Parsed) -> int:
 
 EPILOG = """examples:
   kanoclip detect examples/parts --preset kanoclip-tiny --out results       offline smoke run on the shipped images
+  kanoclip detect examples/parts --preset kanoclip-tiny --threshold 0 --defect-types scratch,dent --out typed
   kanoclip detect photos/ --out results                       training-free, default backbone (downloads once)
   kanoclip detect 'line3/*.png' --checkpoint runs/mvtec/final --threshold 0.6
   kanoclip detect part.tif --pretrained /models/ViT-L-14-336px.pt
   kanoclip detect line3/ --reference good_parts/ --class-name screw   few-shot: a few good parts as references
+  kanoclip detect line3/ --class-name bottle --threshold 0.6 --defect-examples labelled/   few-shot defect types
   kanoclip detect line3.mp4 --fps 2 --annotate --reference good_parts/     per-frame scores and an annotated video
   kanoclip detect line3/ --class-name screw --report 12       report.html: histogram, 12 most/least anomalous
   kanoclip detect line3/ --calibration cal.json --overlay-scale threshold     the pixel threshold mid-scale
   kanoclip detect photos/ --class-name screw --print-config > screw.yaml      the options as YAML ...
   kanoclip detect --config screw.yaml                                          ... and run them again
 
-writes DIR/scores.csv (path,score[,label][,map]), DIR/maps/<name>.overlay.png (heatmap overlay with its colour bar) and
-DIR/maps/<name>.npy (the map at the image's own size); the overlays' colour scale is in DIR/run.json. A file that
-cannot be read is reported and skipped; exit status 1 if any was skipped, 2 for a usage or input error, 3 when the
-disk filled up. Rerunning the same command resumes an interrupted run; another run's outputs in DIR are refused
-unless --overwrite.
+writes DIR/scores.csv (path,score[,label][,map][,defect_type,defect_type_p]), DIR/maps/<name>.overlay.png (heatmap
+overlay with its colour bar) and DIR/maps/<name>.npy (the map at the image's own size); the overlays' colour scale is
+in DIR/run.json. With a threshold, each image judged anomalous is typed: its class's shipped defect types (or
+--defect-types), by CLIP text and, with --defect-examples DIR/<type>/*.png, by those examples; empty when judged
+normal, 'unknown' below --type-min-p. A file that cannot be read is reported and skipped; exit status 1 if any was
+skipped, 2 for a usage or input error, 3 when the disk filled up. Rerunning the same command resumes an interrupted
+run; another run's outputs in DIR are refused unless --overwrite.
 """
 
 DETECT = Command(

@@ -118,7 +118,9 @@ def watch_command(parsed: Parsed) -> int:
 
         metrics = ServeMetrics()
         start_http_server(o.metrics_port, addr="127.0.0.1", registry=metrics.registry)
-        watcher.on_result = lambda r: metrics.observe_detection(where.profile, r.get("score"), r.get("label"))
+        watcher.on_result = lambda r: metrics.observe_detection(
+            where.profile, r.get("score"), r.get("label"), r.get("defect_type")
+        )
     print(f"kanoclip watch: {', '.join(o.sources)} -> profile {where.profile!r} (Ctrl-C stops)", flush=True)
     counts = watcher.run()
     print(
@@ -252,7 +254,7 @@ SERVE = Command(
     "serve",
     "an HTTP inspection service with a web page",
     serve_command,
-    (Section("serve", ServeConfig), SINK_SECTION, STATION, run_section(), MODEL),
+    (Section("serve", ServeConfig), SINK_SECTION, STATION, run_section(skip=("image_threshold",)), MODEL),
     SERVE_EPILOG,
 )
 WATCH = Command(

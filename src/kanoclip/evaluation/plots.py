@@ -1,5 +1,5 @@
 """The report's plots as PNG bytes (matplotlib, as the field's tools draw them): ROC and PR curves, score histograms
-with thresholds, few-shot metrics with error bars over seeds.
+with thresholds, few-shot metrics with error bars over seeds, the defect-typing confusion matrix.
 
 Figures are made with `matplotlib.figure.Figure` and the Agg canvas, never pyplot: no global state, no display, safe
 in a server's threads.
@@ -79,8 +79,27 @@ def seeds_png(per_seed: Sequence[Mapping[str, float]], columns: Sequence[tuple[s
     return _png(fig)
 
 
-def _figure(title: str) -> tuple[Figure, Axes]:
-    fig = Figure(figsize=SIZE, dpi=DPI, layout="constrained")
+def confusion_png(matrix: NDArray[np.integer], rows: Sequence[str], columns: Sequence[str], title: str) -> bytes:
+    """A confusion matrix as a heatmap: true types down, predicted across, each cell its count, coloured by the
+    fraction of its row (the row's recall on the diagonal), so a rare type reads as clearly as a common one."""
+    counts = np.asarray(matrix)
+    totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+    width = max(SIZE[0], 1.6 + 0.55 * len(columns))
+    fig, ax = _figure(title, (width, max(SIZE[1], 1.4 + 0.45 * len(rows))))
+    ax.grid(False)
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), n in np.ndenumerate(counts):
+        ax.text(j, i, str(n), ha="center", va="center", fontsize=8, color="white" if shares[i, j] > 0.6 else "black")
+    ax.set_xticks(range(len(columns)), list(columns), rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(rows)), list(rows), fontsize=8)
+    ax.set(xlabel="predicted type", ylabel="true type")
+    fig.colorbar(image, ax=ax, label="share of the row")
+    return _png(fig)
+
+
+def _figure(title: str, size: tuple[float, float] = SIZE) -> tuple[Figure, Axes]:
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=10)

@@ -24,6 +24,15 @@ from kanoclip.data.datasets.base import sample_image, sample_mask
 from kanoclip.data.images import to_png
 from kanoclip.errors import DatasetError
 from kanoclip.evaluation import metrics, plots
+from kanoclip.evaluation.defect_typing import (
+    TYPING_CSV,
+    class_typing,
+    markdown_typing,
+    mean_typing,
+    per_type_recall,
+    typing_csv,
+    typing_html,
+)
 from kanoclip.evaluation.report import config_table, esc, figure, page, random_weights_banner, score_digits, thumbnail
 from kanoclip.inference import distributed
 from kanoclip.inference.detector import Collected, Detector
@@ -40,6 +49,8 @@ COLUMNS = [
     ("aupro", "AUPRO"),
 ]
 DEFECT_COLUMNS = [("image_auroc", "I-AUROC"), ("pixel_auroc", "P-AUROC"), ("aupro", "AUPRO")]
+TYPING_COLUMNS = ("accuracy", "balanced_accuracy")  # defect typing's, results.csv's last columns:
+TYPING_HEADER = tuple(f"typing_{k}" for k in TYPING_COLUMNS)
 
 
 @dataclass
@@ -66,7 +77,8 @@ class ClassResult:
     per_seed: list[dict[str, float]] = field(default_factory=list)  # few-shot: the metrics of each seed
     references: dict[str, list[str]] = field(default_factory=dict)  # few-shot: seed -> reference files
     defects: list[dict[str, Any]] = field(default_factory=list)  # per defect type: images, DEFECT_COLUMNS
-    plots: dict[str, str] = field(default_factory=dict)  # roc, pr, histogram[, seeds] -> PNG relative to the report
+    plots: dict[str, str] = field(default_factory=dict)  # roc, pr, histogram[, seeds][, confusion] -> PNG path
+    typing: dict[str, Any] = field(default_factory=dict)  # defect typing: metrics, labels, rows (`defect_typing`)
 
 
 def class_metrics(
@@ -153,6 +165,7 @@ def evaluate_dataset(
         masks = np.stack([sample_mask(s, size) for s in samples]) if pixel_level else None
         per_seed, per_defect, references = [], [], {}
         drawn: tuple[Collected, dict[str, metrics.CurvePoints]] | None = None
+        typing: dict[str, Any] = {}
         for seed in runs:
             if seed is not None:
                 picks = [pool[i] for i in sorted(np.random.default_rng(seed).choice(len(pool), shots, replace=False))]
@@ -169,6 +182,8 @@ def evaluate_dataset(
             )
             per_seed.append(values)
             per_defect.append(defect_metrics(defects[ok], labels[ok], collected.pred_scores[ok], *pixel, aupro_method))
+            if drawn is None:  # typed with the first seed's references, as its maps were made
+                typing = class_typing(detector, samples, labels, ok, [_below(s.image, index.root) for s in samples])
             drawn = drawn or (collected, curves)
         if shots:
             detector.clear_references()
@@ -188,6 +203,7 @@ def evaluate_dataset(
             references=references,
             defects=_defect_rows(defects[ok], labels[ok], per_defect),
         )
+        result.typing = typing
         scores = first.pred_scores
         result.cases = _cases(samples, labels, scores, first.anomaly_maps, out_dir, index.root, cls, cases, detector)
         result.plots = _plots(result, labels[first.ok], scores[first.ok], curves, detector, out_dir)
@@ -233,6 +249,11 @@ def _plots(
     pngs["histogram"] = plots.histogram_png(groups, lines, f"image scores: {title}")
     if len(result.per_seed) > 1:
         pngs["seeds"] = plots.seeds_png(result.per_seed, COLUMNS, f"{len(result.per_seed)} seeds: {title}")
+    if result.typing:
+        t = result.typing
+        shown = [i for i, row in enumerate(t["confusion"]) if sum(row)]  # the true types, down
+        matrix = np.asarray(t["confusion"])[shown]
+        pngs["confusion"] = plots.confusion_png(matrix, [t["labels"][i] for i in shown], t["labels"], f"types: {title}")
     out = {}
     for kind, png in pngs.items():
         out[kind] = f"assets/{_slug(result.dataset)}__{_slug(result.cls)}__{kind}.png"
@@ -350,18 +371,13 @@ def write_reports(results: list[ClassResult], out_dir: Path, info: dict[str, Any
     class (defect "all"), per dataset mean and per defect type."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = markdown_table(results)
-    atomic_write_bytes(out_dir / "results.md", ("Metrics in %, '—' = undefined.\n\n" + markdown).encode())
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["dataset", "class", "defect", "images", *[k for k, _ in COLUMNS]])
-    number = lambda v: "" if v is None or math.isnan(v) else f"{v:.6f}"  # noqa: E731
-    for dataset, cls, n, values, _ in table_rows(results):
-        writer.writerow([*map(spreadsheet_safe, (dataset, cls, "all")), n, *[number(values[k]) for k, _ in COLUMNS]])
-    for r in results:
-        for row in r.defects:
-            names = map(spreadsheet_safe, (r.dataset, r.cls, row["defect"]))
-            writer.writerow([*names, row["images"], *[number(row.get(k)) for k, _ in COLUMNS]])
-    atomic_write_bytes(out_dir / "results.csv", buffer.getvalue().encode())
+    typing = markdown_typing(results)
+    typing = f"\nDefect typing (true defects typed among the layout's types), in %:\n\n{typing}" if typing else ""
+    atomic_write_bytes(out_dir / "results.md", ("Metrics in %, '—' = undefined.\n\n" + markdown + typing).encode())
+    atomic_write_bytes(out_dir / "results.csv", _results_csv(results))
+    typed = typing_csv(results)
+    if typed is not None:
+        atomic_write_bytes(out_dir / TYPING_CSV, typed)
     document = {
         "info": info,
         "classes": [_jsonable(asdict(r)) for r in results],
@@ -370,6 +386,33 @@ def write_reports(results: list[ClassResult], out_dir: Path, info: dict[str, Any
     atomic_write_json(out_dir / "results.json", document)
     atomic_write_bytes(out_dir / "report.html", _html(results, info, out_dir).encode())
     return {name: out_dir / name for name in ("results.md", "results.csv", "results.json", "report.html")}
+
+
+def _results_csv(results: list[ClassResult]) -> bytes:
+    """A row per class ("all"), per dataset mean and per defect type; the typing columns last (a defect type's row:
+    its recall, the share of its images named right)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["dataset", "class", "defect", "images", *[k for k, _ in COLUMNS], *TYPING_HEADER])
+    number = lambda v: "" if v is None or math.isnan(v) else f"{v:.6f}"  # noqa: E731
+    typing = {(r.dataset, r.cls): r.typing for r in results}
+    for dataset, cls, n, values, _ in table_rows(results):
+        t = (
+            typing.get((dataset, cls))
+            if cls != "mean"
+            else mean_typing([r.typing for r in results if r.dataset == dataset])
+        )
+        typed = [number(t.get(k)) if t else "" for k in TYPING_COLUMNS]
+        writer.writerow(
+            [*map(spreadsheet_safe, (dataset, cls, "all")), n, *[number(values[k]) for k, _ in COLUMNS], *typed]
+        )
+    for r in results:
+        recall = per_type_recall(r.typing) if r.typing else {}
+        for row in r.defects:
+            names = map(spreadsheet_safe, (r.dataset, r.cls, row["defect"]))
+            typed = [number(recall.get(row["defect"])), ""]
+            writer.writerow([*names, row["images"], *[number(row.get(k)) for k, _ in COLUMNS], *typed])
+    return buffer.getvalue().encode()
 
 
 def _jsonable(value: Any) -> Any:
@@ -407,8 +450,12 @@ bar below each strip).</p>
 
 def _class_section(r: ClassResult, out_dir: Path) -> str:
     pictures = "".join(
-        figure((out_dir / path).read_bytes(), esc(kind), f"{kind} {r.cls}") for kind, path in r.plots.items()
+        figure((out_dir / path).read_bytes(), esc(kind), f"{kind} {r.cls}")
+        for kind, path in r.plots.items()
+        if kind != "confusion"
     )
+    confusion = r.plots.get("confusion")
+    heatmap = figure((out_dir / confusion).read_bytes(), "confusion", f"confusion {r.cls}") if confusion else ""
     head = "".join(f"<th>{esc(label)}</th>" for _, label in DEFECT_COLUMNS)
     defects = "".join(
         f"<tr><td>{esc(d['defect'])}</td><td>{d['images']}</td>"
@@ -430,6 +477,7 @@ def _class_section(r: ClassResult, out_dir: Path) -> str:
         f"<section><h2>{esc(r.dataset)} / {esc(r.cls)}</h2>{problems}<div class='plots'>{pictures}</div>"
         f"<h3>Per defect type</h3><table class='defects'><tr><th>defect</th><th>images</th>{head}</tr>{defects}</table>"
         f"<p>Image AUROC: the normal images vs that type's; pixel AUROC and AUPRO over the same images.</p>"
+        f"{typing_html(r.typing, heatmap)}"
         f"<h3>Best and worst cases</h3><div class='cases'>{cases}</div></section>"
     )
 

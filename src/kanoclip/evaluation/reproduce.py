@@ -1,15 +1,19 @@
 """`kanoclip reproduce`: the zero-shot protocol end to end on whatever datasets a folder holds (SPEC §7, I16).
 
 Train on the MVTec AD test split and evaluate every other dataset; train on the VisA test split and evaluate MVTec
-AD. The table puts our numbers beside AnomalyCLIP's and the few published KAnoCLIP cells (SPEC §2).
+AD. Or, with checkpoints given (folders, `hf://` names, AnomalyCLIP's published prompts), train nothing: each is
+evaluated on the datasets the protocol gives the dataset it was trained on. The table puts our numbers beside
+AnomalyCLIP's and the few published KAnoCLIP cells (SPEC §2).
 """
 
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kanoclip._files import atomic_write_bytes
 from kanoclip.data.datasets import DatasetIndex, load_dataset
@@ -19,6 +23,7 @@ from kanoclip.inference.config import RunConfig
 from kanoclip.inference.detector import Detector
 from kanoclip.knowledge import KnowledgeBase, load_image_knowledge
 from kanoclip.knowledge.base import ImageKnowledge
+from kanoclip.model import checkpoint, published
 from kanoclip.model.config import KAnoCLIPConfig, TrainConfig
 from kanoclip.training.loop import train
 
@@ -79,6 +84,31 @@ FEW_SHOT_PUBLISHED: dict[tuple[str, int], list[tuple[str, float | None, float | 
 
 def _normalise(name: str) -> str:
     return re.sub(r"[-_ ]", "", name.lower())
+
+
+def dataset_key(name: str) -> str | None:
+    """The protocol's name of a dataset called `name` (a folder name, "mvtec", "VisA", ...), or None."""
+    normal = _normalise(name)
+    return next((key for key, aliases in DATASETS.items() if normal == _normalise(key) or normal in aliases), None)
+
+
+def trained_on(document: Mapping[str, Any]) -> str | None:
+    """The dataset a checkpoint was trained on, as its config.json tells it: a conversion's record, else the
+    folder `kanoclip train` trained on; None when it does not say or names no dataset of the protocol."""
+    converted = document.get("converted_from") or {}
+    training = document.get("training") or {}
+    for said in (converted.get("trained_on"), Path(str(training.get("data") or "")).name):
+        key = dataset_key(said) if isinstance(said, str) and said else None
+        if key is not None:
+            return key
+    return None
+
+
+def evaluated_by(trained: str | None, found: Sequence[str]) -> list[str]:
+    """The datasets the protocol evaluates a model trained on `trained` on: MVTec AD for VisA, else every other."""
+    if trained == "VisA":
+        return [name for name in found if name == "MVTec AD"]
+    return [name for name in found if name != trained]
 
 
 def find_datasets(root: str | Path) -> dict[str, Path]:
@@ -227,20 +257,47 @@ def reproduce(
         detector = Detector.from_config(
             RunConfig(checkpoint=str(final), device=device, precision=precision, batch_size=batch_size, workers=workers)
         )
-        for name in run.evaluate:
-            info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.describe()["model"]}
-            where = out / f"eval_{_normalise(name)}_from_{_normalise(run.train_on)}"
-            results[f"{name}|{run.train_on}"] = evaluate(
-                detector, [indices[name]], where, aupro_method="anomalyclip", info=info
+        info = {"trained_on": run.train_on, "checkpoint": str(final), "model": detector.describe()["model"]}
+        _evaluate_run(detector, run.train_on, run.evaluate, indices, out, info, shots, seeds, results, few_shot)
+    return _write_table(out, results, few_shot, seeds, config.pretrained == "none")
+
+
+def _evaluate_run(
+    detector: Detector,
+    label: str,
+    names: Sequence[str],
+    indices: Mapping[str, DatasetIndex],
+    out: Path,
+    info: dict[str, Any],
+    shots: Sequence[int],
+    seeds: Sequence[int],
+    results: dict[str, list[ClassResult]],
+    few_shot: dict[str, list[ClassResult]],
+) -> None:
+    """One model on the datasets `names`: zero-shot rows, then the few-shot rows where a train split exists."""
+    folder = re.sub(r"[^a-z0-9]+", "", label.lower()) or "model"
+    for name in names:
+        where = out / f"eval_{_normalise(name)}_from_{folder}"
+        results[f"{name}|{label}"] = evaluate(detector, [indices[name]], where, aupro_method="anomalyclip", info=info)
+        if not indices[name].train:
+            if shots:
+                print(f"   {name}: no normal train images, so no few-shot rows")
+            continue
+        for k in shots:
+            few_shot[f"{name}|{label}|{k}"] = evaluate(
+                detector, [indices[name]], Path(f"{where}_{k}shot"), 0, "anomalyclip", info, k, seeds
             )
-            if not indices[name].train:
-                if shots:
-                    print(f"   {name}: no normal train images, so no few-shot rows")
-                continue
-            for k in shots:
-                few_shot[f"{name}|{run.train_on}|{k}"] = evaluate(
-                    detector, [indices[name]], Path(f"{where}_{k}shot"), 0, "anomalyclip", info, k, seeds
-                )
+
+
+def _write_table(
+    out: Path,
+    results: dict[str, list[ClassResult]],
+    few_shot: dict[str, list[ClassResult]],
+    seeds: Sequence[int],
+    random_weights: bool,
+    models: str = "",
+) -> str:
+    """reproduce.md: the note, our table beside the published numbers and the few-shot table; returns its text."""
     table = comparison_table(results)
     if few_shot:
         table += (
@@ -249,9 +306,68 @@ def reproduce(
         )
     note = (
         "Metrics in %, mean over classes; AUPRO with the 200-threshold variant of published tables. AnomalyCLIP and "
-        "KAnoCLIP columns: published numbers (KANOCLIP_SPEC.md §2), not re-run.\n"
+        "KAnoCLIP columns: published numbers (KANOCLIP_SPEC.md §2), not re-run.\n" + models
     )
-    if config.pretrained == "none":
+    if random_weights:
         note += "RANDOM CLIP weights (pretrained=none): our columns measure the pipeline, not the method.\n"
     atomic_write_bytes(out / "reproduce.md", (note + "\n" + table).encode())
     return note + "\n" + table
+
+
+def reproduce_checkpoints(
+    data_root: str | Path,
+    out_dir: str | Path,
+    checkpoints: Sequence[str],
+    changes: Mapping[str, Any] | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int = 2,
+    precision: str = "fp32",
+    shots: tuple[int, ...] = (),
+    seeds: tuple[int, ...] = (0, 1, 2),
+) -> str:
+    """The protocol's evaluations of trained checkpoints, no training: each checkpoint (a folder, `hf://ORG/NAME`,
+    or published prompts such as `anomalyclip:trained-on-visa`) on the datasets the protocol gives the dataset its
+    config.json says it was trained on (every dataset found when it does not say). `changes`: where the frozen CLIP
+    is (backbone, pretrained, image_size). Returns (and writes) the comparison table."""
+    out = Path(out_dir)
+    found = find_datasets(data_root)
+    indices: dict[str, DatasetIndex] = {}
+    results: dict[str, list[ClassResult]] = {}
+    few_shot: dict[str, list[ClassResult]] = {}
+    models, random_weights = "", False
+    for name in checkpoints:
+        resolved = published.resolve_checkpoint(name, changes)  # published prompts: fetched and converted once
+        detector = Detector.from_config(
+            RunConfig(
+                checkpoint=resolved,
+                model_changes=tuple((changes or {}).items()),
+                device=device,
+                precision=precision,
+                batch_size=batch_size,
+                workers=workers,
+            )
+        )
+        folder = detector.checkpoint or Path(resolved)
+        trained = trained_on(checkpoint.read_document(folder))
+        names = evaluated_by(trained, list(found))
+        if not names:
+            raise DatasetError(
+                f"{name} was trained on {trained}; the protocol evaluates it on "
+                f"{'MVTec AD' if trained == 'VisA' else 'the other datasets'}, and {data_root} holds only "
+                f"{sorted(found)}"
+            )
+        label = (trained or f"unknown: {name}").replace("|", "/")
+        if any(key.endswith(f"|{label}") for key in results):
+            label += f" [{checkpoints.index(name) + 1}]"  # two checkpoints trained on the same dataset
+        print(f"== {name}: trained on {trained or 'an unknown dataset'}; evaluate {', '.join(names)}")
+        for dataset in names:
+            if dataset not in indices:
+                indices[dataset] = load_dataset(found[dataset])
+                print(f"[{dataset}] {indices[dataset].summary()}")
+        described = detector.describe()
+        info = {"trained_on": trained, "checkpoint": name, "model": described["model"]}
+        _evaluate_run(detector, label, names, indices, out, info, shots, seeds, results, few_shot)
+        models += f"Checkpoint {name} ({folder}): trained on {trained or 'an unknown dataset'}, not re-trained here.\n"
+        random_weights = random_weights or bool(described["random_weights"])
+    return _write_table(out, results, few_shot, seeds, random_weights, models)

@@ -19,7 +19,7 @@ from kanoclip.errors import ConfigError
 from kanoclip.inference.config import RunConfig
 from kanoclip.inference.devices import autocast_dtype, resolve_device
 from kanoclip.inference.thresholds import Thresholds
-from kanoclip.model import checkpoint
+from kanoclip.model import checkpoint, published
 from kanoclip.model.config import KAnoCLIPConfig
 from kanoclip.model.kanoclip import KAnoCLIP
 
@@ -70,7 +70,12 @@ class TorchBackend:
         self.device = resolve_device(run.device)
         self.dtype = autocast_dtype(self.device, run.precision)
         self.precision = run.precision
-        self.checkpoint = Path(run.checkpoint) if run.checkpoint is not None else None
+        # a folder, hf://ORG/NAME[@REV] found in (or fetched into) the Hugging Face cache, or AnomalyCLIP's published
+        # prompts (fetched and converted once): resolved once, here
+        self.located = None
+        if run.checkpoint is not None:
+            self.located = checkpoint.locate(published.resolve_checkpoint(run.checkpoint, dict(run.model_changes)))
+        self.checkpoint = self.located.folder if self.located is not None else None
         if self.checkpoint is not None:
             self.model = checkpoint.load(self.checkpoint, **dict(run.model_changes))
             document = checkpoint.read_document(self.checkpoint)
@@ -128,10 +133,13 @@ class TorchBackend:
         self.model.setup(**parts)
 
     def describe(self) -> dict[str, Any]:
+        """A Hub model adds `hub`: its repository, revision, the commit that revision resolved to, and the folder."""
+        hub = self.located.hub if self.located is not None else None
         return {
             "model": self.model.backbone_source,
             "backbone_fingerprint": self.model.backbone_fingerprint,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "checkpoint": self.located.name if self.located else None,
+            **({"hub": {**hub, "folder": str(self.checkpoint)}} if hub else {}),
             "checkpoint_sha256": self.checkpoint_sha256,
             "config": self.config.to_dict(),
             "engine": self.engine,

@@ -9,11 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from kanoclip.errors import ConfigError
+from kanoclip.model import hub
 from kanoclip.model.config import OVERLAY_SCALES, PRECISIONS, KAnoCLIPConfig, _one_of, _positive
 from kanoclip.options import option
 
 ENGINES = ("torch", "onnxruntime", "openvino")
 CHECKPOINT_CHANGES = ("backbone", "pretrained", "image_size")  # where a checkpoint's frozen CLIP may be found
+TYPING = "defect typing"
+UNKNOWN_TYPE = "unknown"  # the type named below --type-min-p: never a type's own name
+MAX_TYPE_NAME = 100
+
+
+def check_type_name(name: str, where: str = "a defect type") -> str:
+    """A type name as given, stripped; refused when empty, reserved, too long or holding control characters."""
+    text = name.strip()
+    if not text or text.lower() == UNKNOWN_TYPE or len(text) > MAX_TYPE_NAME or any(ord(c) < 32 for c in text):
+        raise ConfigError(
+            f"{where} {name!r} cannot name a type: give 1 to {MAX_TYPE_NAME} printable characters, not "
+            f"{UNKNOWN_TYPE!r} (what --type-min-p names an unsure type)"
+        )
+    return text
 
 
 def _flag(field: str) -> str:
@@ -27,8 +42,9 @@ class RunConfig:
     limits. The CLI turns flags into one of these; `Detector.from_config` is the only way anything builds a
     detector from it (CLI, Ray actors, serve, reproduce, benchmarks).
 
-    The model is a checkpoint folder, training-free mode (`model_file` and `model_changes` on the default
-    `KAnoCLIPConfig`), or, with an `engine` other than torch, a folder written by `kanoclip export` (`exported`).
+    The model is a checkpoint (a folder or `hf://ORG/NAME[@REV]`, found by `checkpoint.locate`), training-free mode
+    (`model_file` and `model_changes` on the default `KAnoCLIPConfig`), or, with an `engine` other than torch, a
+    folder written by `kanoclip export` (`exported`).
     Fields left at None were not asked for; `validate` refuses the ones that do not apply to the chosen engine."""
 
     engine: str = option(
@@ -43,7 +59,13 @@ class RunConfig:
         metavar="DIR",
         help="with --engine onnxruntime|openvino: the folder `kanoclip export` wrote",
     )
-    checkpoint: str | None = option(None, metavar="DIR", help="a folder written by `kanoclip train` (or training-free)")
+    checkpoint: str | None = option(
+        None,
+        metavar="DIR|hf://ORG/NAME[@REV]",
+        help="a folder written by `kanoclip train`, or a model on the Hugging Face Hub (`kanoclip push` publishes "
+        "one; fetched into its cache, which HF_HUB_OFFLINE=1 runs from; `kanoclip pull` fetches ahead). Without "
+        "it: training-free",
+    )
     model_file: str | None = option(
         None,
         name="--preset",
@@ -96,6 +118,45 @@ class RunConfig:
         group="model",
     )
     user_set: tuple[str, ...] = ()  # the settings the user chose (flags, config file), recorded in run.json
+    # Defect typing (issue #34; `inference.defect_typing`): images judged anomalous get a defect_type.
+    defect_typing: bool = option(
+        True,
+        name="--no-defect-typing",
+        negate=True,
+        help="do not name the defect type of images judged anomalous (typing costs one more CLIP-VV pass for each)",
+        group=TYPING,
+    )
+    defect_types: tuple[str, ...] = option(
+        (),
+        metavar="A,B,...",
+        help="the defect types to name, replacing the class's shipped ones (e.g. scratch,dent; a free-text type's "
+        "text is built from its own words); types with --defect-examples are added",
+        group=TYPING,
+    )
+    defect_examples: str | None = option(
+        None,
+        metavar="DIR",
+        help="labelled defects for few-shot typing: DIR/<type>/*.png; a mask NAME_mask.png beside an image marks "
+        "its defect (else the image's anomaly map weighs its patches); each type's examples make its prototype",
+        group=TYPING,
+    )
+    type_temperature: float = option(
+        0.01,
+        help="tau of the softmax over types of cos(region, type) / tau, for text and examples alike (0.01: CLIP's "
+        "own logit scale, 100)",
+        group=TYPING,
+    )
+    type_example_weight: float = option(
+        0.5,
+        help="w, the examples' share: p = (1 - w) * p_text + w * p_examples (0: text only, 1: examples only; "
+        "without examples p = p_text)",
+        group=TYPING,
+    )
+    type_min_p: float = option(
+        0.0,
+        help="name the type 'unknown' when its probability is below this (0: always the likeliest type)",
+        group=TYPING,
+    )
 
     @classmethod
     def with_model(cls, config: KAnoCLIPConfig, **fields: Any) -> RunConfig:
@@ -122,6 +183,7 @@ class RunConfig:
         _positive("batch_size", self.batch_size)
         _positive("max_pixels", self.max_pixels)
         _one_of("overlay_scale", self.overlay_scale, OVERLAY_SCALES)
+        self._validate_typing()
         if self.workers < 0:
             raise ConfigError(f"--workers must be >= 0, got {self.workers}")
         changed = [name for name, _ in self.model_changes]
@@ -131,6 +193,8 @@ class RunConfig:
         banks = [r for r in self.references if r.endswith(".kref")]
         if banks and len(self.references) > 1:
             raise ConfigError("--reference takes one bank file (.kref), or images/folders/globs, not both")
+        if hub.is_hub_name(self.checkpoint):
+            hub.parse(str(self.checkpoint))  # a malformed name fails here, before anything is loaded
         if self.engine == "torch":
             if self.exported is not None:
                 raise ConfigError("--exported runs a folder from `kanoclip export`: add --engine onnxruntime|openvino")
@@ -162,6 +226,27 @@ class RunConfig:
             f"an exported folder has its model, class text, references and precision baked in and runs on the CPU "
             f"(--engine {self.engine}); export again with those options instead",
         )
+
+    def type_names(self) -> list[str]:
+        """--defect-types as a list: comma-separated and repeatable, each name checked, repeats dropped."""
+        names = [
+            check_type_name(n, "--defect-types") for item in self.defect_types for n in item.split(",") if n.strip()
+        ]
+        return list(dict.fromkeys(names))
+
+    def _validate_typing(self) -> None:
+        if self.type_temperature <= 0:
+            raise ConfigError(f"--type-temperature must be > 0, got {self.type_temperature}")
+        for flag, value in (("--type-example-weight", self.type_example_weight), ("--type-min-p", self.type_min_p)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{flag} must lie in [0, 1], got {value}")
+        self.type_names()
+        asked = [
+            f for f, on in (("--defect-types", self.defect_types), ("--defect-examples", self.defect_examples)) if on
+        ]
+        if asked and (self.engine != "torch" or not self.defect_typing):
+            why = "typing needs the PyTorch engine" if self.engine != "torch" else "--no-defect-typing turns typing off"
+            raise ConfigError(f"{', '.join(asked)} cannot be used here: {why}")
 
     @staticmethod
     def _refuse(flags: list[str], why: str) -> None:

@@ -27,10 +27,18 @@ from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.inference import distributed
 from kanoclip.inference.backends import CLASS_TEXT, Backend, TorchBackend, build_backend
 from kanoclip.inference.config import RunConfig
+from kanoclip.inference.defect_typing import (
+    DefectExample,
+    DefectTyper,
+    MaskLike,
+    TypedDefect,
+    read_examples,
+)
 from kanoclip.inference.devices import die_with_parent
 from kanoclip.inference.overlays import OverlayScale, check_scale, choose_scale, overlay, spread, with_colour_bar
 from kanoclip.inference.thresholds import Thresholds, read_standalone
 from kanoclip.model.config import KAnoCLIPConfig
+from kanoclip.model.defect_typing import TypePrototypes
 from kanoclip.model.kanoclip import KAnoCLIP
 from kanoclip.model.references import ReferenceBank, encode_good_parts
 
@@ -51,6 +59,8 @@ class Prediction:
     pred_mask: NDArray[np.bool_] | None = None
     image: NDArray[np.uint8] | None = None  # the decoded image, when asked for (reports, overlays)
     error: str | None = None
+    defect_type: str | None = None  # judged anomalous: its likeliest type, or "unknown" (`Detector.type_defects`)
+    defect_type_p: float | None = None  # that type's probability
 
 
 @dataclass
@@ -126,6 +136,8 @@ class Detector:
         self._bank_levels: list[torch.Tensor] | None = None  # the bank on the backend's device
         self._class_text: dict[str, tuple[torch.Tensor, dict[str, Any]]] = {}
         self._spread: tuple[float, float] | None = None  # the maps' robust spread in the first batch (visualize)
+        self.typer = DefectTyper(run) if run.defect_typing and isinstance(backend, TorchBackend) else None
+        self.type_class = run.class_name or "object"  # whose types typing names (`set_class` follows the class)
         self.text_record: dict[str, Any] = (
             {"source": "learned prompts (checkpoint)"}
             if isinstance(backend, TorchBackend)
@@ -150,6 +162,8 @@ class Detector:
             det.use_references(ReferenceBank.load(run.references[0]))
         elif run.references:
             det.add_references(expand_inputs(run.references)[0])
+        if run.defect_examples:
+            det.use_defect_examples(det.encode_defect_examples(read_examples(run.defect_examples)))
         check_scale(run.overlay_scale, det.thresholds.pixel_threshold)
         return det
 
@@ -190,7 +204,8 @@ class Detector:
     # -- set-up ----------------------------------------------------------------------------------------------------
     def set_class(self, name: str) -> None:
         """Training-free mode: text features for this class (computed once per class); a checkpoint's learned
-        prompts are class-agnostic, so there it does nothing."""
+        prompts are class-agnostic, so there it only chooses the types defect typing names."""
+        self.type_class = name
         if not self.training_free or not self.supports(CLASS_TEXT):
             return
         from kanoclip.knowledge import training_free_text
@@ -293,6 +308,7 @@ class Detector:
             "thresholds": self.thresholds.to_dict(),
             "random_weights": self.config.pretrained == "none",
             "references": references,
+            "defect_typing": self.typing_record(),
             "overlay_scale": self.overlay_record(),
             "run": self.run_config.settings(),
             "user_set": self.user_set(),
@@ -312,6 +328,52 @@ class Detector:
         if isinstance(backend, TorchBackend):
             backend.setup(text=self._text, bank=self._bank_levels)
             backend.owner = self
+
+    # -- defect typing (issue #34; the work is `DefectTyper`'s) ---------------------------------------------------
+    @property
+    def defect_examples(self) -> TypePrototypes | None:
+        """The labelled examples typing uses now (None: text only)."""
+        return self.typer.examples if self.typer is not None else None
+
+    def typing_record(self) -> dict[str, Any] | None:
+        """What typing runs with (run.json's `defect_typing`); None: nothing typed (no threshold, off, export)."""
+        if self.typer is None or self.thresholds.image_threshold is None:
+            return None
+        return self.typer.describe(self.type_class)
+
+    def use_defect_examples(self, examples: TypePrototypes | None) -> None:
+        """Type with these examples from now on (None: text only); examples of another model are refused."""
+        self._typing("defect examples").use(self, examples)
+
+    def encode_defect_examples(self, examples: Sequence[DefectExample]) -> TypePrototypes:
+        """The current examples plus these, encoded (the part that runs the model), not yet used."""
+        return self._typing("defect examples").encode(self, examples)
+
+    def add_defect_example(self, image: ImageLike, type: str, mask: MaskLike | None = None) -> TypePrototypes:
+        """One labelled defect (a typed verdict) into the examples, used from now on; returns them, to be kept."""
+        self.use_defect_examples(examples := self.encode_defect_examples([DefectExample(image, type, mask)]))
+        return examples
+
+    def type_defects(
+        self,
+        images: Sequence[ImageLike],
+        maps: Sequence[NDArray[np.floating]] | None = None,
+        types: Sequence[str] | None = None,
+    ) -> list[TypedDefect]:
+        """Type these images whatever their score (evaluate types every truly anomalous image): each region weighted
+        by its map (any size; None: this detector's own maps), among `types` (None: the run's list for the class)."""
+        return self._typing("type_defects").type_images(self, images, maps, types)
+
+    def _typing(self, what: str) -> DefectTyper:
+        if self.typer is None:
+            raise ConfigError(f"{what} needs defect typing: the PyTorch engine, without --no-defect-typing")
+        return self.typer
+
+    def map_levels(self) -> list[int]:
+        """The tap levels this detector's maps fuse (its own text applied first, on a shared model)."""
+        if self._torch("defect typing").owner is not self:
+            self._apply()
+        return self.model.map_levels()
 
     # -- overlays ---------------------------------------------------------------------------------------------------
     @property
@@ -352,12 +414,16 @@ class Detector:
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, S, S) in [0, 1] at the run size -> pred_score (B,) and anomaly_map (B, S, S), float32 on the CPU.
         The first batch also fixes the overlay scale's spread."""
-        if isinstance(self.backend, TorchBackend) and self.backend.owner is not self:
-            self._apply()
-        scores, maps = self.backend.forward(pixels)
+        scores, maps = self.raw_forward(pixels)
         if not self.overlay_scale_fitted:
             self._spread = spread(maps.numpy())
         return scores, maps
+
+    def raw_forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The backend's forward on this detector's text and bank, touching no run state (the overlay scale)."""
+        if isinstance(self.backend, TorchBackend) and self.backend.owner is not self:
+            self._apply()
+        return self.backend.forward(pixels)
 
     def predict(self, image: ImageLike) -> tuple[float, NDArray[np.float32]]:
         """One image (array (H, W, 3) uint8, PIL image, path or encoded bytes) -> (score, map at its own size)."""
@@ -369,21 +435,31 @@ class Detector:
     def predict_many(self, images: Sequence[ImageLike]) -> list[Prediction]:
         """Images decoded here, run as one batch; maps at each image's own size."""
         arrays = [decode(image, limits=self.limits) for image in images]
-        scores, maps = self.forward(torch.stack([to_tensor(a, self.image_size) for a in arrays]))
+        pixels = torch.stack([to_tensor(a, self.image_size) for a in arrays])
+        scores, maps = self.forward(pixels)
+        typed = self.typer.judged(self, pixels, scores, maps) if self.typer else [None] * len(scores)
         return [
-            self._prediction(source_name(image), float(s), _resize_map(m, a.shape[:2]))
-            for image, s, m, a in zip(images, scores, maps, arrays, strict=True)
+            self._prediction(source_name(image), float(s), _resize_map(m, a.shape[:2]), typed=t)
+            for image, s, m, a, t in zip(images, scores, maps, arrays, typed, strict=True)
         ]
 
     def _prediction(
-        self, source: str, score: float, amap: NDArray[np.float32], image: NDArray[np.uint8] | None = None
+        self,
+        source: str,
+        score: float,
+        amap: NDArray[np.float32],
+        image: NDArray[np.uint8] | None = None,
+        typed: TypedDefect | None = None,
     ) -> Prediction:
         if not (np.isfinite(score) and np.isfinite(amap).all()):  # never a label: NaN >= t is False, i.e. "normal"
             return Prediction(source, error=f"{source}: {NON_FINITE}")
         t = self.thresholds
         label = None if t.image_threshold is None else int(score >= t.image_threshold)
         mask = None if t.pixel_threshold is None else amap >= t.pixel_threshold
-        return Prediction(source, score, amap, label, mask, image)
+        p = Prediction(source, score, amap, label, mask, image)
+        if typed is not None and label == 1:
+            p.defect_type, p.defect_type_p = typed.type, typed.p
+        return p
 
     def run(
         self,
@@ -391,8 +467,9 @@ class Detector:
         own_size: bool = True,
         keep_image: bool = False,
         progress: Any = None,
+        typing: bool = True,
     ) -> Iterator[Prediction]:
-        """Files through the DataLoader, in order. Maps at each image's own size, or at the run size."""
+        """Files through the DataLoader, in order; maps at their own size or the run size; typed unless `typing` off."""
         pairs = [item if isinstance(item, tuple) else (item, None) for item in items]
         loader = DataLoader(
             ImageFiles(pairs, self.image_size, self.limits, keep_image),
@@ -408,24 +485,26 @@ class Detector:
                 b["index"]: Prediction(str(pairs[b["index"]][0]), error=b["error"]) for b in batch if "error" in b
             }
             if good:
-                scores, maps = self.forward(torch.stack([b["pixels"] for b in good]))
-                for b, s, m in zip(good, scores, maps, strict=True):
+                scores, maps = self.forward(pixels := torch.stack([b["pixels"] for b in good]))
+                typed = self.typer.judged(self, pixels, scores, maps) if self.typer and typing else [None] * len(scores)
+                for b, s, m, kind in zip(good, scores, maps, typed, strict=True):
                     amap = _resize_map(m, b["hw"]) if own_size else m.numpy()
-                    results[b["index"]] = self._prediction(str(pairs[b["index"]][0]), float(s), amap, b.get("image"))
+                    source = str(pairs[b["index"]][0])
+                    results[b["index"]] = self._prediction(source, float(s), amap, b.get("image"), kind)
             for b in batch:
                 yield results[b["index"]]
             if progress is not None:
                 progress.update(len(batch))
 
     def collect(self, items: Sequence[tuple[str | Path, Crop | None]], progress: Any = None) -> Collected | None:
-        """Scores and run-resolution maps (float16) of many images, for metrics and thresholds; memory is one
+        """Scores and run-resolution maps (float16) of many images, for metrics and thresholds (untyped); memory is one
         float16 map per image. Under `torchrun` each rank runs its whole batches (`shard_batches`) and rank 0 gets
         everything, in order, exactly as one process would have computed it; other ranks get None."""
         place = distributed.current()
         mine = distributed.shard_batches(len(items), self.batch_size, place)
         size = self.image_size
         out = Collected(np.full(len(mine), np.nan), np.zeros((len(mine), size, size), dtype=np.float16))
-        for i, p in enumerate(self.run([items[j] for j in mine], own_size=False, progress=progress)):
+        for i, p in enumerate(self.run([items[j] for j in mine], own_size=False, progress=progress, typing=False)):
             if p.error is not None or p.pred_score is None:
                 out.failed.append(p.error or "unknown error")
                 continue

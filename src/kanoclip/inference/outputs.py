@@ -1,9 +1,11 @@
 """The one writer of detect outputs, shared by local `detect`, `detect --ray` and the services built on them.
 
-A run folder holds `run.json` (what produced the outputs), `scores.csv` (path, score[, label][, map]) and per image
+A run folder holds `run.json` (what produced the outputs), `scores.csv` (path, score[, label][, map][, defect_type,
+defect_type_p]) and per image
 `maps/<name>.npy` (the map at the image's own size), `<name>.overlay.png` and, with a pixel threshold,
 `<name>.mask.png`; `<name>` is the image's path below the inputs' common folder, suffix included, so every image has
-its own files. Every file is written atomically; the label column follows the thresholds in `run.json`.
+its own files. Every file is written atomically; the label column follows the thresholds in `run.json`, the defect
+type columns its `defect_typing` (present when the run types defects: empty for images judged normal).
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ class Row:
     label: int | None = None
     map: str | None = None
     error: str | None = None
+    defect_type: str | None = None  # judged anomalous and typed: the type, or "unknown"
+    defect_type_p: float | None = None
 
 
 @dataclass
@@ -67,9 +71,11 @@ class RunFolder:
     rerun with the same identity resumes, another run is refused unless asked to start over."""
 
     OURS = (RUN, SCORES, f"{SCORES}.partial", "maps", "ray")
+    TYPED = ("defect_type", "defect_type_p")  # the last two columns, when the run types defects
 
     def __init__(self, out: str | Path, save_maps: bool = True) -> None:
         self.out, self.save_maps = Path(out), save_maps
+        self._typed: bool | None = None  # read from run.json when first asked
 
     def prepare(self, identity: str, overwrite: bool = False) -> bool:
         """Make the folder ready for the run `identity`; True when it resumes that run. Another run's outputs are
@@ -95,6 +101,7 @@ class RunFolder:
         """`run.json`: the run's identity, the inputs as given and what the detector says produced the outputs."""
         document = {"run_id": identity, "inputs": [str(i) for i in inputs], **described}
         atomic_write_json(self.out / RUN, document, indent=2)
+        self._typed = described.get("defect_typing") is not None
 
     def read_run(self) -> dict[str, Any]:
         return read_json_object(self.out / RUN, ConfigError, "run detect again", "run detect again")
@@ -102,6 +109,13 @@ class RunFolder:
     def labelled(self) -> bool:
         """A label column exactly when the run had an image threshold."""
         return self.read_run()["thresholds"]["image_threshold"] is not None
+
+    @property
+    def typed(self) -> bool:
+        """Defect type columns exactly when the run typed defects (run.json's `defect_typing`)."""
+        if self._typed is None:
+            self._typed = self.read_run().get("defect_typing") is not None
+        return self._typed
 
     def write_image(self, name: str, p: Prediction, detector: Detector) -> Row:
         """One image's files (map, overlay on the detector's colour scale, mask), each atomically, and its row."""
@@ -114,15 +128,21 @@ class RunFolder:
             atomic_write_bytes(self.out / f"maps/{name}.overlay.png", to_png(picture))
             if p.pred_mask is not None:
                 atomic_write_bytes(self.out / f"maps/{name}.mask.png", to_png(mask_image(p.pred_mask)))
-        return Row(p.source, p.pred_score, p.pred_label, map_file)
+        return Row(
+            p.source, p.pred_score, p.pred_label, map_file, defect_type=p.defect_type, defect_type_p=p.defect_type_p
+        )
 
     def header(self, labelled: bool) -> list[str]:
-        return ["path", "score", *(["label"] if labelled else []), *(["map"] if self.save_maps else [])]
+        maps = ["map"] if self.save_maps else []
+        return ["path", "score", *(["label"] if labelled else []), *maps, *(self.TYPED if self.typed else ())]
 
     def line(self, row: Row, labelled: bool) -> list[Any]:
+        """A row's cells; text a client or a folder named (path, type) is quoted if a spreadsheet would run it."""
         assert row.score is not None
         label = [row.label] if labelled else []
         cells = [row.path, f"{row.score:.6f}", *label, *([row.map] if self.save_maps else [])]
+        if self.typed:
+            cells += [row.defect_type or "", "" if row.defect_type_p is None else f"{row.defect_type_p:.6f}"]
         return [spreadsheet_safe(c) for c in cells]
 
     def scored_rows(self, labelled: bool) -> dict[str, Row]:
@@ -131,17 +151,22 @@ class RunFolder:
         if source is None:
             return {}
         rows: dict[str, Row] = {}
+        text = source.read_text()
+        lines = text.splitlines()[: None if text.endswith("\n") else -1]  # a line without its end was cut short
         fields = self.header(labelled)
-        for record in csv.DictReader(source.read_text().splitlines()):
+        for record in csv.DictReader(lines):
             try:
-                if any(record.get(f) in (None, "") for f in fields):
+                if any(record.get(f) in (None, "") for f in fields if f not in self.TYPED):  # empty when judged normal
                     continue
                 path, amap = from_spreadsheet(record["path"]), record.get("map")
+                kind, chance = record.get("defect_type") or None, record.get("defect_type_p") or None
                 rows[path] = Row(
                     path,
                     float(record["score"]),
                     int(record["label"]) if labelled else None,
                     None if amap is None else from_spreadsheet(amap),
+                    defect_type=None if kind is None else from_spreadsheet(kind),
+                    defect_type_p=None if chance is None else float(chance),
                 )
             except ValueError:
                 continue  # a line cut short by a crash

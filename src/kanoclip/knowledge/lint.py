@@ -144,7 +144,7 @@ def unmentioned_types(classes: dict[str, ClassKnowledge], table: dict[str, dict[
     found = []
     for key, entry in classes.items():
         for name, cues in table.get(key, {}).items():
-            if not any(_has_words(s, cue) for s in entry.abnormal for cue in cues):
+            if not any(has_cue(s, cue) for s in entry.abnormal for cue in cues):
                 found.append(Problem(key, "abnormal", "", f"never mentions the defect type {name!r} ({cues})"))
     return found
 
@@ -163,7 +163,7 @@ def lint_base(
     return found + shared_sentences(classes) + unmentioned_types(classes, table or {})
 
 
-def _has_words(sentence: str, cue: str) -> bool:
+def has_cue(sentence: str, cue: str) -> bool:
     """Every word of the cue starts some word of the sentence, in any order ("chip edge": "a chip on the edge")."""
     have = [w.lower() for w in words(sentence)]
     return all(any(h.startswith(w.lower()) for h in have) for w in words(cue))

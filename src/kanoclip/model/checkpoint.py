@@ -1,12 +1,15 @@
 """kanoclip checkpoints: the learnable weights only (safetensors) and the full JSON config beside them.
 
 A checkpoint is a folder `model.safetensors` + `config.json`; CLIP itself is never copied into it. Writes go through a
-temporary file and a rename, so a crash never leaves a half-written checkpoint.
+temporary file and a rename, so a crash never leaves a half-written checkpoint. Wherever a checkpoint is read it may
+also be named `hf://ORG/NAME[@REV]`: `locate` is the one place that turns such a name into a folder (the revision's
+snapshot in huggingface_hub's cache, `hub.download`).
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +19,32 @@ from safetensors.torch import save as safetensors_bytes
 
 from kanoclip._files import atomic_write_bytes, atomic_write_json, read_json_object
 from kanoclip.errors import CheckpointError
+from kanoclip.model import hub
 from kanoclip.model.config import KAnoCLIPConfig
 from kanoclip.model.kanoclip import KAnoCLIP
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
+FILES = (WEIGHTS, CONFIG)  # the whole checkpoint: what the Hub holds of one and all `hf://` fetches
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a checkpoint's files are: `folder`, the name it was given by, and for `hf://` names the repository,
+    revision and the commit it resolved to (what run.json records)."""
+
+    folder: Path
+    name: str
+    hub: dict[str, str] | None = None
+
+
+def locate(where: str | Path) -> Located:
+    """A checkpoint folder, or `hf://ORG/NAME[@REV]` fetched into (or, offline, found in) huggingface_hub's cache."""
+    if not hub.is_hub_name(where):
+        return Located(_checkpoint_dir(where), str(Path(where)))
+    snapshot = hub.download(hub.parse(str(where)), FILES)
+    source = {"repo_id": snapshot.name.repo_id, "revision": snapshot.name.revision or "main", "commit": snapshot.commit}
+    return Located(snapshot.folder, str(where), source)
 
 
 def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
@@ -42,7 +66,7 @@ def save(model: KAnoCLIP, directory: str | Path, extra: dict[str, Any] | None = 
 
 def read_document(directory: str | Path) -> dict[str, Any]:
     """The checkpoint's JSON document: {"model": config, ...extra sections}."""
-    path = _checkpoint_dir(directory) / CONFIG
+    path = locate(directory).folder / CONFIG
     document = read_json_object(
         path, CheckpointError, f"a checkpoint is a folder with {WEIGHTS} and {CONFIG}", "the checkpoint is damaged"
     )
@@ -52,18 +76,26 @@ def read_document(directory: str | Path) -> dict[str, Any]:
 
 
 def update_document(directory: str | Path, section: str, value: Any) -> None:
-    """Replace one extra section (e.g. "calibration") of a checkpoint's JSON, atomically."""
-    document = read_document(directory)
+    """Replace one extra section (e.g. "calibration") of a checkpoint's JSON, atomically. A model from the Hub is
+    never edited in the cache (its files are shared by every run that names it)."""
+    folder = locate(directory).folder
+    if hub.in_cache(folder):
+        raise CheckpointError(
+            f"{directory} is a Hub model in the Hugging Face cache ({folder}), which kanoclip never edits: write the "
+            f"{section} to a file of its own (e.g. `kanoclip calibrate ... --out calibration.json`, then "
+            "--calibration calibration.json), or copy the folder and use the copy"
+        )
+    document = read_document(folder)
     document[section] = value
-    atomic_write_json(_checkpoint_dir(directory) / CONFIG, document, indent=2)
+    atomic_write_json(folder / CONFIG, document, indent=2)
 
 
 def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
     """Rebuild a model from a checkpoint, in eval mode. `overrides` change config fields, e.g.
     `pretrained="/path/to/ViT.pt"` when the CLIP weights live elsewhere on this machine. A backbone whose weights
     or activation differ from the ones the checkpoint was trained on is refused: its learned prompts and modules
-    would silently no longer fit."""
-    directory = _checkpoint_dir(directory)
+    would silently no longer fit. `directory` may be `hf://ORG/NAME[@REV]` (`locate`)."""
+    directory = locate(directory).folder
     document = read_document(directory)
     if not isinstance(document["model"], dict):
         raise CheckpointError(f"{directory / CONFIG}: its 'model' section is not an object; the checkpoint is damaged")
@@ -82,16 +114,9 @@ def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
             f"but this run builds {model.backbone_source} (fingerprint {model.backbone_fingerprint}): other weights "
             "or another activation. Point --pretrained at the weights it was trained on"
         )
-    recorded = document.get("weights_sha256")
-    if recorded is not None and (directory / WEIGHTS).is_file() and weights_sha256(directory) != recorded:
-        raise CheckpointError(
-            f"{directory / WEIGHTS} does not match the sha256 its {CONFIG} recorded (damaged or edited); train again "
-            "or restore the file"
-        )
+    _check_weights(directory, document)
     try:
         state = load_file(str(directory / WEIGHTS))
-    except FileNotFoundError as e:
-        raise CheckpointError(f"{directory / WEIGHTS} is missing") from e
     except SafetensorError as e:
         raise CheckpointError(f"{directory / WEIGHTS} is damaged: {e}") from e
     try:
@@ -101,8 +126,28 @@ def load(directory: str | Path, **overrides: Any) -> KAnoCLIP:
     return model.eval()
 
 
+def verify(directory: str | Path) -> dict[str, Any]:
+    """The document of a checkpoint whose weights are the bytes its config recorded, without building the model
+    (`kanoclip pull`, `kanoclip push`)."""
+    folder = locate(directory).folder
+    document = read_document(folder)
+    _check_weights(folder, document)
+    return document
+
+
+def _check_weights(folder: Path, document: dict[str, Any]) -> None:
+    if not (folder / WEIGHTS).is_file():
+        raise CheckpointError(f"{folder / WEIGHTS} is missing")
+    recorded = document.get("weights_sha256")
+    if recorded is not None and weights_sha256(folder) != recorded:
+        raise CheckpointError(
+            f"{folder / WEIGHTS} does not match the sha256 its {CONFIG} recorded (damaged or edited); train again "
+            "or restore the file"
+        )
+
+
 def weights_sha256(directory: str | Path) -> str:
-    return hashlib.sha256((_checkpoint_dir(directory) / WEIGHTS).read_bytes()).hexdigest()
+    return hashlib.sha256((locate(directory).folder / WEIGHTS).read_bytes()).hexdigest()
 
 
 def _checkpoint_dir(directory: str | Path) -> Path:

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from kanoclip.errors import ConfigError
 from kanoclip.model.config import KAnoCLIPConfig
+from kanoclip.model.published import is_published
+from kanoclip.model.published import names as published_names
 
 if TYPE_CHECKING:
     from kanoclip.model.kanoclip import KAnoCLIP
@@ -49,6 +51,11 @@ def list_models() -> list[str]:
 
 def _entry(name: str) -> dict[str, Any]:
     presets = _presets()
+    if is_published(name):
+        raise ConfigError(
+            f"{name!r} names trained prompts, not a model config: use it as --checkpoint {name} "
+            f"(published: {', '.join(published_names())})"
+        )
     if name not in presets:
         close = difflib.get_close_matches(name, presets, n=3, cutoff=0.5)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""

@@ -44,11 +44,8 @@ def _versions(c: Connection) -> list[str]:
 
 
 def _named(c: Connection) -> set[str]:
-    """Every file the rows name: results' images, overlays and maps, good parts, banks."""
-    r = db.results.c
-    named = {h for row in c.execute(select(r.image_sha256, r.overlay_sha256, r.map_sha256)) for h in row if h}
-    named |= {h for (h,) in c.execute(select(db.references.c.sha256))}
-    return named | {h for (h,) in c.execute(select(db.profiles.c.bank_sha256)) if h}
+    """Every file the rows name: results' images, overlays and maps, good parts, banks, defect examples."""
+    return {h for column in db.FILE_COLUMNS for (h,) in c.execute(select(column)) if h}
 
 
 def pg_dump_binary() -> str:

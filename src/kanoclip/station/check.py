@@ -58,6 +58,10 @@ def check(engine: Engine, store: BlobStore, fix: bool = False) -> CheckReport:
                 named.add(sha)
                 if not store.exists(sha):
                     report.dangling.append((f"profile {name!r}'s bank", sha))
+        for uid, sha in c.execute(select(db.defect_examples.c.profile_uid, db.defect_examples.c.sha256)):
+            named.add(sha)
+            if not store.exists(sha):
+                report.dangling.append((f"a defect example of profile uid {uid}", sha))
         v = db.model_versions.c
         for name, number, checkpoint in c.execute(select(v.profile, v.version, v.checkpoint)):
             if not (version_folder(store, checkpoint) / WEIGHTS).is_file():

@@ -106,6 +106,8 @@ results = Table(
     Column("instance", String(64)),
     Column("frame_index", BigInteger),  # a video's or stream's frame, when the result is one
     Column("frame_time", Float),  # its time in the video (seconds), or when it was read from a stream
+    Column("defect_type", String(100)),  # judged anomalous: its likeliest defect type, or "unknown"
+    Column("defect_type_p", Float),  # that type's probability
     Index("results_profile_id", "profile", "id"),
     Index("results_created_at", "created_at"),
     Index("results_image_sha256", "image_sha256"),  # retention: does a row still name this file?
@@ -123,6 +125,17 @@ feedback = Table(
     Column("profile_uid", String(32), index=True),  # the profile it teaches (profiles.uid); None: none any more
     Column("note", Text),
     Column("created_at", Float, nullable=False),
+    Column("defect_type", String(100)),  # a "defect" verdict's type, which makes the image an example of it
+)
+
+defect_examples = Table(
+    "defect_examples",
+    metadata,
+    Column("profile_uid", String(32), primary_key=True),  # the profile it teaches (profiles.uid)
+    Column("sha256", String(64), primary_key=True),  # the image in the store: one type per image, the latest said
+    Column("type", String(100), nullable=False),
+    Column("source", Text, nullable=False),
+    Column("added_at", Float, nullable=False),
 )
 
 
@@ -202,6 +215,17 @@ sink_outbox = Table(
     Column("instance", String(64), nullable=False),  # the sink that queued it: host:pid:token (`sinks.outbox`)
     Column("created_at", Float, nullable=False),
     Index("sink_outbox_sink_id", "sink", "id"),
+)
+
+
+# Every column that names a file in the store: a file goes only once none of them names it (retention, backup)
+FILE_COLUMNS = (
+    results.c.image_sha256,
+    results.c.overlay_sha256,
+    results.c.map_sha256,
+    references.c.sha256,
+    profiles.c.bank_sha256,
+    defect_examples.c.sha256,
 )
 
 

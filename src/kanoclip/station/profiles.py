@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from kanoclip.errors import ConfigError
 from kanoclip.inference.backends import REFERENCES, Backend
 from kanoclip.inference.config import RunConfig
+from kanoclip.inference.defect_typing import DefectExample
 from kanoclip.inference.detector import Detector
 from kanoclip.inference.thresholds import Thresholds
 from kanoclip.model.references import ReferenceBank
@@ -147,7 +148,19 @@ class Profiles:
             det.thresholds = p.thresholds
         if p.bank_sha256 is not None and self.store is not None and det.supports(REFERENCES):
             det.use_references(ReferenceBank.load(self.store.path(p.bank_sha256)))
+        examples = self.defect_examples(p)
+        if examples and det.typer is not None:  # typed verdicts' images, encoded by this model (its own features)
+            det.use_defect_examples(det.encode_defect_examples(examples))
         return det
+
+    def defect_examples(self, p: Profile) -> list[DefectExample]:
+        """The images the profile's typed verdicts made examples of their types, oldest first."""
+        if self.engine is None or self.store is None:
+            return []
+        e = db.defect_examples.c
+        with self.engine.connect() as c:
+            rows = list(c.execute(select(e.sha256, e.type).where(e.profile_uid == p.uid).order_by(e.added_at)))
+        return [DefectExample(self.store.get(sha), kind) for sha, kind in rows if self.store.exists(sha)]
 
     def put(
         self,
@@ -209,6 +222,7 @@ class Profiles:
         if self.engine is not None:
             with self.engine.begin() as c:
                 c.execute(delete(db.references).where(db.references.c.profile == name))
+                c.execute(delete(db.defect_examples).where(db.defect_examples.c.profile_uid == self.by_name[name].uid))
                 c.execute(delete(db.profiles).where(db.profiles.c.name == name))
         del self.by_name[name]
         self.detectors.pop(name, None)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from numpy.typing import NDArray
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 from sqlalchemy.exc import OperationalError
 
 from kanoclip._files import npy_bytes, spreadsheet_safe
@@ -56,6 +56,8 @@ HISTORY_COLUMNS = (
     "instance",
     "frame_index",
     "frame_time",
+    "defect_type",  # judged anomalous: its likeliest type or "unknown"; empty for a normal one
+    "defect_type_p",
 )
 
 
@@ -147,6 +149,8 @@ class Results:
             "error": p.error,
             "frame_index": d.frame_index,
             "frame_time": d.frame_time,
+            "defect_type": p.defect_type,
+            "defect_type_p": p.defect_type_p,
         }
 
     def page(
@@ -209,8 +213,21 @@ class Results:
                 select(db.feedback).where(db.feedback.c.result_id == result_id).order_by(db.feedback.c.id)
             )
             out = dict(row._mapping)
-            out["feedback"] = [{k: f._mapping[k] for k in ("verdict", "note", "created_at")} for f in verdicts]
+            shown = ("verdict", "defect_type", "note", "created_at")
+            out["feedback"] = [{k: f._mapping[k] for k in shown} for f in verdicts]
         return out
+
+    def type_counts(self, profile: str, since: float | None, until: float | None) -> dict[str, int]:
+        """Results of the profile typed (judged anomalous), counted per type, most first."""
+        r = db.results.c
+        query = select(r.defect_type, func.count()).where(r.profile == profile, r.defect_type.is_not(None))
+        if since is not None:
+            query = query.where(r.created_at >= since)
+        if until is not None:
+            query = query.where(r.created_at < until)
+        with history_engine(self.engine).connect() as c:
+            counts = {kind: int(n) for kind, n in c.execute(query.group_by(r.defect_type))}
+        return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
     def blob(self, sha256: str | None) -> bytes | None:
         return None if sha256 is None or self.store is None else self.store.get(sha256)

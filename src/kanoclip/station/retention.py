@@ -103,19 +103,14 @@ class Retention:
                 return
 
     def _drop_unnamed(self, hashes: set[str]) -> None:
-        """Files of deleted rows that no result, good part or bank names any more."""
+        """Files of deleted rows that nothing names any more (no result, good part, bank or defect example)."""
         assert self.engine is not None and self.store is not None
         hashes = hashes | self.deferred
         if not hashes:
             return
-        r = db.results.c
         named: set[str] = set()
         with self.engine.connect() as c:
-            for column in (r.image_sha256, r.overlay_sha256, r.map_sha256):
+            for column in db.FILE_COLUMNS:
                 named |= {h for (h,) in c.execute(select(column).where(column.in_(hashes)))}
-            named |= {h for (h,) in c.execute(select(db.references.c.sha256).where(db.references.c.sha256.in_(hashes)))}
-            named |= {
-                h for (h,) in c.execute(select(db.profiles.c.bank_sha256).where(db.profiles.c.bank_sha256.in_(hashes)))
-            }
         # A file put again within the grace may be about to be named by a row in flight: kept, looked at next pass.
         self.deferred = {h for h in hashes - named if not self.store.delete_unneeded(h) and self.store.exists(h)}

@@ -268,10 +268,19 @@ class Station:
         return self._teaching.taught(row)
 
     def feedback(
-        self, result_id: int, verdict: str, note: str | None, change: BankChange | None = None
+        self,
+        result_id: int,
+        verdict: str,
+        note: str | None,
+        change: BankChange | None = None,
+        defect_type: str | None = None,
     ) -> dict[str, Any]:
         with self._retiring_banks():
-            return self._teaching.feedback(result_id, verdict, note, change)
+            return self._teaching.feedback(result_id, verdict, note, change, defect_type)
+
+    def defect_type_counts(self, name: str, since: float | None = None, until: float | None = None) -> dict[str, int]:
+        """How many of the profile's results were judged anomalous with each type, in the window."""
+        return self._results.type_counts(name, since, until)
 
     def calibrate(self, name: str, false_alarm_rate: float = 0.01, forward: Forward = on_this_thread) -> dict[str, Any]:
         return self._teaching.calibrate(name, false_alarm_rate, forward)

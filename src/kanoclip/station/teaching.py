@@ -16,20 +16,24 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Connection, Engine, and_, delete, func, insert, select
 
 from kanoclip.errors import ConfigError, KanoclipError
 from kanoclip.evaluation.calibration import f1_max_threshold, false_alarm_threshold
 from kanoclip.inference.backends import REFERENCES
+from kanoclip.inference.config import check_type_name
 from kanoclip.inference.detector import Detector, GoodParts
 from kanoclip.inference.thresholds import Thresholds
 from kanoclip.model.references import ReferenceBank
 from kanoclip.station import db
 from kanoclip.station.banks import BankChange, Banks
 from kanoclip.station.errors import Conflict, history_engine
-from kanoclip.station.profiles import Profile, Profiles
+from kanoclip.station.profiles import Profile, Profiles, update_profile
 from kanoclip.station.results import Results
 from kanoclip.station.store import sha256_of
+
+MAX_EXAMPLES = 1_000  # typed defect examples a profile keeps
+MAX_TYPES = 64  # distinct types it learns: each is a series of the per-type counter, so the bound holds there too
 
 # How calibrate runs one step of model work, `forward(work, *args)`: serve's runs it on the forward thread
 Forward = Callable[..., Any]
@@ -54,12 +58,23 @@ class Teaching:
         return p if p is not None and row["created_at"] >= p.created_at else None
 
     def feedback(
-        self, result_id: int, verdict: str, note: str | None, change: BankChange | None = None
+        self,
+        result_id: int,
+        verdict: str,
+        note: str | None,
+        change: BankChange | None = None,
+        defect_type: str | None = None,
     ) -> dict[str, Any]:
         """Record a verdict on a result, with the bank change it makes (staged by the caller: "good" adds the image,
-        "defect" drops it) in the same transaction, over the profile's version as this instance read it."""
+        "defect" drops it) in the same transaction, over the profile's version as this instance read it. A "defect"
+        with a type makes the image an example of that type for the profile; any later verdict on it replaces that.
+        A change of examples leaves this instance's profile to be reloaded (`Profiles.changed`), with its detector."""
         if verdict not in ("good", "defect"):
             raise ConfigError(f"verdict must be 'good' or 'defect', got {verdict!r}")
+        if defect_type is not None:
+            if verdict != "defect":
+                raise ConfigError(f"a type goes with a 'defect' verdict, not with {verdict!r}")
+            defect_type = check_type_name(defect_type, "the verdict's type")
         row = self.results.get(result_id)
         p = self.taught(row)
         new = None
@@ -71,13 +86,45 @@ class Teaching:
                     note=note,
                     created_at=time.time(),
                     profile_uid=p and p.uid,
+                    defect_type=defect_type,
                 )
             )
             if change is not None and p is not None:
                 new = self.banks.commit(c, p, change)
-        if new is not None:
+            examples = p is not None and row["image_sha256"] and self._examples(c, p, row, defect_type)
+            if examples and p is not None and new is None:
+                update_profile(c, p.name, p.version, {"version": p.version + 1, "updated_at": time.time()})
+        if new is not None and not examples:
             self.profiles.by_name[new.name] = new
         return row
+
+    @staticmethod
+    def _examples(c: Connection, p: Profile, row: dict[str, Any], defect_type: str | None) -> bool:
+        """The result's image as an example of `defect_type` for `p` (None: no longer an example); whether the
+        profile's examples changed."""
+        e = db.defect_examples.c
+        where = and_(e.profile_uid == p.uid, e.sha256 == row["image_sha256"])
+        was = c.execute(select(e.type).where(where)).scalar()
+        if was == defect_type:
+            return False
+        c.execute(delete(db.defect_examples).where(where))
+        if defect_type is None:
+            return True
+        held = list(c.execute(select(e.type).where(e.profile_uid == p.uid)).scalars())
+        if len(held) >= MAX_EXAMPLES:
+            raise Conflict(f"profile {p.name!r} holds {MAX_EXAMPLES} defect examples, the most it keeps")
+        if defect_type not in held and len(set(held)) >= MAX_TYPES:
+            raise Conflict(f"profile {p.name!r} has learned {MAX_TYPES} defect types, the most it keeps")
+        c.execute(
+            insert(db.defect_examples).values(
+                profile_uid=p.uid,
+                sha256=row["image_sha256"],
+                type=defect_type,
+                source=row["source"],
+                added_at=time.time(),
+            )
+        )
+        return True
 
     def labelled(self, name: str) -> dict[str, list[bytes]]:
         """The profile's images by their latest verdict: {"good": [...], "defect": [...]}, each image once and in

@@ -41,6 +41,11 @@ class ServeMetrics:
         self.scores = Histogram(
             "kanoclip_score", "image anomaly scores, by profile", ["profile"], buckets=SCORE_BUCKETS, registry=r
         )
+        # one series per type a profile's typing can name (its list, bounded by the types a profile may learn)
+        self.defect_types = Counter(
+            "kanoclip_defect_types", "anomalous images by profile and defect type", ["profile", "type"], registry=r
+        )
+        self.typed: dict[str, set[str]] = {}
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.labels(endpoint, str(status)).inc()
@@ -48,17 +53,24 @@ class ServeMetrics:
         if status >= 400:
             self.errors.labels(endpoint).inc()
 
-    def observe_detection(self, profile: str, score: float | None, label: int | None) -> None:
+    def observe_detection(
+        self, profile: str, score: float | None, label: int | None, defect_type: str | None = None
+    ) -> None:
         shown = "error" if score is None else ("unlabelled" if label is None else word(label))
         self.detections.labels(profile, shown).inc()
         self.shown.setdefault(profile, set()).add(shown)
         if score is not None:
             self.scores.labels(profile).observe(score)
+        if defect_type is not None:
+            self.defect_types.labels(profile, defect_type).inc()
+            self.typed.setdefault(profile, set()).add(defect_type)
 
     def forget_profile(self, profile: str) -> None:
         """Drop a deleted profile's series, so that profiles created and deleted over months do not add up."""
         for shown in self.shown.pop(profile, ()):
             self.detections.remove(profile, shown)
+        for typed in self.typed.pop(profile, ()):
+            self.defect_types.remove(profile, typed)
         with contextlib.suppress(KeyError):
             self.scores.remove(profile)
 

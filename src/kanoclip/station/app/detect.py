@@ -106,7 +106,8 @@ async def detect_on(
             raise HTTPException(409, "another watcher took this file over while it was scored: nothing recorded")
         threshold = detector.thresholds.image_threshold
         for d in detections:
-            state.metrics.observe_detection(name, d.prediction.pred_score, d.prediction.pred_label)
+            p = d.prediction
+            state.metrics.observe_detection(name, p.pred_score, p.pred_label, p.defect_type)
             state.sinks.send(message(name, result_fields(d), threshold))
         results = [
             {**await run_in_threadpool(answer, d, detector, return_map, s.batched_with), "references": s.references}
@@ -177,6 +178,7 @@ def answer(d: Detection, det: Detector, return_map: bool, shared: int) -> dict[s
     }
     if p.pred_label is not None:
         out["label"] = p.pred_label
+        out["defect_type"], out["defect_type_p"] = p.defect_type, p.defect_type_p  # None for a normal image
     if mask is not None:
         out["mask_png"] = base64.b64encode(to_png(mask_image(mask))).decode()
     if return_map:

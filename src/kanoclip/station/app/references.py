@@ -89,7 +89,12 @@ async def add_good_parts(state: AppState, name: str, parts: list[tuple[str, byte
 
 
 async def teach(
-    state: AppState, result_id: int, verdict: str, note: str | None, row: dict[str, Any]
+    state: AppState,
+    result_id: int,
+    verdict: str,
+    note: str | None,
+    row: dict[str, Any],
+    defect_type: str | None = None,
 ) -> dict[str, Any] | None:
     """Record a verdict with the bank change it makes, in one commit: "good" adds the result's image to the bank of
     the profile it was recorded under, "defect" rebuilds that bank without it. The bank as it is then; None when
@@ -99,7 +104,7 @@ async def teach(
     p = await run_in_threadpool(station.taught, row)
     detector = None if p is None or not row["image_sha256"] else await detector_of(state, p.name)
     if p is None or detector is None or not detector.supports(REFERENCES):
-        await run_in_threadpool(station.feedback, result_id, verdict, note)
+        await run_in_threadpool(station.feedback, result_id, verdict, note, None, defect_type)
         return None
     data = await run_in_threadpool(station.blob, row["image_sha256"])
     assert data is not None
@@ -116,7 +121,7 @@ async def teach(
         elif verdict == "defect" and sha in held:
             bank = await state.batcher.exclusive(station.bank_without, p.name, detector, sha)
             change = await run_in_threadpool(station.stage_bank, bank, (), [sha])
-        await run_in_threadpool(station.feedback, result_id, verdict, note, change)
+        await run_in_threadpool(station.feedback, result_id, verdict, note, change, defect_type)
         if change is not None:
             await state.batcher.exclusive(detector.use_references, change.bank)
         # The bank when a "good" verdict holds the part, or a "defect" took it out: the page rescores on a bank it

@@ -14,7 +14,7 @@ from starlette.concurrency import iterate_in_threadpool
 
 from kanoclip.labels import Label
 from kanoclip.station.app.references import teach
-from kanoclip.station.app.state import GUARDED, Served
+from kanoclip.station.app.state import GUARDED, Served, detector_of
 from kanoclip.station.db import check_profile_name
 from kanoclip.station.results import history_csv, parse_time, public
 
@@ -27,6 +27,7 @@ class FeedbackBody(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # NaN or infinity: 422
     verdict: Literal["good", "defect", "ok", "ng", "normal", "anomalous"]  # good/defect; the rest: earlier words
     note: str | None = Field(default=None, max_length=2000)
+    type: str | None = Field(default=None, max_length=100)  # with "defect": the image becomes an example of it
 
 
 @router.get("/v1/results")
@@ -86,7 +87,33 @@ async def feedback(result_id: RowId, body: FeedbackBody, state: Served) -> dict[
     verdict = Label.parse(body.verdict).word
     row = await run_in_threadpool(state.station.result, result_id)
     answer: dict[str, Any] = {"result": result_id, "verdict": verdict, "profile": row["profile"]}
-    bank = await teach(state, result_id, verdict, body.note, row)
+    if body.type is not None:
+        answer["type"] = body.type
+    bank = await teach(state, result_id, verdict, body.note, row, body.type)
     if bank is not None:
         answer["references"] = bank
+    await state.batcher.exclusive(state.station.changed_profiles)  # a typed example: the next detection types with it
     return answer
+
+
+@router.get("/v1/profiles/{name}/defect-types")
+async def defect_types(name: str, state: Served, since: str | None = None, until: str | None = None) -> dict[str, Any]:
+    """The profile's anomalous results per defect type in the window (ISO 8601 `since`/`until`), most first, with
+    each type's share and the cumulative share: a Pareto chart's bars and line. Types its typing names but that were
+    not seen count 0."""
+    detector = await detector_of(state, name)
+    counts = await run_in_threadpool(state.station.defect_type_counts, name, parse_time(since), parse_time(until))
+    known = detector.typer.types_for(detector.type_class) if detector.typer is not None else []
+    counts |= {kind: 0 for kind in known if kind not in counts}
+    total, running, rows = sum(counts.values()), 0, []
+    for kind, n in counts.items():
+        running += n
+        rows.append(
+            {
+                "type": kind,
+                "count": n,
+                "share": n / total if total else 0.0,
+                "cumulative": running / total if total else 0.0,
+            }
+        )
+    return {"profile": name, "since": since, "until": until, "total": total, "types": rows}

@@ -2,10 +2,11 @@
 
     {"schema": "kanoclip.result/1", "profile": "bottle", "id": 812, "source": "cam_0812.png",
      "score": 0.91, "label": 1, "verdict": "defect", "threshold": 0.62, "time": "2026-12-04T08:15:02.120Z",
-     "error": null, "frame_index": null, "frame_time": null}
+     "error": null, "frame_index": null, "frame_time": null, "defect_type": "crack", "defect_type_p": 0.71}
 
 `label` is 0 (good), 1 (defect) or null (no threshold yet, or an error), `verdict` the same in words; `threshold` is
-null when the sender does not know it (a watcher scoring through a server); `id` is the history's row.
+null when the sender does not know it (a watcher scoring through a server); `id` is the history's row;
+`defect_type` is the likeliest type of a part judged defective ("unknown" when unsure), null otherwise.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def message(profile: str, result: dict[str, Any], threshold: float | None = None
         "error": result.get("error"),
         "frame_index": result.get("frame_index"),
         "frame_time": result.get("frame_time"),
+        "defect_type": result.get("defect_type"),
+        "defect_type_p": result.get("defect_type_p"),
     }
 
 
@@ -49,4 +52,6 @@ def result_fields(d: Detection) -> dict[str, Any]:
         "error": p.error,
         "frame_index": d.frame_index,
         "frame_time": d.frame_time,
+        "defect_type": p.defect_type,
+        "defect_type_p": p.defect_type_p,
     }
