@@ -5,50 +5,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
 from kanoclip.cli import main
-from kanoclip.station.serve import ServeConfig
-from kanoclip.station.station import Station
-from tests.support.serving import running_server
-from tests.support.station import HAZELNUT, base_run, files
+from tests.support.versions import fixed, labelled_server
 
 KEY = "versions-k3y"
 
 
-def fixed(value: float | None) -> str:
-    """Rounded as the station's page rounds (JavaScript's toFixed(3): a half of the exact double away from zero)."""
-    return "-" if value is None else str(Decimal(value).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
-
-
 @pytest.fixture
 def served(tmp_path: Path, shared_data: Path) -> Iterator[tuple[str, httpx.Client]]:
-    """A station with 4 good hazelnuts and 8 verdicts (one of each class given the other's: numbers short of 1),
-    served with an API key."""
-    station = Station.open(base_run(), tmp_path / "st")
-    station.configure("default", base_run())
-    root = shared_data / HAZELNUT
-    refs = sorted((root / "train" / "good").glob("*"))[:4]
-    good, colour = sorted((root / "test" / "good").glob("*"))[:4], sorted((root / "test" / "colour").glob("*"))[:4]
-    labelled = [(p, "good") for p in good[:3]] + [(p, "defect") for p in colour[:3]]
-    labelled += [(good[3], "defect"), (colour[3], "good")]
-    try:
-        with (
-            running_server(station, ServeConfig(api_key=KEY)) as url,
-            httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as http,
-        ):
-            assert http.post("/v1/profiles/default/references", files=files(refs)).status_code == 200
-            for path, verdict in labelled:
-                rid = http.post("/v1/detect", files=files([path])).json()["results"][0]["result_id"]
-                assert http.post(f"/v1/results/{rid}/feedback", json={"verdict": verdict}).status_code == 200
-            yield url, http
-    finally:
-        assert station.engine is not None
-        station.engine.dispose()
+    with labelled_server(tmp_path / "st", shared_data, KEY) as served:
+        yield served
 
 
 def test_adapt_wait_models_promote_rollback_from_the_cli(

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.support.threaded import ThreadedServer
 
-class ChatServer:
+
+class ChatServer(ThreadedServer):
     """Answers each POST /v1/chat/completions with the next scripted behaviour, then with `default`.
 
     Behaviours: "ok", "400", "401", "429", "500" (429 and 500 ask for a 10 ms Retry-After),
@@ -62,16 +62,6 @@ class ChatServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    @contextmanager
-    def running(self) -> Iterator[ChatServer]:
-        thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.httpd.shutdown()
-            self.httpd.server_close()
 
 
 def _completion(model: str, text: str) -> dict[str, Any]:

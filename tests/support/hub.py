@@ -15,14 +15,14 @@ import hashlib
 import itertools
 import json
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import yaml
+
+from tests.support.threaded import ThreadedServer
 
 GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
 
@@ -46,7 +46,7 @@ class Commit:
     authorization: str | None
 
 
-class FakeHub:
+class FakeHub(ThreadedServer):
     """The Hub's API for huggingface_hub, in memory; `requests` lists (method, path) in order, `commits` what landed."""
 
     def __init__(self) -> None:
@@ -80,16 +80,6 @@ class FakeHub:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    @contextmanager
-    def running(self) -> Iterator[FakeHub]:
-        thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self.httpd.shutdown()
-            self.httpd.server_close()
 
     # -- routing ----------------------------------------------------------------------------------------------------
     def _dispatch(self, h: BaseHTTPRequestHandler, method: str) -> None:

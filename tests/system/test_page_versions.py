@@ -5,32 +5,26 @@ the profile's model as the API then reports, and Adapt follows its job to a new 
 from __future__ import annotations
 
 import time
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from kanoclip.station.serve import ServeConfig
-from kanoclip.station.station import Station
-from tests.support.serving import ARTIFACTS, chromium, running_server
-from tests.support.station import HAZELNUT, base_run, files
+from tests.support.serving import ARTIFACTS, chromium
+from tests.support.versions import fixed, labelled_server
 
 KEY = "page-k3y"
 
 
-def fixed(value: float | None) -> str:
-    """What JavaScript's toFixed(3) writes (halves of the exact double away from zero), "–" for none."""
-    if value is None:
-        return "–"
-    return str(Decimal(value).quantize(Decimal("0.001"), rounding=ROUND_HALF_UP))
+def shown(value: float | None) -> str:
+    return fixed(value, none="–")
 
 
 def expected_row(v: dict[str, Any]) -> list[str]:
     new, cur = v["numbers"]["new"], v["numbers"]["current"]
-    numbers = [fixed(new["image_auroc"]), fixed(cur["image_auroc"]), fixed(new["f1"]), fixed(cur["f1"])]
-    return [str(v["version"]), str(new["rows"]), *numbers, fixed(new["threshold"]), "current" if v["current"] else ""]
+    numbers = [shown(new["image_auroc"]), shown(cur["image_auroc"]), shown(new["f1"]), shown(cur["f1"])]
+    return [str(v["version"]), str(new["rows"]), *numbers, shown(new["threshold"]), "current" if v["current"] else ""]
 
 
 def shown_row(browser: Any, version: int) -> list[str]:
@@ -61,21 +55,7 @@ def test_the_page_shows_the_apis_versions_promotes_rolls_back_and_adapts(tmp_pat
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
-    root = shared_data / HAZELNUT
-    refs = sorted((root / "train" / "good").glob("*"))[:4]
-    good, colour = sorted((root / "test" / "good").glob("*"))[:4], sorted((root / "test" / "colour").glob("*"))[:4]
-    labelled = [(p, "good") for p in good[:3]] + [(p, "defect") for p in colour[:3]]
-    labelled += [(good[3], "defect"), (colour[3], "good")]  # one of each class said wrong: numbers short of 1
-    station = Station.open(base_run(), tmp_path / "st")
-    station.configure("default", base_run())
-    with (
-        running_server(station, ServeConfig(api_key=KEY)) as url,
-        httpx.Client(base_url=url, headers={"X-API-Key": KEY}, timeout=120) as http,
-    ):
-        assert http.post("/v1/profiles/default/references", files=files(refs)).status_code == 200
-        for path, verdict in labelled:
-            rid = http.post("/v1/detect", files=files([path])).json()["results"][0]["result_id"]
-            assert http.post(f"/v1/results/{rid}/feedback", json={"verdict": verdict}).status_code == 200
+    with labelled_server(tmp_path / "st", shared_data, KEY) as (url, http):
         job = http.post("/v1/profiles/default/adapt", json={"max_steps": 1, "synth": ["cutpaste"], "seed": 1}).json()
         deadline = time.monotonic() + 180
         while job["state"] == "running" and time.monotonic() < deadline:
@@ -123,5 +103,3 @@ def test_the_page_shows_the_apis_versions_promotes_rolls_back_and_adapts(tmp_pat
             assert browser.save_screenshot(str(ARTIFACTS / "station_versions.png"))
         finally:
             browser.quit()
-    assert station.engine is not None
-    station.engine.dispose()
