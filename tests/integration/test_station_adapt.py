@@ -3,7 +3,6 @@ history (checked against sklearn), promote and rollback, cancel, and the limits 
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from kanoclip.station.backup import backup
 from kanoclip.station.check import check
 from kanoclip.station.station import Station
 from kanoclip.station.store import BlobStore
+from kanoclip.station.versions import checkpoint_of
 from tests.support.station import HAZELNUT, base_run, files, ok, station_client
 
 
@@ -102,6 +102,10 @@ def test_adapt_job_version_measured_like_sklearn_promote_rollback(shared_data: P
             tn, fp, fn, tp = confusion_matrix(y, predicted, labels=[0, 1]).ravel()
             assert (n["tn"], n["fp"], n["fn"], n["tp"]) == (tn, fp, fn, tp)
             assert (n["rows"], n["good"], n["defect"]) == (6, 3, 3)
+            # the rows the new model was not trained on: the parts marked good are its training data
+            unseen = version["numbers"]["unseen"][which]
+            assert (unseen["rows"], unseen["good"], unseen["defect"]) == (3, 0, 3) and unseen["image_auroc"] is None
+            assert unseen["tp"] == int((s[y == 1] >= n["threshold"]).sum())
 
         # the new model's shadow scores are what it gives once current, for rows that are not good parts
         promoted = ok(c.post("/v1/profiles/default/models/1/promote"))
@@ -197,19 +201,28 @@ def test_versions_beyond_keep_go_but_the_current_one_and_rollbacks_stay(tmp_path
                     c, p, job_id, {**empty, "model_changes": [], "parts": [], "shadow": [], "thresholds": {}}
                 )
             ] = job_id
-    # as if 2 was promoted, then 4 (rollback returns to 2, then to the given model)
-    rollback: list[dict[str, Any]] = [{"version": None}, {"version": 2}]
-    p = dataclasses.replace(station.profile("default"), model_version=4, rollback=rollback)
-    assert station.versions.prune(p, keep=2) == [jobs[3], jobs[1]]
-    assert [v["version"] for v in station.versions.all(p)] == [6, 5, 4, 2]
+    # as if 2 was promoted, then 4 (rollback returns to 2, then to the given model), and another profile took 1's
+    p = station.profile("default")
+
+    def entry(n: int | None) -> dict[str, Any]:
+        return {"version": n, "model": {"checkpoint": n and checkpoint_of(p.uid, jobs[n])}}
+
+    with station.engine.begin() as c:
+        values = {"checkpoint": checkpoint_of(p.uid, jobs[4]), "model_version": 4, "rollback": [entry(None), entry(2)]}
+        c.execute(db.profiles.update().where(db.profiles.c.name == "default").values(**values))
+        other = {**p.row(), "name": "other", "uid": "o" * 32, "checkpoint": checkpoint_of(p.uid, jobs[1])}
+        c.execute(db.profiles.insert().values(**other))
+    assert station.versions.prune(p, keep=2) == [jobs[3]]
+    assert [v["version"] for v in station.versions.all(p)] == [6, 5, 4, 2, 1]
     uid = p.uid
-    assert sorted(f.name for f in (state / "models" / uid).iterdir()) == sorted(jobs[n] for n in (2, 4, 5, 6))
+    assert sorted(f.name for f in (state / "models" / uid).iterdir()) == sorted(jobs[n] for n in (1, 2, 4, 5, 6))
     assert check(station.engine, BlobStore(state)).clean
     shutil.rmtree(state / "models" / uid / jobs[5])
     report = check(station.engine, BlobStore(state))
     assert [owner for owner, _ in report.dangling] == ["profile 'default''s model version 5"]
-    station.delete_profile("default")  # its versions go with it
-    assert not (state / "models" / uid).exists()
+    station.changed_profiles()
+    station.delete_profile("default")  # its versions go with it, but for the folder the other profile uses
+    assert [f.name for f in (state / "models" / uid).iterdir()] == [jobs[1]]
     with station.engine.connect() as c:
         assert c.execute(select(db.model_versions)).first() is None
     station.engine.dispose()

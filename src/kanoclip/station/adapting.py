@@ -1,4 +1,5 @@
-"""The adapt job's worker: `python -m kanoclip.station.adapting STATE JOB_ID`, started by the server (`app.jobs`).
+"""The adapt job's worker: `python -m kanoclip.station.adapting STATE JOB_ID SERVER_PID`, started by the server
+(`app.workers`).
 
 It adapts the profile's model to its good parts (`evaluation.adapt`: synthesized defects, the train loop, the best
 step), measures the new model and the current one on the labelled history (`shadow`), and records the result as a
@@ -16,7 +17,6 @@ import os
 import shutil
 import sys
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -63,22 +63,23 @@ class Heartbeat:
         self.station, self.job_id = station, job_id
         self.phase, self.step = "starting", 0
         self.steps: int | None = None
+        self.stopped = threading.Event()  # set before the job is ended here: from then on it ends nothing
         threading.Thread(target=self._run, daemon=True).start()
 
     def progress(self, step: int, steps: int) -> None:
         self.phase, self.step, self.steps = "training", step, steps
 
     def _run(self) -> None:
-        while True:
+        while not self.stopped.is_set():
             try:
                 state = self.station.jobs.beat(self.job_id, self.phase, self.step, self.steps)
             except Exception as e:  # the database away for a moment: the next beat tries again
                 print(f"heartbeat: {e}", flush=True)
                 state = "running"
-            if state != "running":
+            if state != "running" and not self.stopped.is_set():
                 print(f"the job is {state}: stopping", flush=True)
                 os._exit(ENDED)
-            time.sleep(1.0)
+            self.stopped.wait(1.0)
 
 
 def run(state: Path, job_id: str) -> int:
@@ -91,6 +92,7 @@ def run(state: Path, job_id: str) -> int:
         version = _adapt(station, folders, job_id, settings, beat)
     except Exception as e:
         traceback.print_exc()
+        beat.stopped.set()
         station.jobs.end(job_id, "failed", f"{type(e).__name__}: {e}")
         return 1
     if version is None:
@@ -146,6 +148,11 @@ def _adapt(station: Station, folders: JobFolders, job_id: str, s: dict[str, Any]
         "numbers": {
             "new": numbers(labels, new_scores, new_cal["image_threshold"]),
             "current": numbers(labels, current_scores, current_cal["image_threshold"]),
+            # the rows whose image the new model was not trained on (its good parts are both): the fairer comparison
+            "unseen": {
+                "new": numbers(*unseen(history, goods, labels, new_scores), new_cal["image_threshold"]),
+                "current": numbers(*unseen(history, goods, labels, current_scores), current_cal["image_threshold"]),
+            },
         },
         "shadow": [
             [result_id, label, a, b]
@@ -158,6 +165,7 @@ def _adapt(station: Station, folders: JobFolders, job_id: str, s: dict[str, Any]
     shutil.rmtree(staged, ignore_errors=True)
     shutil.copytree(final, staged)
     staged.rename(target)  # whole or not at all; a version row names it only once this is done
+    beat.stopped.set()  # the job ends here (done, or found cancelled): the heartbeat must not end the process
     with station.engine.begin() as c:
         if not station.jobs.end(job_id, "done", c=c):
             return None  # cancelled meanwhile: its server removes the folder
@@ -172,6 +180,14 @@ def _adapt(station: Station, folders: JobFolders, job_id: str, s: dict[str, Any]
     return version
 
 
+def unseen(
+    history: list[tuple[int, bytes, str]], trained: dict[str, bytes], labels: list[int], scores: list[float | None]
+) -> tuple[list[int], list[float | None]]:
+    """The labels and scores of the rows whose image is not among the `trained` parts."""
+    keep = [sha256_of(data) not in trained for _, data, _ in history]
+    return [y for y, k in zip(labels, keep, strict=True) if k], [x for x, k in zip(scores, keep, strict=True) if k]
+
+
 def _write_image(folder: Path, i: int, data: bytes) -> Path:
     """A stored good part as a file `adapt` reads, named with its format's extension."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -183,9 +199,11 @@ def _write_image(folder: Path, i: int, data: bytes) -> Path:
 
 def main() -> int:
     die_with_parent()  # a server killed takes its job's worker with it; its successor fails the job
-    if len(sys.argv) != 3:
-        print("usage: python -m kanoclip.station.adapting STATE JOB_ID", file=sys.stderr)
+    if len(sys.argv) != 4:
+        print("usage: python -m kanoclip.station.adapting STATE JOB_ID SERVER_PID", file=sys.stderr)
         return 2
+    if os.getppid() != int(sys.argv[3]):  # the server died before the request above took effect
+        return ENDED
     return run(Path(sys.argv[1]), sys.argv[2])
 
 

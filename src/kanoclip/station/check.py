@@ -62,6 +62,13 @@ def check(engine: Engine, store: BlobStore, fix: bool = False) -> CheckReport:
             named.add(sha)
             if not store.exists(sha):
                 report.dangling.append((f"a defect example of profile uid {uid}", sha))
+        for name, checkpoint in c.execute(select(db.profiles.c.name, db.profiles.c.checkpoint)):
+            if (
+                checkpoint
+                and checkpoint.startswith(IN_STATE)
+                and not (version_folder(store, checkpoint) / WEIGHTS).is_file()
+            ):
+                report.dangling.append((f"profile {name!r}'s model", checkpoint))
         v = db.model_versions.c
         for name, number, checkpoint in c.execute(select(v.profile, v.version, v.checkpoint)):
             if not (version_folder(store, checkpoint) / WEIGHTS).is_file():

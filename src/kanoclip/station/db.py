@@ -184,6 +184,14 @@ jobs = Table(
     Column("version", Integer),  # the model version it made
     Index("jobs_profile_created_at", "profile", "created_at"),
 )
+# one running job per profile, held by the database (two servers, or two requests, starting one together)
+Index(
+    "jobs_one_running",
+    jobs.c.profile_uid,
+    unique=True,
+    sqlite_where=jobs.c.state == "running",
+    postgresql_where=jobs.c.state == "running",
+)
 
 model_versions = Table(
     "model_versions",

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, and_, insert, select, update
+from sqlalchemy.exc import IntegrityError
 
 from kanoclip.station import db
 from kanoclip.station.errors import Conflict, NotFound
@@ -55,27 +56,26 @@ class Jobs:
         """A new running job for the profile, owned by this instance; one running job per profile."""
         now = time.time()
         job_id = uuid.uuid4().hex
-        with self.engine.begin() as c:
-            busy = c.execute(
-                select(db.jobs.c.id).where(db.jobs.c.profile_uid == uid, db.jobs.c.state == "running")
-            ).first()
-            if busy is not None:
-                raise Conflict(f"profile {profile!r} has a running job already (/v1/jobs/{busy.id}): cancel it or wait")
-            c.execute(
-                insert(db.jobs).values(
-                    id=job_id,
-                    kind=kind,
-                    profile=profile,
-                    profile_uid=uid,
-                    state="running",
-                    settings=settings,
-                    phase="starting",
-                    step=0,
-                    owner=self.instance,
-                    heartbeat_at=now,
-                    created_at=now,
+        busy = f"profile {profile!r} has a running job already (GET /v1/jobs?profile={profile}): cancel it or wait"
+        try:
+            with self.engine.begin() as c:
+                c.execute(
+                    insert(db.jobs).values(
+                        id=job_id,
+                        kind=kind,
+                        profile=profile,
+                        profile_uid=uid,
+                        state="running",
+                        settings=settings,
+                        phase="starting",
+                        step=0,
+                        owner=self.instance,
+                        heartbeat_at=now,
+                        created_at=now,
+                    )
                 )
-            )
+        except IntegrityError:  # the partial unique index: another running job of the profile
+            raise Conflict(busy) from None
         return job_id
 
     def get(self, job_id: str) -> dict[str, Any]:
@@ -139,14 +139,28 @@ class Jobs:
             raise Conflict(f"job {job_id} has ended already ({self.get(job_id)['state']}): nothing to cancel")
         return {**job, "state": "cancelled"}
 
+    def sweep(self) -> None:
+        """Once at start: what ended jobs left (a kill between a job's end and its clean-up, a worker killed past
+        its grace), removed."""
+        folder = self.folders.root / "jobs"
+        entries = list(folder.iterdir()) if folder.is_dir() else []
+        for entry in entries:
+            if any((entry / name).exists() for name in WORK):
+                self.clean(entry.name)  # nothing for a running job's
+
     def cancel_profile(self, uid: str) -> None:
-        """A deleted profile's running jobs, cancelled (each worker stops at its next heartbeat)."""
+        """A deleted profile's running jobs, cancelled (each worker stops at its next heartbeat) and cleaned."""
         with self.engine.begin() as c:
+            ended = list(
+                c.execute(select(db.jobs.c.id).where(db.jobs.c.profile_uid == uid, db.jobs.c.state == "running"))
+            )
             c.execute(
                 update(db.jobs)
                 .where(db.jobs.c.profile_uid == uid, db.jobs.c.state == "running")
                 .values(state="cancelled", phase="cancelled", finished_at=time.time(), error="its profile was deleted")
             )
+        for (job_id,) in ended:
+            self.clean(job_id)
 
     def clean(self, job_id: str) -> None:
         """What an ended job leaves besides its log: its data and run, and a model folder no version names."""

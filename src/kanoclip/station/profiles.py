@@ -185,6 +185,8 @@ class Profiles:
         now = time.time()
         old = self.by_name.get(name) or Profile(name, created_at=now, version=0)
         new = dataclasses.replace(old, **fields, updated_at=now, version=old.version + 1)
+        if new.model() != old.model() and "model_version" not in fields:
+            new = dataclasses.replace(new, model_version=None)  # a model given by hand is no version of the profile
         self.run_of(new)  # an impossible combination (a checkpoint with an exported engine...) is refused here
         if exists and new == dataclasses.replace(old, updated_at=now, version=old.version + 1):
             return old  # nothing changed: no new version for other instances to reload

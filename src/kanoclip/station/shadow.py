@@ -27,28 +27,32 @@ def shadow_scores(
     det: Detector,
     references: Sequence[tuple[str, bytes]],
     history: Sequence[tuple[int, bytes, str]],
-) -> tuple[dict[str, Any], list[float]]:
+) -> tuple[dict[str, Any], list[float | None]]:
     """`det` (its bank replaced by one of `references`) calibrated and run on the labelled `history` rows
-    (result id, image, verdict): its calibration and one score per row."""
+    (result id, image, verdict): its calibration and one score per row (None: the image could not be scored)."""
     det.use_references(fresh_bank(det, [data for _, data in references]))
     held = {sha256_of(data) for _, data in references}
     defects = [data for _, data, verdict in history if verdict == "defect" and sha256_of(data) not in held]
     calibration = calibrated(det, references, defects)
     left_out = {entry["sha256"]: entry["score"] for entry in calibration["leave_one_out"]}
-    scores: list[float] = []
+    scores: list[float | None] = []
     for i in range(0, len(history), det.batch_size):
         batch = history[i : i + det.batch_size]
         fresh = [data for _, data, _ in batch if sha256_of(data) not in left_out]
         predicted = iter(det.predict_many(fresh) if fresh else [])
         for _, data, _ in batch:
             sha = sha256_of(data)
-            scores.append(left_out[sha] if sha in left_out else float(next(predicted).pred_score or np.nan))
+            score = left_out[sha] if sha in left_out else next(predicted).pred_score
+            scores.append(None if score is None else float(score))  # an image that cannot be scored: no number
     return calibration, scores
 
 
-def numbers(labels: Sequence[int], scores: Sequence[float], threshold: float | None) -> dict[str, Any]:
-    """Image AUROC and, at `threshold`, the confusion counts, precision, recall and F1 (anomalous = positive)."""
-    y, s = np.asarray(labels, dtype=int), np.asarray(scores, dtype=np.float64)
+def numbers(labels: Sequence[int], scores: Sequence[float | None], threshold: float | None) -> dict[str, Any]:
+    """Image AUROC and, at `threshold`, the confusion counts, precision, recall and F1 (anomalous = positive), over
+    the rows with a score."""
+    scored = [(y, s) for y, s in zip(labels, scores, strict=True) if s is not None and np.isfinite(s)]
+    y = np.asarray([y for y, _ in scored], dtype=int)
+    s = np.asarray([s for _, s in scored], dtype=np.float64)
     out: dict[str, Any] = {
         "rows": int(y.size),
         "good": int((y == 0).sum()),

@@ -300,8 +300,15 @@ class Station:
 
     def promote(self, name: str, number: int, keep: int) -> Profile:
         """Make model version `number` the profile's model (forward thread: its bank is rebuilt from the stored good
-        parts), with the thresholds it was calibrated to; what it replaces is kept for `rollback`."""
-        return self.put_profile(name, self.versions.promoted(self.profile(name), number, keep), create=False)
+        parts), with the thresholds it was calibrated to; what it replaces is kept for `rollback`. A version pruned
+        while its bank was rebuilt (a new version recorded meanwhile) is undone at once and refused."""
+        promoted = self.put_profile(name, self.versions.promoted(self.profile(name), number, keep), create=False)
+        try:
+            self.versions.get(promoted, number)
+        except NotFound:
+            self.rollback(name)
+            raise Conflict(f"model version {number} was pruned while it was promoted: promote a newer one") from None
+        return promoted
 
     def rollback(self, name: str) -> Profile:
         """Undo the last promote: the model, version and thresholds it replaced (forward thread)."""

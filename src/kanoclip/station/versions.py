@@ -109,13 +109,14 @@ class Versions:
         }
 
     def prune(self, p: Profile, keep: int) -> list[str]:
-        """Versions past the newest `keep` removed, except the current one and those a rollback returns to: rows,
-        then folders. Returns the job ids whose folders went."""
-        kept = {p.model_version, *(entry["version"] for entry in p.rollback)}
+        """Versions past the newest `keep` removed, except any that a profile uses or a rollback returns to (this
+        profile's or another's that took the same model): rows, then folders, reading the profiles in the transaction
+        that deletes. Returns the job ids whose folders went."""
         v = db.model_versions.c
         with self.engine.begin() as c:
+            named = in_use(c)
             rows = list(c.execute(select(v.version, v.job_id).where(v.profile_uid == p.uid).order_by(v.version.desc())))
-            gone = [r for r in rows[keep:] if r.version not in kept]
+            gone = [r for r in rows[keep:] if checkpoint_of(p.uid, r.job_id) not in named]
             if gone:
                 numbers = [r.version for r in gone]
                 c.execute(delete(db.model_versions).where(v.profile_uid == p.uid, v.version.in_(numbers)))
@@ -124,11 +125,23 @@ class Versions:
         return [r.job_id for r in gone]
 
     def forget(self, uids: Sequence[str]) -> None:
-        """A deleted profile's versions: rows, then folders."""
+        """A deleted profile's versions: rows, then the folders no other profile uses or may roll back to."""
+        v = db.model_versions.c
         with self.engine.begin() as c:
-            c.execute(delete(db.model_versions).where(db.model_versions.c.profile_uid.in_(list(uids))))
-        for uid in uids:
-            shutil.rmtree(self.folders.root / "models" / uid, ignore_errors=True)
+            rows = list(c.execute(select(v.profile_uid, v.job_id).where(v.profile_uid.in_(list(uids)))))
+            c.execute(delete(db.model_versions).where(v.profile_uid.in_(list(uids))))
+            named = in_use(c)
+        for uid, job_id in rows:
+            if checkpoint_of(uid, job_id) not in named:
+                shutil.rmtree(self.folders.model(uid, job_id), ignore_errors=True)
+
+
+def in_use(c: Connection) -> set[str]:
+    """The checkpoints every profile uses or may roll back to (a profile may take another's model)."""
+    named = set()
+    for checkpoint, rollback in c.execute(select(db.profiles.c.checkpoint, db.profiles.c.rollback).with_for_update()):
+        named |= {checkpoint, *(entry["model"]["checkpoint"] for entry in rollback or [])}
+    return {n for n in named if n}
 
 
 def json_model(model: dict[str, Any]) -> dict[str, Any]:

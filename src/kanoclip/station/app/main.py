@@ -134,7 +134,11 @@ async def _sweep_store(station: Station) -> None:
 
 async def _fail_orphan_jobs(station: Station) -> None:
     """Jobs whose server is gone (killed, or silent on another machine), failed and cleaned: at start, then every
-    `ORPHAN_POLL_S`."""
+    `ORPHAN_POLL_S`; and once, what ended jobs left behind."""
+    try:
+        await run_in_threadpool(station.jobs.sweep)
+    except Exception as e:
+        log.warning("could not sweep what ended jobs left: %s", e)
     while True:
         try:
             for job_id in await run_in_threadpool(station.jobs.fail_orphans):

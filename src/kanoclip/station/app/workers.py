@@ -47,7 +47,7 @@ class Workers:
         folder = self.station.jobs.folders.job(job_id)
         with (folder / LOG).open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "kanoclip.station.adapting", str(state), job_id],
+                [sys.executable, "-m", "kanoclip.station.adapting", str(state), job_id, str(os.getpid())],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

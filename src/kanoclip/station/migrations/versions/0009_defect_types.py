@@ -1,5 +1,6 @@
 """Defect typing (#34): each result's type and its probability, a "defect" verdict's type, and the typed examples
-each profile learned from those verdicts. Existing rows keep every value; their new columns are empty.
+each profile learned from those verdicts. Existing rows keep every value; their new columns are empty. And one
+running adapt job per profile, held by a partial unique index.
 
 Revision ID: 0009
 Revises: 0008
@@ -28,9 +29,14 @@ def upgrade() -> None:
         sa.Column("source", sa.Text, nullable=False),
         sa.Column("added_at", sa.Float, nullable=False),
     )
+    running = sa.text("state = 'running'")
+    op.create_index(
+        "jobs_one_running", "jobs", ["profile_uid"], unique=True, sqlite_where=running, postgresql_where=running
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("jobs_one_running", "jobs")
     op.drop_table("defect_examples")
     with op.batch_alter_table("feedback") as batch:
         batch.drop_column("defect_type")
