@@ -17,7 +17,7 @@ from tests.support.station import files, ok, probes, station_client
 from tests.support.streams import webhook_receiver
 
 KEYS = {"schema", "profile", "id", "source", "score", "label", "verdict", "threshold", "time", "error"}
-KEYS |= {"frame_index", "frame_time"}
+KEYS |= {"frame_index", "frame_time", "defect_type", "defect_type_p"}
 
 
 def _wait(condition, seconds: float = 30.0) -> None:  # type: ignore[no-untyped-def]
@@ -37,6 +37,7 @@ def test_serve_sends_each_recorded_result_to_the_webhook(tmp_path: Path, shared_
         assert set(m) == KEYS and m["schema"] == "kanoclip.result/1" and m["profile"] == "default"
         assert m["score"] == rows[m["id"]]["score"] and m["source"] == rows[m["id"]]["filename"]
         assert m["label"] is None and m["verdict"] is None and m["threshold"] is None  # no threshold chosen yet
+        assert m["defect_type"] is None and m["defect_type_p"] is None  # nothing judged, nothing typed
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", m["time"])
     assert sorted(m["id"] for m in hook["received"]) == sorted(rows)
 

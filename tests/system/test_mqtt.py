@@ -30,7 +30,7 @@ from tests.support.station import files, ok, probes, station_client
 from tests.support.watch import bottles, station_at, wait_for, watching
 
 KEYS = {"schema", "profile", "id", "source", "score", "label", "verdict", "threshold", "time", "error"}
-KEYS |= {"frame_index", "frame_time"}
+KEYS |= {"frame_index", "frame_time", "defect_type", "defect_type_p"}
 
 
 @pytest.fixture(autouse=True)
