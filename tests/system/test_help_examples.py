@@ -27,18 +27,26 @@ def example(epilog: str) -> list[str]:
 
 
 def kanoclip(argv: list[str], cwd: Path) -> subprocess.Popen[str]:
+    """The example as a user starts it from a terminal: Ctrl-C reaches it (a suite run in the background, as under
+    `nohup ... &`, ignores SIGINT, and a child would inherit that and never stop)."""
     return subprocess.Popen(
         [sys.executable, "-m", "kanoclip", *argv, "--workers", "0", "--device", "cpu"],
         cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)  # Ctrl-C, as the examples say
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed test leaves no process behind
+            proc.kill()
+            proc.communicate()
     return out
 
 
